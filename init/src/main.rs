@@ -362,3 +362,31 @@ fn main() -> ! {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_contains_errors_and_panics() {
+        assert_eq!(step("ok", || Ok(7)), Some(7));
+        assert_eq!(
+            step("err", || -> anyhow::Result<u8> { anyhow::bail!("boom") }),
+            None
+        );
+        assert_eq!(
+            step("panic", || -> anyhow::Result<u8> {
+                panic!("step panic (expected in test)")
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn boottime_clock_moves_forward() {
+        let a = now_ms();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = now_ms();
+        assert!(a > 0 && b >= a + 20, "{a} {b}");
+    }
+}
