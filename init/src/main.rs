@@ -1,2 +1,392 @@
-//! placeholder
-fn main() {}
+//! `init`: the generic PID 1 of the appliance image.
+//!
+//! The kernel runs `/init` (a symlink to `/sbin/init`) from the initramfs, which holds
+//! the whole root file system in RAM. init mounts the API file systems, sets the
+//! hostname, loads the kernel modules listed by the configuration, starts and
+//! supervises the configured services, reaps every process, and powers off cleanly on
+//! SIGTERM/SIGPWR, Ctrl-Alt-Del (reboot) or the ACPI power button (EC2 stop/terminate).
+//!
+//! It knows nothing about NAT: `nat-init` is just a service it runs. `cargo xtask image`
+//! builds this crate for aarch64-unknown-linux-musl, places it in the initramfs and
+//! renders `/etc/init.toml` (see `config`) and the module list from the image profile.
+//!
+//! PID 1 must never exit (the kernel would panic), so every step is contained: a failing
+//! or panicking step is logged and the boot goes on; a main loop that keeps failing
+//! syncs and reboots. `panic=10` on the kernel command line is the last backstop.
+
+mod config;
+mod log;
+mod modules;
+mod mounts;
+mod power;
+mod signals;
+mod supervise;
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
+use nix::sys::signal::{Signal, kill};
+use nix::time::{ClockId, clock_gettime};
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::power::{Halt, InputDevices};
+use crate::signals::{Action, Signals};
+use crate::supervise::Supervisor;
+
+const INPUT_DIR: &str = "/dev/input";
+/// The longest the main loop sleeps without a deadline.
+const IDLE_POLL_MS: u64 = 60_000;
+/// Without a signalfd, children are reaped by polling this often.
+const FALLBACK_POLL_MS: u64 = 200;
+/// Consecutive failed main-loop iterations before giving up and rebooting.
+const MAX_LOOP_FAILURES: u32 = 20;
+
+/// Milliseconds since the kernel started (CLOCK_BOOTTIME).
+fn now_ms() -> u64 {
+    clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| (t.tv_sec() as u64) * 1000 + (t.tv_nsec() as u64) / 1_000_000)
+        .unwrap_or(0)
+}
+
+/// Runs one boot step, logging its error or panic; the boot goes on either way.
+fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            log!("{name} failed: {e:#}");
+            None
+        }
+        // The panic hook has logged the details.
+        Err(_) => {
+            log!("{name} panicked");
+            None
+        }
+    }
+}
+
+/// Everything the main loop works with.
+struct Init {
+    signals: Option<Signals>,
+    supervisor: Supervisor,
+    inputs: InputDevices,
+    /// Absolute times (ms since boot) at which to look for new input devices.
+    rescans: VecDeque<u64>,
+    grace_ms: u64,
+}
+
+fn load_config() -> Config {
+    let path = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| config::path_from_cmdline(&c))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            log!("bad config, starting no services: {e:#}");
+            Config::default()
+        }
+    }
+}
+
+fn load_modules(list: &Path) -> anyhow::Result<()> {
+    let start = now_ms();
+    let text =
+        std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
+    let (mods, errors) = modules::parse_list(&text);
+    for e in &errors {
+        log!("{}:{}: {}", list.display(), e.line, e.message);
+    }
+    let summary = modules::load_all(&mods, modules::load_one, |l| log!("{l}"));
+    log!(
+        "loaded {} modules in {} ms ({} failed)",
+        summary.loaded,
+        now_ms().saturating_sub(start),
+        summary.failed + errors.len()
+    );
+    Ok(())
+}
+
+fn boot() -> Init {
+    step("mounting file systems", || {
+        for f in mounts::mount_all(mounts::MOUNTS, mounts::mount_one, mounts::create_dir) {
+            log!("{f}");
+        }
+        Ok(())
+    });
+    step("opening /dev/kmsg", log::open_kmsg);
+    step("opening /dev/console", || {
+        log::reopen_console_if_needed().map(drop)
+    });
+    step("creating /dev links", || {
+        for f in mounts::dev_links() {
+            log!("{f}");
+        }
+        Ok(())
+    });
+    // Ctrl-Alt-Del then arrives as SIGINT instead of an immediate reboot.
+    step("disabling Ctrl-Alt-Del", || {
+        set_cad_enabled(false).context("reboot(RB_DISABLE_CAD)")
+    });
+    let signals = step("creating signalfd", || Signals::new().context("signalfd"));
+
+    let config = step("loading config", || Ok(load_config())).unwrap_or_default();
+    if let Some(h) = &config.hostname {
+        step("setting hostname", || {
+            nix::unistd::sethostname(h).with_context(|| format!("sethostname {h}"))
+        });
+    }
+    if let Some(list) = &config.modules {
+        step("loading modules", || load_modules(list));
+    }
+
+    let after_modules = now_ms();
+    let rescans = power::RESCAN_AFTER_MS
+        .iter()
+        .map(|d| after_modules + d)
+        .collect();
+
+    let mut supervisor = Supervisor::new(config.services, now_ms());
+    step("starting services", || {
+        for l in supervisor.start_due(now_ms(), supervise::spawn) {
+            log!("{l}");
+        }
+        Ok(())
+    });
+    log!("up in {} ms", now_ms());
+    Init {
+        signals,
+        supervisor,
+        inputs: InputDevices::default(),
+        rescans,
+        grace_ms: config.shutdown_grace_ms,
+    }
+}
+
+impl Init {
+    /// One pass of the main loop: wait for a signal, a key or a deadline, then act.
+    fn iterate(&mut self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let deadline = [self.supervisor.next_due(), self.rescans.front().copied()]
+            .into_iter()
+            .flatten()
+            .min();
+        let cap = if self.signals.is_some() {
+            IDLE_POLL_MS
+        } else {
+            FALLBACK_POLL_MS
+        };
+        let wait = deadline.map_or(cap, |d| d.saturating_sub(now).min(cap));
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+
+        let (signal_ready, input_ready) = {
+            let mut fds: Vec<PollFd> = Vec::new();
+            if let Some(s) = &self.signals {
+                fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
+            }
+            let base = fds.len();
+            fds.extend(
+                self.inputs
+                    .fds()
+                    .into_iter()
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+            );
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e).context("poll"),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (
+                base == 1 && ready(&fds[0]),
+                fds[base..].iter().map(ready).collect::<Vec<_>>(),
+            )
+        };
+
+        if signal_ready && let Some(s) = &self.signals {
+            for signo in s.drain() {
+                match signals::classify(signo) {
+                    Action::PowerOff => self.shutdown(&signals::name(signo), Halt::PowerOff),
+                    Action::Reboot => self.shutdown(&signals::name(signo), Halt::Reboot),
+                    Action::Reap | Action::Ignore => {}
+                }
+            }
+        }
+        // Indices shift when a device is dropped, so read from the back.
+        for (i, ready) in input_ready.iter().enumerate().rev() {
+            if *ready && self.inputs.read_power_press(i) {
+                self.shutdown("power button", Halt::PowerOff);
+            }
+        }
+
+        let now = now_ms();
+        for (pid, reason) in signals::reap_all().exited {
+            for l in self.supervisor.on_exit(pid, reason, now) {
+                log!("{l}");
+            }
+        }
+        while self.rescans.front().is_some_and(|t| *t <= now) {
+            self.rescans.pop_front();
+            for p in self.inputs.rescan(Path::new(INPUT_DIR)) {
+                log!("watching {} for the power button", p.display());
+            }
+            if self.rescans.is_empty() && self.inputs.is_empty() {
+                log!("no {INPUT_DIR}/event* devices: the power button will not work");
+            }
+        }
+        for l in self.supervisor.start_due(now, supervise::spawn) {
+            log!("{l}");
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self, reason: &str, how: Halt) -> ! {
+        self.supervisor.stop();
+        let mut sys = RealSystem {
+            signals: self.signals.as_ref(),
+        };
+        power::shutdown(
+            &mut sys,
+            reason,
+            self.supervisor.running(),
+            self.grace_ms,
+            how,
+        );
+        last_resort()
+    }
+}
+
+/// The shutdown sequence's view of the real system.
+struct RealSystem<'a> {
+    signals: Option<&'a Signals>,
+}
+
+impl power::System for RealSystem<'_> {
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+    fn kill(&mut self, pid: i32, sig: Signal) -> Result<(), Errno> {
+        kill(Pid::from_raw(pid), sig)
+    }
+    fn reap(&mut self) -> (Vec<(i32, supervise::ExitReason)>, bool) {
+        let r = signals::reap_all();
+        (r.exited, r.no_children)
+    }
+    fn wait(&mut self, ms: u64) {
+        match self.signals {
+            Some(s) => {
+                let mut fds = [PollFd::new(s.fd(), PollFlags::POLLIN)];
+                let _ = poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+                );
+                // Further TERMs or button presses change nothing now.
+                s.drain();
+            }
+            None => std::thread::sleep(Duration::from_millis(ms)),
+        }
+    }
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+    fn log(&mut self, line: String) {
+        log!("{line}");
+    }
+    fn halt(&mut self, how: Halt) -> Errno {
+        let mode = match how {
+            Halt::PowerOff => RebootMode::RB_POWER_OFF,
+            Halt::Reboot => RebootMode::RB_AUTOBOOT,
+        };
+        match reboot(mode) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+}
+
+/// Sync and reboot; if even that fails, idle forever rather than exit.
+fn last_resort() -> ! {
+    nix::unistd::sync();
+    log!("rebooting");
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn main() -> ! {
+    // First, so nothing (not even SIGINT from Ctrl-Alt-Del) takes the default action.
+    let blocked = signals::block_all();
+    std::panic::set_hook(Box::new(|info| log!("panic: {info}")));
+    if nix::unistd::getpid().as_raw() != 1 {
+        // Mounting over the host and kill(-1) at shutdown would be harmful off PID 1.
+        log!("not running as PID 1; exiting");
+        std::process::exit(2);
+    }
+    if let Err(e) = blocked {
+        log!("blocking signals failed: {}", e.desc());
+    }
+
+    let mut init = match catch_unwind(boot) {
+        Ok(init) => init,
+        Err(_) => {
+            log!("boot panicked");
+            last_resort()
+        }
+    };
+
+    let mut failures = 0u32;
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| init.iterate())) {
+            Ok(Ok(())) => failures = 0,
+            Ok(Err(e)) => {
+                log!("main loop: {e:#}");
+                failures += 1;
+            }
+            Err(_) => {
+                log!("main loop panicked");
+                failures += 1;
+            }
+        }
+        if failures >= MAX_LOOP_FAILURES {
+            log!("main loop failed {failures} times in a row");
+            last_resort();
+        }
+        if failures > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_contains_errors_and_panics() {
+        assert_eq!(step("ok", || Ok(7)), Some(7));
+        assert_eq!(
+            step("err", || -> anyhow::Result<u8> { anyhow::bail!("boom") }),
+            None
+        );
+        assert_eq!(
+            step("panic", || -> anyhow::Result<u8> {
+                panic!("step panic (expected in test)")
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn boottime_clock_moves_forward() {
+        let a = now_ms();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = now_ms();
+        assert!(a > 0 && b >= a + 20, "{a} {b}");
+    }
+}
