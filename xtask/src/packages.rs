@@ -111,7 +111,7 @@ pub fn decide_locked(
     available: &[String],
     locked: bool,
 ) -> Result<LockedAction> {
-    if available.iter().any(|v| *v == entry.version) {
+    if available.contains(&entry.version) {
         return Ok(LockedAction::Download);
     }
     if !locked {
@@ -1163,6 +1163,135 @@ mod tests {
             resolve_with(&requests(), &opts, &no_apt_tools(), &mut |_| {}).unwrap_err()
         );
         assert!(err.contains("stray.deb (busybox) matches none"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn workspace_target() -> PathBuf {
+        match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        }
+    }
+
+    /// Against the real Debian arm64 archive through the host's apt. Shares `target/cache` with
+    /// the image build, so the ~22 MB download happens once per cache.
+    #[test]
+    fn real_debian_arm64_kernel_boot_loader_and_modules() {
+        let dir = tempdir("pkg-real");
+        let mut opts = Options {
+            lock_path: dir.join("real.lock"),
+            cache_dir: workspace_target().join("cache"),
+            locked: false,
+            local_debs: vec![],
+            update: false,
+        };
+        let start = Instant::now();
+        let got = resolve(&requests(), &opts, &mut |l| eprintln!("{l}")).unwrap();
+        eprintln!(
+            "resolve without lock: {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+        let kernel = &got[0];
+        assert!(
+            kernel.name.starts_with("linux-image-6.") && kernel.name.ends_with("-cloud-arm64"),
+            "{}",
+            kernel.name
+        );
+        let kver = kernel.name.strip_prefix("linux-image-").unwrap();
+        let image = fs::metadata(kernel.root.join(format!("boot/vmlinuz-{kver}"))).unwrap();
+        assert!(
+            image.len() > 10_000_000,
+            "kernel Image is {} bytes",
+            image.len()
+        );
+        let boot = &got[1];
+        assert_eq!(boot.name, "systemd-boot-efi");
+        let efi = fs::read(
+            boot.root
+                .join("usr/lib/systemd/boot/efi/systemd-bootaa64.efi"),
+        )
+        .unwrap();
+        assert_eq!(&efi[..2], b"MZ");
+        let lock = parse_lock(&fs::read_to_string(&opts.lock_path).unwrap()).unwrap();
+        assert_eq!(lock["kernel"].package, kernel.name);
+        assert_eq!(lock["kernel"].sha256, sha256_file(&kernel.deb).unwrap());
+        eprintln!("{}", fs::read_to_string(&opts.lock_path).unwrap());
+
+        // Warm: lock and cache present; apt must not be needed at all.
+        opts.locked = true;
+        let start = Instant::now();
+        let warm = resolve_with(&requests(), &opts, &no_apt_tools(), &mut |l| {
+            eprintln!("{l}")
+        })
+        .unwrap();
+        let warm_time = start.elapsed();
+        eprintln!(
+            "resolve with lock and cache: {:.1} ms",
+            warm_time.as_secs_f64() * 1e3
+        );
+        assert_eq!(warm[0].root, kernel.root);
+        assert!(
+            warm_time.as_millis() < 500,
+            "warm resolve took {warm_time:?}"
+        );
+
+        let wanted: Vec<String> = [
+            "ena",
+            "virtio_net",
+            "virtio_pci",
+            "evdev",
+            "nf_tables",
+            "nft-chain-2-nat",
+            "nft-expr-masq",
+            "nft_ct",
+            "nf_flow_table_inet",
+            "nft_flow_offload",
+            "nvme",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let start = Instant::now();
+        let set =
+            crate::modules::resolve(&kernel.root.join("lib/modules").join(kver), &wanted).unwrap();
+        eprintln!(
+            "module resolution: {:.0} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        let order: Vec<&str> = set.ordered.iter().map(|m| m.name.as_str()).collect();
+        eprintln!("load order: {}", order.join(" "));
+        assert_eq!(set.kernel_release, kver);
+        assert_eq!(set.builtin, ["nvme"]);
+        let pos = |n: &str| {
+            order
+                .iter()
+                .position(|m| *m == n)
+                .unwrap_or_else(|| panic!("{n} not in {order:?}"))
+        };
+        for (a, b) in [
+            ("virtio_ring", "virtio_net"),
+            ("nfnetlink", "nf_tables"),
+            ("nf_conntrack", "nf_nat"),
+            ("nf_tables", "nft_chain_nat"),
+            ("nf_nat", "nft_masq"),
+            ("nf_flow_table", "nf_flow_table_inet"),
+        ] {
+            assert!(pos(a) < pos(b), "{a} must load before {b}: {order:?}");
+        }
+        for n in ["ena", "evdev", "virtio_pci", "nft_ct", "nft_flow_offload"] {
+            pos(n);
+        }
+        for m in &set.ordered {
+            assert_eq!(&m.data[..4], b"\x7fELF", "{}", m.rel_path);
+            assert!(
+                m.rel_path.starts_with("kernel/") && m.rel_path.ends_with(".ko"),
+                "{}",
+                m.rel_path
+            );
+            for d in &m.depends {
+                assert!(pos(d) < pos(&m.name), "{d} before {}", m.name);
+            }
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }
