@@ -1294,4 +1294,223 @@ mod tests {
         }
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A stand-in for apt-get and apt-cache: answers from files under `state`, records calls.
+    struct FakeApt {
+        state: PathBuf,
+        tools: Tools,
+    }
+
+    impl FakeApt {
+        fn new(dir: &Path) -> FakeApt {
+            use std::os::unix::fs::PermissionsExt;
+            let state = dir.join("fake-apt");
+            for sub in ["policy", "madison", "show", "files"] {
+                fs::create_dir_all(state.join(sub)).unwrap();
+            }
+            let script = state.join("apt");
+            fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nS='{}'\nwhile [ \"${{1#-}}\" != \"$1\" ]; do shift; done\ncmd=$1; shift\n\
+                     echo \"$cmd $*\" >> \"$S/calls\"\n\
+                     case $cmd in\n\
+                     update) ;;\n\
+                     policy|madison) cat \"$S/$cmd/$1\" 2>/dev/null || true ;;\n\
+                     show) cat \"$S/show/$1\" || {{ echo \"E: No packages found\" >&2; exit 100; }} ;;\n\
+                     download) cp \"$S/files/$1\" \"./${{1%%=*}}_${{1#*=}}_arm64.deb\" ;;\n\
+                     esac\n",
+                    state.display()
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+            let tools = Tools {
+                apt_get: script.display().to_string(),
+                apt_cache: script.display().to_string(),
+            };
+            FakeApt { state, tools }
+        }
+
+        /// Publishes `deb` as the current version of `package`; `meta` makes a metapackage point at it.
+        fn publish(&self, deb: &Path, package: &str, version: &str, meta: Option<&str>) {
+            let sha = sha256_file(deb).unwrap();
+            let size = fs::metadata(deb).unwrap().len();
+            fs::copy(deb, self.state.join(format!("files/{package}={version}"))).unwrap();
+            let show = format!(
+                "Package: {package}\nVersion: {version}\nDepends: kmod\nFilename: pool/{package}_{version}_arm64.deb\n\
+                 Size: {size}\nSHA256: {sha}\n\n"
+            );
+            fs::write(self.state.join(format!("show/{package}={version}")), show).unwrap();
+            fs::write(
+                self.state.join(format!("policy/{package}")),
+                format!("{package}:\n  Candidate: {version}\n"),
+            )
+            .unwrap();
+            fs::write(
+                self.state.join(format!("madison/{package}")),
+                format!(" {package} | {version} | x\n"),
+            )
+            .unwrap();
+            if let Some(meta) = meta {
+                fs::write(
+                    self.state.join(format!("show/{meta}=9")),
+                    format!("Package: {meta}\nVersion: 9\nDepends: {package} (= {version})\n\n"),
+                )
+                .unwrap();
+                fs::write(
+                    self.state.join(format!("policy/{meta}")),
+                    format!("{meta}:\n  Candidate: 9\n"),
+                )
+                .unwrap();
+            }
+        }
+
+        /// Makes `package` unavailable.
+        fn withdraw(&self, package: &str) {
+            fs::remove_file(self.state.join(format!("madison/{package}"))).unwrap();
+            fs::remove_file(self.state.join(format!("policy/{package}"))).unwrap();
+        }
+
+        fn calls(&self) -> String {
+            fs::read_to_string(self.state.join("calls")).unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn version_gone_and_changed_file_with_fake_apt() {
+        let dir = tempdir("pkg-fake-apt");
+        let apt = FakeApt::new(&dir);
+        let k1 = dir.join("k1.deb");
+        let k2 = dir.join("k2.deb");
+        let b1 = dir.join("b1.deb");
+        write_deb(
+            &k1,
+            "linux-image-6.1.0-1-cloud-arm64",
+            "6.1.1-1",
+            "xz",
+            &[("./", b"", None)],
+        );
+        write_deb(
+            &k2,
+            "linux-image-6.1.0-2-cloud-arm64",
+            "6.1.2-1",
+            "xz",
+            &[("./", b"", None)],
+        );
+        write_deb(&b1, "systemd-boot-efi", "252-1", "", &[("./", b"", None)]);
+        apt.publish(
+            &k1,
+            "linux-image-6.1.0-1-cloud-arm64",
+            "6.1.1-1",
+            Some("linux-image-cloud-arm64"),
+        );
+        apt.publish(&b1, "systemd-boot-efi", "252-1", None);
+        let mut opts = Options {
+            lock_path: dir.join("t.lock"),
+            cache_dir: dir.join("cache"),
+            locked: false,
+            local_debs: vec![],
+            update: false,
+        };
+        let mut lines = Vec::new();
+        let got = resolve_with(&requests(), &opts, &apt.tools, &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        assert_eq!(got[0].name, "linux-image-6.1.0-1-cloud-arm64");
+        assert!(lines.iter().any(|l| {
+            l.starts_with("kernel: downloading linux-image-6.1.0-1-cloud-arm64=6.1.1-1 (")
+        }));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("kernel: downloaded ") && l.ends_with(" s")),
+            "{lines:?}"
+        );
+        assert!(
+            apt.calls()
+                .contains("download linux-image-6.1.0-1-cloud-arm64=6.1.1-1")
+        );
+
+        // --update with nothing new: apt is asked, nothing is downloaded again.
+        opts.update = true;
+        resolve_with(&requests(), &opts, &apt.tools, &mut |_| {}).unwrap();
+        assert_eq!(
+            apt.calls().matches("download ").count(),
+            2,
+            "{}",
+            apt.calls()
+        );
+        opts.update = false;
+
+        // Cold cache, lock present, version still there: exactly the locked one is fetched.
+        fs::remove_dir_all(&opts.cache_dir).unwrap();
+        opts.locked = true;
+        resolve_with(&requests(), &opts, &apt.tools, &mut |_| {}).unwrap();
+
+        // The archive moves on: the locked kernel disappears.
+        fs::remove_dir_all(&opts.cache_dir).unwrap();
+        apt.withdraw("linux-image-6.1.0-1-cloud-arm64");
+        apt.publish(
+            &k2,
+            "linux-image-6.1.0-2-cloud-arm64",
+            "6.1.2-1",
+            Some("linux-image-cloud-arm64"),
+        );
+        let err = format!(
+            "{:#}",
+            resolve_with(&requests(), &opts, &apt.tools, &mut |_| {}).unwrap_err()
+        );
+        assert!(
+            err.contains(
+                "pins linux-image-6.1.0-1-cloud-arm64 6.1.1-1, which is no longer available"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("without --locked"), "{err}");
+        opts.locked = false;
+        let mut lines = Vec::new();
+        let got = resolve_with(&requests(), &opts, &apt.tools, &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        assert_eq!(got[0].name, "linux-image-6.1.0-2-cloud-arm64");
+        let change = "kernel: linux-image-6.1.0-1-cloud-arm64 6.1.1-1 -> linux-image-6.1.0-2-cloud-arm64 6.1.2-1";
+        assert!(lines.iter().any(|l| l == change), "{lines:?}");
+        let lock = parse_lock(&fs::read_to_string(&opts.lock_path).unwrap()).unwrap();
+        assert_eq!(lock["kernel"].version, "6.1.2-1");
+
+        // Same version, different bytes: refused against the lock.
+        fs::remove_dir_all(&opts.cache_dir).unwrap();
+        let k2b = dir.join("k2b.deb");
+        write_deb(
+            &k2b,
+            "linux-image-6.1.0-2-cloud-arm64",
+            "6.1.2-1",
+            "gz",
+            &[("./", b"", None)],
+        );
+        apt.publish(
+            &k2b,
+            "linux-image-6.1.0-2-cloud-arm64",
+            "6.1.2-1",
+            Some("linux-image-cloud-arm64"),
+        );
+        let err = format!(
+            "{:#}",
+            resolve_with(&requests(), &opts, &apt.tools, &mut |_| {}).unwrap_err()
+        );
+        assert!(err.contains("but the lock file says"), "{err}");
+
+        // apt failures show apt's stderr.
+        fs::remove_file(apt.state.join("show/systemd-boot-efi=252-1")).unwrap();
+        fs::remove_file(&opts.lock_path).unwrap();
+        let err = format!(
+            "{:#}",
+            resolve_with(&requests(), &opts, &apt.tools, &mut |_| {}).unwrap_err()
+        );
+        assert!(err.contains("E: No packages found"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
