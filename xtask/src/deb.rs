@@ -102,7 +102,7 @@ fn member(deb: &Path, prefix: &str) -> Result<(String, Vec<u8>)> {
         }
         first = false;
         if name.starts_with(prefix) {
-            let mut bytes = Vec::with_capacity(entry.header().size() as usize);
+            let mut bytes = Vec::with_capacity(entry.header().size().min(1 << 28) as usize);
             entry
                 .read_to_end(&mut bytes)
                 .with_context(|| format!("{}: reading {name}", deb.display()))?;
@@ -112,7 +112,8 @@ fn member(deb: &Path, prefix: &str) -> Result<(String, Vec<u8>)> {
     bail!("{}: no {prefix}.* member", deb.display())
 }
 
-/// Decompresses by file name suffix: `.xz`, `.zst`, `.gz` or none.
+/// Decompresses by file name suffix: `.xz`, `.zst`, `.gz`, or plain `.tar`/`.ko`; other
+/// suffixes are refused so an unknown format is named rather than misread.
 pub fn decompress(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
     if name.ends_with(".xz") {
         let mut out = Vec::with_capacity(bytes.len() * 4);

@@ -1197,7 +1197,9 @@ mod tests {
             "{}",
             kernel.name
         );
-        let kver = kernel.name.strip_prefix("linux-image-").unwrap();
+        let kver = crate::modules::kernel_release(&kernel.root).unwrap();
+        let kver = kver.as_str();
+        assert_eq!(Some(kver), kernel.name.strip_prefix("linux-image-"));
         let image = fs::metadata(kernel.root.join(format!("boot/vmlinuz-{kver}"))).unwrap();
         assert!(
             image.len() > 10_000_000,
