@@ -36,7 +36,7 @@ pub struct Resolved {
     pub version: String,
     /// Of the .deb file.
     pub sha256: String,
-    /// The .deb in the cache.
+    /// The .deb in the cache (absent if `debs/` was pruned while the unpacked tree stayed).
     pub deb: PathBuf,
     /// Its unpacked data tree in the cache.
     pub root: PathBuf,
@@ -347,15 +347,18 @@ fn resolve_with(
         );
     }
 
-    let text = render_lock(&new_lock)?;
-    let old_text = fs::read_to_string(&opts.lock_path).ok();
-    if old_text.as_deref() != Some(text.as_str()) {
-        if opts.locked {
+    if opts.locked {
+        // Every role was checked against the lock above; what is left are extra roles.
+        if new_lock != old_lock {
             bail!(
-                "--locked, but {} would change (it has roles the profile does not request); build without --locked",
+                "--locked, but {} has entries the profile does not request; build without --locked",
                 opts.lock_path.display()
             );
         }
+        return Ok(out);
+    }
+    let text = render_lock(&new_lock)?;
+    if fs::read_to_string(&opts.lock_path).ok().as_deref() != Some(text.as_str()) {
         write_atomic(&opts.lock_path, text.as_bytes())?;
         log(&format!("wrote {}", opts.lock_path.display()));
     }
@@ -1069,6 +1072,14 @@ mod tests {
         let lock_before = fs::read(&opts.lock_path).unwrap();
         let warm = resolve_with(&requests(), &opts, &no_apt_tools(), &mut |_| {}).unwrap();
         assert_eq!(warm[0].root, got[0].root);
+        let err = format!(
+            "{:#}",
+            resolve_with(&requests()[..1], &opts, &no_apt_tools(), &mut |_| {}).unwrap_err()
+        );
+        assert!(
+            err.contains("entries the profile does not request"),
+            "{err}"
+        );
         assert_eq!(warm[1].sha256, got[1].sha256);
         assert_eq!(fs::read(&opts.lock_path).unwrap(), lock_before);
 
