@@ -231,9 +231,11 @@ fn resolve_with(
             );
         }
     }
+    let cache_dir = std::path::absolute(&opts.cache_dir)
+        .with_context(|| format!("resolving {}", opts.cache_dir.display()))?;
     let mut apt = AptSession {
         tools,
-        cache_dir: opts.cache_dir.clone(),
+        cache_dir,
         ready: false,
     };
 
@@ -735,12 +737,24 @@ struct AptSession<'a> {
 
 impl AptSession<'_> {
     fn options(&self) -> Vec<String> {
+        // apt resolves relative Dir:: paths against its root directory, not the working directory.
         let apt = self.cache_dir.join("apt");
+        let cache = apt.join("cache");
         vec![
             "-oAPT::Architecture=arm64".into(),
             "-oAPT::Architectures=arm64".into(),
             format!("-oDir::State::Lists={}", apt.join("lists").display()),
-            format!("-oDir::Cache={}", apt.join("cache").display()),
+            format!("-oDir::Cache={}", cache.display()),
+            // Container images often disable these caches; without them every apt-cache call
+            // re-parses all package lists (over a second each).
+            format!(
+                "-oDir::Cache::pkgcache={}",
+                cache.join("pkgcache.bin").display()
+            ),
+            format!(
+                "-oDir::Cache::srcpkgcache={}",
+                cache.join("srcpkgcache.bin").display()
+            ),
             // An empty dpkg status: the host's installed packages play no part.
             "-oDir::State::Status=/dev/null".into(),
             "-oAcquire::Languages=none".into(),
