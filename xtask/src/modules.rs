@@ -34,6 +34,12 @@ pub struct ModuleSet {
 
 /// Resolves `wanted` (module names or aliases) in `modules_dir` (`<root>/lib/modules/<kver>`)
 /// to the module files to load, in load order.
+///
+/// Lookup follows kmod: module name (`-` = `_`), built-in name, module aliases (glob patterns;
+/// every matching module is taken), built-in aliases. The closure follows `depends=` and
+/// `softdep=` `pre:` entries; soft dependencies that do not exist or are built in are skipped,
+/// as modprobe does. Entries that resolve to nothing are one error listing all of them with
+/// close matches; a cycle through `depends=` is an error.
 pub fn resolve(modules_dir: &Path, wanted: &[String]) -> Result<ModuleSet> {
     let kernel_release = modules_dir
         .file_name()
@@ -141,8 +147,8 @@ fn normalize_alias(alias: &str) -> String {
 }
 
 /// fnmatch-style matching of `text` against `pattern` with `*`, `?` and `[...]` (`!`/`^`
-/// negation, ranges). Written here because it is 40 lines and no glob crate matches
-/// plain strings without path semantics.
+/// negation, ranges), the matching kmod applies to aliases. Written here: it is short, and a
+/// glob crate would be a dependency for this one use.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
@@ -726,7 +732,7 @@ impl Resolver {
                 let d = edit_distance(&w, c);
                 let near = d <= 2.max(w.len() / 4);
                 let contains = w.len() >= 3
-                    && (c.contains(w.as_str()) || w.contains(c.as_str()) && c.len() >= 3);
+                    && (c.contains(w.as_str()) || (w.contains(c.as_str()) && c.len() >= 3));
                 (near || contains).then_some((d, c))
             })
             .collect();
