@@ -237,6 +237,7 @@ fn resolve_with(
         tools,
         cache_dir,
         ready: false,
+        _lock: None,
     };
 
     let mut new_lock = Lock::new();
@@ -733,6 +734,8 @@ struct AptSession<'a> {
     tools: &'a Tools,
     cache_dir: PathBuf,
     ready: bool,
+    /// Held while this session uses apt.
+    _lock: Option<fs::File>,
 }
 
 impl AptSession<'_> {
@@ -801,6 +804,17 @@ impl AptSession<'_> {
         ] {
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
+        // apt-get update fails at once when another one holds the lists, so builds and tests
+        // sharing this cache take turns; the lock is released when the session ends.
+        let lock_path = apt.join("xtask.lock");
+        let lock = fs::File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            log("waiting for another build using the same apt cache");
+            lock.lock()
+                .with_context(|| format!("locking {}", lock_path.display()))?;
+        }
+        self._lock = Some(lock);
         log("updating the arm64 package lists with apt-get update");
         let start = Instant::now();
         self.run(&self.tools.apt_get, &["update"], None).context(
@@ -1342,7 +1356,7 @@ mod tests {
                     "#!/bin/sh\nS='{}'\nwhile [ \"${{1#-}}\" != \"$1\" ]; do shift; done\ncmd=$1; shift\n\
                      echo \"$cmd $*\" >> \"$S/calls\"\n\
                      case $cmd in\n\
-                     update) ;;\n\
+                     update) mkdir \"$S/updating\" || {{ echo \"E: Could not get lock\" >&2; exit 100; }}; sleep 0.3; rmdir \"$S/updating\" ;;\n\
                      policy|madison) cat \"$S/$cmd/$1\" 2>/dev/null || true ;;\n\
                      show) cat \"$S/show/$1\" || {{ echo \"E: No packages found\" >&2; exit 100; }} ;;\n\
                      download) cp \"$S/files/$1\" \"./${{1%%=*}}_${{1#*=}}_arm64.deb\" ;;\n\
@@ -1538,6 +1552,43 @@ mod tests {
             resolve_with(&requests(), &opts, &apt.tools, &mut |_| {}).unwrap_err()
         );
         assert!(err.contains("E: No packages found"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two builds sharing a cache must not run apt-get update at the same time (the fake apt,
+    /// like apt, fails when the lists are busy).
+    #[test]
+    fn concurrent_builds_take_turns_with_apt() {
+        let dir = tempdir("pkg-concurrent");
+        let apt = FakeApt::new(&dir);
+        let b1 = dir.join("b1.deb");
+        write_deb(&b1, "systemd-boot-efi", "252-1", "", &[("./", b"", None)]);
+        apt.publish(&b1, "systemd-boot-efi", "252-1", None);
+        let boot = [Request {
+            role: "bootloader".into(),
+            name: "systemd-boot-efi".into(),
+        }];
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|i| {
+                    let (apt, dir, boot) = (&apt, &dir, &boot);
+                    scope.spawn(move || {
+                        let opts = Options {
+                            lock_path: dir.join(format!("{i}.lock")),
+                            cache_dir: dir.join("cache"),
+                            locked: false,
+                            local_debs: vec![],
+                            update: false,
+                        };
+                        resolve_with(boot, &opts, &apt.tools, &mut |_| {})
+                    })
+                })
+                .collect();
+            for run in runs {
+                run.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(apt.calls().matches("update").count(), 2, "{}", apt.calls());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
