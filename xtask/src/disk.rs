@@ -7,11 +7,13 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::rc::Rc;
 
 /// Logical sector size of the image; EC2 and QEMU both use 512-byte sectors.
 pub const SECTOR: u64 = 512;
@@ -86,18 +88,19 @@ pub fn write_disk(layout: &DiskLayout, files: &[EspFile], out: &Path) -> Result<
         .with_context(|| format!("writing the partition table of {}", out.display()))?;
 
     let window = PartitionWindow::new(&mut image, plan.esp_first_lba * SECTOR, esp_bytes);
-    let mut cache = ZeroBackedCache::new(window).context("opening the ESP window")?;
+    let cache = ZeroBackedCache::new(window).context("opening the ESP window")?;
+    let mut disk = SharedDisk::new(cache);
     let options = fatfs::FormatVolumeOptions::new()
         .fat_type(fatfs::FatType::Fat32)
         .bytes_per_cluster(cluster_size)
         .volume_id(volume_id)
         .volume_label(label);
-    fatfs::format_volume(&mut cache, options).with_context(|| {
+    fatfs::format_volume(disk.clone(), options).with_context(|| {
         format!("formatting the {esp_bytes}-byte ESP as FAT32 with {cluster_size}-byte clusters")
     })?;
-    fill_esp(&mut cache, &files, cluster_size, layout.size_bytes)?;
-    cache.flush().context("writing the ESP into the image")?;
-    drop(cache);
+    fill_esp(&disk, &files, cluster_size, layout.size_bytes)?;
+    disk.flush().context("writing the ESP into the image")?;
+    drop(disk);
     image
         .flush()
         .with_context(|| format!("flushing {}", out.display()))?;
@@ -129,7 +132,7 @@ impl DiskPlan {
 
 fn plan_disk(size_bytes: u64) -> Result<DiskPlan> {
     ensure!(
-        size_bytes > 0 && size_bytes % MIB == 0,
+        size_bytes > 0 && size_bytes.is_multiple_of(MIB),
         "disk size {size_bytes} bytes is not a positive multiple of 1 MiB"
     );
     let total_lba = size_bytes / SECTOR;
@@ -158,6 +161,9 @@ fn fat32_cluster_size(esp_bytes: u64) -> Result<u32> {
     // each of the two FATs. fatfs computes the exact layout and errors if this was optimistic.
     let usable = esp_bytes.saturating_sub(34 * SECTOR + 16);
     let clusters = |size: u64| usable / (size + 8);
+    if esp_bytes / SECTOR > u64::from(u32::MAX) {
+        bail!("ESP of {esp_bytes} bytes has more sectors than FAT32 can count (2 TiB at most)");
+    }
     if clusters(4096) > FAT32_MAX_CLUSTERS {
         for size in [8192u32, 16384, 32768] {
             if clusters(u64::from(size)) <= FAT32_MAX_CLUSTERS {
@@ -206,15 +212,18 @@ fn write_gpt(image: &mut File, plan: &DiskPlan, disk_guid: Guid, esp_guid: Guid)
     Ok(())
 }
 
-/// Formats checks and writes all files into the freshly formatted ESP.
+/// Checks the space and writes all files into the freshly formatted ESP.
 fn fill_esp<S: Read + Write + Seek>(
-    disk: &mut S,
+    disk: &SharedDisk<S>,
     files: &[&EspFile],
     cluster_size: u32,
     disk_size: u64,
 ) -> Result<()> {
-    let fs = fatfs::FileSystem::new(disk, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
-        .context("mounting the new ESP")?;
+    let fs = fatfs::FileSystem::new(
+        disk.clone(),
+        fatfs::FsOptions::new().time_provider(&FIXED_TIME),
+    )
+    .context("mounting the new ESP")?;
     ensure!(
         fs.fat_type() == fatfs::FatType::Fat32,
         "the ESP was formatted as {:?}, not FAT32",
@@ -243,8 +252,14 @@ fn fill_esp<S: Read + Write + Seek>(
     for &file in files {
         for dir in ancestors(&file.path) {
             if made.insert(dir) {
+                disk.last_dot.set(None);
                 root.create_dir(dir)
                     .with_context(|| format!("creating directory {dir} on the ESP"))?;
+                let dot = disk.last_dot.take().with_context(|| {
+                    format!("fatfs wrote no '.' entry when creating directory {dir}")
+                })?;
+                fix_dot_entries(&mut *disk.disk.borrow_mut(), dot, !dir.contains('/'))
+                    .with_context(|| format!("repairing directory {dir} on the ESP"))?;
             }
         }
         let mut handle = root
@@ -264,6 +279,102 @@ fn fill_esp<S: Read + Write + Seek>(
     drop(root);
     fs.unmount().context("unmounting the ESP")?;
     Ok(())
+}
+
+const DOT_NAME: &[u8; 11] = b".          ";
+const DOTDOT_NAME: &[u8; 11] = b"..         ";
+const DIR_ENTRY: usize = 32;
+const LFN_ATTR: u8 = 0x0F;
+
+/// fatfs 0.3.6 (with `alloc`) puts a long-name entry before "." and "..", which the FAT spec and
+/// fsck.vfat reject: "." must be the first entry and ".." the second. `dot` is where fatfs wrote
+/// the name of the "." entry; the new directory's first four entries are rewritten as ".", ".."
+/// and two free slots. A directory right under the root must name cluster 0 in "..".
+fn fix_dot_entries<S: Read + Write + Seek>(
+    disk: &mut S,
+    dot: u64,
+    parent_is_root: bool,
+) -> Result<()> {
+    let start = dot
+        .checked_sub(DIR_ENTRY as u64)
+        .context("'.' entry at the start of the partition")?;
+    let saved = disk.stream_position()?;
+    let mut entries = [0u8; 4 * DIR_ENTRY];
+    disk.seek(SeekFrom::Start(start))?;
+    disk.read_exact(&mut entries)?;
+    let (lfn_dot, dot_entry) = (&entries[..32], &entries[32..64]);
+    let (lfn_dotdot, dotdot_entry) = (&entries[64..96], &entries[96..]);
+    ensure!(
+        lfn_dot[11] == LFN_ATTR
+            && dot_entry[..11] == DOT_NAME[..]
+            && lfn_dotdot[11] == LFN_ATTR
+            && dotdot_entry[..11] == DOTDOT_NAME[..],
+        "unexpected entries at ESP offset {start}: not the long-name, '.', long-name, '..' \
+         layout fatfs 0.3.6 writes"
+    );
+    let mut fixed = [0u8; 4 * DIR_ENTRY];
+    fixed[..32].copy_from_slice(dot_entry);
+    fixed[32..64].copy_from_slice(dotdot_entry);
+    if parent_is_root {
+        // First cluster high and low halves.
+        fixed[32 + 20..32 + 22].fill(0);
+        fixed[32 + 26..32 + 28].fill(0);
+    }
+    disk.seek(SeekFrom::Start(start))?;
+    disk.write_all(&fixed)?;
+    disk.seek(SeekFrom::Start(saved))?;
+    Ok(())
+}
+
+/// The ESP stream, shared between fatfs (which owns one clone) and `fill_esp` (which patches
+/// directories between fatfs calls). It notes where the name of a "." entry was last written.
+struct SharedDisk<S> {
+    disk: Rc<RefCell<S>>,
+    last_dot: Rc<Cell<Option<u64>>>,
+}
+
+impl<S> SharedDisk<S> {
+    fn new(disk: S) -> Self {
+        SharedDisk {
+            disk: Rc::new(RefCell::new(disk)),
+            last_dot: Rc::new(Cell::new(None)),
+        }
+    }
+}
+
+impl<S> Clone for SharedDisk<S> {
+    fn clone(&self) -> Self {
+        SharedDisk {
+            disk: Rc::clone(&self.disk),
+            last_dot: Rc::clone(&self.last_dot),
+        }
+    }
+}
+
+impl<S: Read> Read for SharedDisk<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.disk.borrow_mut().read(buf)
+    }
+}
+
+impl<S: Write + Seek> Write for SharedDisk<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut disk = self.disk.borrow_mut();
+        if buf.starts_with(DOT_NAME) {
+            self.last_dot.set(Some(disk.stream_position()?));
+        }
+        disk.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.disk.borrow_mut().flush()
+    }
+}
+
+impl<S: Seek> Seek for SharedDisk<S> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.disk.borrow_mut().seek(to)
+    }
 }
 
 /// Directory paths that hold the files, each once.
@@ -624,6 +735,7 @@ impl<S> Seek for ZeroBackedCache<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
@@ -830,7 +942,8 @@ pub(crate) mod tests {
         assert_eq!(fat32_cluster_size(298 * MIB).unwrap(), 4096);
         assert_eq!(fat32_cluster_size(62 * MIB).unwrap(), 512);
         assert_eq!(fat32_cluster_size(100 * MIB).unwrap(), 1024);
-        assert_eq!(fat32_cluster_size(4 << 40).unwrap(), 32768);
+        assert_eq!(fat32_cluster_size(1536 << 30).unwrap(), 8192);
+        assert!(fat32_cluster_size(3 << 40).is_err());
         let err = fat32_cluster_size(30 * MIB).unwrap_err().to_string();
         assert!(err.contains("too small for FAT32"), "{err}");
     }
@@ -1000,12 +1113,8 @@ pub(crate) mod tests {
             &["-n", "-v", esp.to_str().unwrap()],
             "dosfstools",
         );
-        assert!(fsck.contains("FAT32"), "{fsck}");
-        assert!(
-            fsck.contains(&format!("{:08X}", report.volume_id))
-                || fsck.contains(&format!("{:08x}", report.volume_id)),
-            "{fsck}"
-        );
+        // Only FAT32 keeps its root directory in a cluster chain.
+        assert!(fsck.contains("Root directory start at cluster 2"), "{fsck}");
 
         check_with_fatfs(&image, &report, &files, 4096);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1024,7 +1133,8 @@ pub(crate) mod tests {
             &["-n", "-v", esp.to_str().unwrap()],
             "dosfstools",
         );
-        assert!(fsck.contains("FAT32"), "{fsck}");
+        // Only FAT32 keeps its root directory in a cluster chain.
+        assert!(fsck.contains("Root directory start at cluster 2"), "{fsck}");
         let verify = run_ok("sgdisk", &["-v", image.to_str().unwrap()], "gdisk");
         assert!(verify.contains("No problems found"), "{verify}");
         check_with_fatfs(&image, &report, &files, 512);
