@@ -843,7 +843,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn same_bytes(a: &Path, b: &Path) -> bool {
+    pub(crate) fn same_bytes(a: &Path, b: &Path) -> bool {
         let (mut a, mut b) = (File::open(a).unwrap(), File::open(b).unwrap());
         if a.metadata().unwrap().len() != b.metadata().unwrap().len() {
             return false;

@@ -1,5 +1,7 @@
 //! placeholder
 #[allow(dead_code)]
 mod disk;
+#[allow(dead_code)]
+mod formats;
 
 fn main() {}
