@@ -8,7 +8,8 @@ use anyhow::{Context, Result, ensure};
 use flate2::Compression;
 use flate2::write::ZlibEncoder;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -31,7 +32,7 @@ const COPY_CHUNK: usize = 4 << 20;
 /// Writes `raw` followed by a fixed-VHD footer to `out`, sparse where `raw` is zero.
 /// `created_unix` becomes the footer timestamp (clamped to the VHD range); `seed` the disk UUID.
 pub fn write_vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]) -> Result<()> {
-    let mut input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let len = input
         .metadata()
         .with_context(|| format!("reading the size of {}", raw.display()))?
@@ -50,7 +51,7 @@ pub fn write_vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]
     output
         .set_len(len + SECTOR)
         .with_context(|| format!("sizing {}", out.display()))?;
-    copy_sparse(&mut input, &output, len)
+    copy_sparse(&input, &output, len)
         .with_context(|| format!("copying {} into {}", raw.display(), out.display()))?;
     output
         .write_all_at(&vhd_footer(len, created_unix, seed), len)
@@ -58,34 +59,88 @@ pub fn write_vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]
     Ok(())
 }
 
-/// Copies `len` bytes from `input` to the start of `output`, writing only non-zero blocks.
-fn copy_sparse(input: &mut File, output: &File, len: u64) -> Result<()> {
+/// Copies `len` bytes from `input` to the start of `output`, writing only non-zero blocks and
+/// reading only where the filesystem says `input` has data.
+fn copy_sparse(input: &File, output: &File, len: u64) -> Result<()> {
     let mut buf = vec![0u8; COPY_CHUNK];
-    let mut done = 0u64;
-    while done < len {
-        let n = usize::try_from(len - done).map_or(COPY_CHUNK, |left| left.min(COPY_CHUNK));
-        input
-            .read_exact(&mut buf[..n])
-            .with_context(|| format!("reading {n} bytes at offset {done}"))?;
-        // Consecutive non-zero blocks go out as one write.
-        let mut run: Option<usize> = None;
-        for start in (0..n).step_by(COPY_BLOCK) {
-            let end = (start + COPY_BLOCK).min(n);
-            match (is_zero(&buf[start..end]), run) {
-                (false, None) => run = Some(start),
-                (true, Some(from)) => {
-                    output.write_all_at(&buf[from..start], done + from as u64)?;
-                    run = None;
+    let block = COPY_BLOCK as u64;
+    for (first, end) in block_runs(&data_ranges(input, len), block) {
+        let mut done = first * block;
+        let stop = (end * block).min(len);
+        while done < stop {
+            let n = usize::try_from(stop - done).map_or(COPY_CHUNK, |left| left.min(COPY_CHUNK));
+            input
+                .read_exact_at(&mut buf[..n], done)
+                .with_context(|| format!("reading {n} bytes at offset {done}"))?;
+            // Consecutive non-zero blocks go out as one write.
+            let mut run: Option<usize> = None;
+            for start in (0..n).step_by(COPY_BLOCK) {
+                let end = (start + COPY_BLOCK).min(n);
+                match (is_zero(&buf[start..end]), run) {
+                    (false, None) => run = Some(start),
+                    (true, Some(from)) => {
+                        output.write_all_at(&buf[from..start], done + from as u64)?;
+                        run = None;
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+            if let Some(from) = run {
+                output.write_all_at(&buf[from..n], done + from as u64)?;
+            }
+            done += n as u64;
         }
-        if let Some(from) = run {
-            output.write_all_at(&buf[from..n], done + from as u64)?;
-        }
-        done += n as u64;
     }
     Ok(())
+}
+
+/// Byte ranges of `file` (below `len`) that may hold data, from the filesystem's extent map.
+/// Holes read as zeros anyway; skipping them saves reading, and the kernel zero-filling page
+/// cache for, a gigabyte of nothing. Without SEEK_DATA support: the whole file.
+fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
+    let whole = vec![(0, len)];
+    let fd = file.as_raw_fd();
+    let mut ranges = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let Ok(from) = libc::off_t::try_from(pos) else {
+            return whole;
+        };
+        // SAFETY: lseek only moves the offset of a descriptor `file` keeps open; all reads
+        // here are positioned (pread), so the moved offset does not matter.
+        let data = unsafe { libc::lseek(fd, from, libc::SEEK_DATA) };
+        if data < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break; // Only a hole from `pos` on.
+            }
+            return whole;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let (Ok(start), Ok(end)) = (u64::try_from(data), u64::try_from(hole)) else {
+            return whole;
+        };
+        if start >= len || end <= start {
+            break;
+        }
+        ranges.push((start, end.min(len)));
+        pos = end;
+    }
+    ranges
+}
+
+/// Byte ranges widened to whole blocks of `block` bytes, as [first, end) block indices, merged
+/// where they touch.
+fn block_runs(ranges: &[(u64, u64)], block: u64) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &(start, end) in ranges {
+        let (first, stop) = (start / block, end.div_ceil(block));
+        match runs.last_mut() {
+            Some(last) if first <= last.1 => last.1 = last.1.max(stop),
+            _ => runs.push((first, stop)),
+        }
+    }
+    runs
 }
 
 fn vhd_footer(size: u64, created_unix: u64, seed: [u8; 32]) -> [u8; 512] {
@@ -174,7 +229,7 @@ const GRAINS_PER_WORKER: usize = 16;
 
 /// Writes `raw` as a stream-optimized VMDK to `out`; `progress` gets (bytes read, total).
 pub fn write_vmdk_stream(raw: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-    let mut input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let len = input
         .metadata()
         .with_context(|| format!("reading the size of {}", raw.display()))?
@@ -222,38 +277,41 @@ pub fn write_vmdk_stream(raw: &Path, out: &Path, progress: &mut dyn FnMut(u64, u
     let mut fingerprint = flate2::Crc::new();
     fingerprint.update(&capacity.to_le_bytes());
     let mut buf = vec![0u8; batch * GRAIN_BYTES];
-    let mut first_grain = 0u64;
-    let mut done = 0u64;
     progress(0, len);
-    while done < len {
-        let n = usize::try_from(len - done).map_or(buf.len(), |left| left.min(buf.len()));
-        input
-            .read_exact(&mut buf[..n])
-            .with_context(|| format!("reading {} at offset {done}", raw.display()))?;
-        // A short last grain is compressed as a full one, padded with zeros.
-        buf[n..n.next_multiple_of(GRAIN_BYTES)].fill(0);
-        let used = &buf[..n.next_multiple_of(GRAIN_BYTES)];
-        let nonzero: Vec<(u64, &[u8])> = used
-            .chunks(GRAIN_BYTES)
-            .enumerate()
-            .filter(|(_, g)| !is_zero(g))
-            .map(|(i, g)| (first_grain + i as u64, g))
-            .collect();
-        for ((index, _), data) in nonzero.iter().zip(compress_grains(&nonzero, workers)?) {
-            fingerprint.update(&data);
-            let slot = usize::try_from(*index)?;
-            grain_table[slot] = u32::try_from(w.sector).with_context(|| {
-                format!(
-                    "{} grows past the 2 TiB a VMDK grain table can address",
-                    out.display()
-                )
-            })?;
-            w.grain(index * GRAIN_SECTORS, &data).with_context(werr)?;
+    for (run_first, run_end) in block_runs(&data_ranges(&input, len), GRAIN_BYTES as u64) {
+        let mut first_grain = run_first;
+        while first_grain < run_end {
+            let count = (run_end - first_grain).min(batch as u64) as usize;
+            let offset = first_grain * GRAIN_BYTES as u64;
+            let n = usize::try_from(len - offset)
+                .map_or(count * GRAIN_BYTES, |left| left.min(count * GRAIN_BYTES));
+            input
+                .read_exact_at(&mut buf[..n], offset)
+                .with_context(|| format!("reading {} at offset {offset}", raw.display()))?;
+            // A short last grain is compressed as a full one, padded with zeros.
+            buf[n..n.next_multiple_of(GRAIN_BYTES)].fill(0);
+            let nonzero: Vec<(u64, &[u8])> = buf[..n.next_multiple_of(GRAIN_BYTES)]
+                .chunks(GRAIN_BYTES)
+                .enumerate()
+                .filter(|(_, g)| !is_zero(g))
+                .map(|(i, g)| (first_grain + i as u64, g))
+                .collect();
+            for ((index, _), data) in nonzero.iter().zip(compress_grains(&nonzero, workers)?) {
+                fingerprint.update(&data);
+                let slot = usize::try_from(*index)?;
+                grain_table[slot] = u32::try_from(w.sector).with_context(|| {
+                    format!(
+                        "{} grows past the 2 TiB a VMDK grain table can address",
+                        out.display()
+                    )
+                })?;
+                w.grain(index * GRAIN_SECTORS, &data).with_context(werr)?;
+            }
+            first_grain += count as u64;
+            progress(offset + n as u64, len);
         }
-        first_grain += (used.len() / GRAIN_BYTES) as u64;
-        done += n as u64;
-        progress(done, len);
     }
+    progress(len, len);
 
     // Every grain table is written, empty or not, so every directory entry is valid.
     let mut directory = Vec::with_capacity(usize::try_from(tables)?);
@@ -443,7 +501,49 @@ mod tests {
     use super::*;
     use crate::disk::tests::{noise, run, run_ok, same_bytes, scratch};
     use crate::disk::{DiskLayout, EspFile, write_disk};
+    use std::io::Read;
     use std::path::PathBuf;
+
+    #[test]
+    fn block_runs_widen_and_merge() {
+        assert_eq!(block_runs(&[], 10), []);
+        assert_eq!(block_runs(&[(5, 25)], 10), [(0, 3)]);
+        assert_eq!(
+            block_runs(&[(0, 10), (10, 11), (35, 40)], 10),
+            [(0, 2), (3, 4)]
+        );
+        assert_eq!(block_runs(&[(0, 15), (18, 19)], 10), [(0, 2)]);
+    }
+
+    #[test]
+    fn data_ranges_cover_all_data_and_skip_holes() {
+        let dir = scratch("data-ranges");
+        let path = dir.join("sparse");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let len = 64u64 << 20;
+        file.set_len(len).unwrap();
+        let spots = [0u64, 5 << 20, (40 << 20) + 3, len - 1];
+        for &at in &spots {
+            file.write_all_at(&[0xAA], at).unwrap();
+        }
+        let ranges = data_ranges(&file, len);
+        for at in spots {
+            assert!(
+                ranges.iter().any(|&(a, b)| a <= at && at < b),
+                "{at} not covered by {ranges:?}"
+            );
+        }
+        let covered: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+        assert!(covered < len / 4, "holes not skipped: {ranges:?}");
+        assert!(data_ranges(&file, 0).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A 64 MiB bootable image with some incompressible files.
     fn sample_raw(dir: &Path) -> PathBuf {
