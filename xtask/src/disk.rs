@@ -73,37 +73,47 @@ pub fn write_disk(layout: &DiskLayout, files: &[EspFile], out: &Path) -> Result<
     let esp_guid = Guid::derive(&layout.seed, "esp-guid");
     let volume_id = derive_volume_id(&layout.seed);
 
-    let mut image = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .with_context(|| format!("creating disk image {}", out.display()))?;
-    image
-        .set_len(layout.size_bytes)
-        .with_context(|| format!("sizing {} to {} bytes", out.display(), layout.size_bytes))?;
+    // A half-written image must not be mistaken for a good one.
+    let written = (|| -> Result<()> {
+        let mut image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)
+            .with_context(|| format!("creating disk image {}", out.display()))?;
+        image
+            .set_len(layout.size_bytes)
+            .with_context(|| format!("sizing {} to {} bytes", out.display(), layout.size_bytes))?;
 
-    write_gpt(&mut image, &plan, disk_guid, esp_guid)
-        .with_context(|| format!("writing the partition table of {}", out.display()))?;
+        write_gpt(&mut image, &plan, disk_guid, esp_guid)
+            .with_context(|| format!("writing the partition table of {}", out.display()))?;
 
-    let window = PartitionWindow::new(&mut image, plan.esp_first_lba * SECTOR, esp_bytes);
-    let cache = ZeroBackedCache::new(window).context("opening the ESP window")?;
-    let mut disk = SharedDisk::new(cache);
-    let options = fatfs::FormatVolumeOptions::new()
-        .fat_type(fatfs::FatType::Fat32)
-        .bytes_per_cluster(cluster_size)
-        .volume_id(volume_id)
-        .volume_label(label);
-    fatfs::format_volume(disk.clone(), options).with_context(|| {
-        format!("formatting the {esp_bytes}-byte ESP as FAT32 with {cluster_size}-byte clusters")
-    })?;
-    fill_esp(&disk, &files, cluster_size, layout.size_bytes)?;
-    disk.flush().context("writing the ESP into the image")?;
-    drop(disk);
-    image
-        .flush()
-        .with_context(|| format!("flushing {}", out.display()))?;
+        let window = PartitionWindow::new(&mut image, plan.esp_first_lba * SECTOR, esp_bytes);
+        let cache = ZeroBackedCache::new(window).context("opening the ESP window")?;
+        let mut disk = SharedDisk::new(cache);
+        let options = fatfs::FormatVolumeOptions::new()
+            .fat_type(fatfs::FatType::Fat32)
+            .bytes_per_cluster(cluster_size)
+            .volume_id(volume_id)
+            .volume_label(label);
+        fatfs::format_volume(disk.clone(), options).with_context(|| {
+            format!(
+                "formatting the {esp_bytes}-byte ESP as FAT32 with {cluster_size}-byte clusters"
+            )
+        })?;
+        fill_esp(&disk, &files, cluster_size, layout.size_bytes)?;
+        disk.flush().context("writing the ESP into the image")?;
+        drop(disk);
+        image
+            .flush()
+            .with_context(|| format!("flushing {}", out.display()))?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    written?;
 
     Ok(DiskReport {
         size_bytes: layout.size_bytes,

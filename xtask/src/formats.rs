@@ -32,6 +32,18 @@ const COPY_CHUNK: usize = 4 << 20;
 /// Writes `raw` followed by a fixed-VHD footer to `out`, sparse where `raw` is zero.
 /// `created_unix` becomes the footer timestamp (clamped to the VHD range); `seed` the disk UUID.
 pub fn write_vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]) -> Result<()> {
+    removed_on_error(out, vhd_fixed(raw, out, created_unix, seed))
+}
+
+/// A half-written image must not be mistaken for a good one.
+fn removed_on_error(out: &Path, result: Result<()>) -> Result<()> {
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+fn vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]) -> Result<()> {
     let input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let len = input
         .metadata()
@@ -229,6 +241,10 @@ const GRAINS_PER_WORKER: usize = 16;
 
 /// Writes `raw` as a stream-optimized VMDK to `out`; `progress` gets (bytes read, total).
 pub fn write_vmdk_stream(raw: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    removed_on_error(out, vmdk_stream(raw, out, progress))
+}
+
+fn vmdk_stream(raw: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
     let input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let len = input
         .metadata()
@@ -670,6 +686,7 @@ mod tests {
         std::fs::write(&odd, [1u8; 700]).unwrap();
         let err = format!("{:#}", write_vhd_fixed(&odd, &vhd, 0, [0; 32]).unwrap_err());
         assert!(err.contains("700 bytes"), "{err}");
+        assert!(!vhd.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
