@@ -1,9 +1,7 @@
 //! placeholder
 #[allow(dead_code)]
-mod deb;
+mod disk;
 #[allow(dead_code)]
-mod modules;
-#[allow(dead_code)]
-mod packages;
+mod formats;
 
 fn main() {}
