@@ -5,5 +5,6 @@
 
 pub mod cidr;
 pub mod netlink;
+pub mod nft;
 
 pub mod sysctl;
