@@ -513,6 +513,8 @@ impl Rtnl {
         oif: Option<u32>,
     ) -> Result<()> {
         let mut m = route_msg(dst);
+        // Match any protocol, so routes the kernel or DHCP added can be removed too.
+        m.header.protocol = RouteProtocol::Unspec;
         m.header.scope = RouteScope::NoWhere;
         if let Some(gw) = gateway {
             m.attributes

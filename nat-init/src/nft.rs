@@ -57,7 +57,8 @@ pub const RULE_FWD_DROP: &str = "fwd_drop";
 pub const RULE_IN_LO: &str = "in_loopback";
 pub const RULE_IN_ESTABLISHED: &str = "in_established";
 pub const RULE_IN_INVALID: &str = "in_invalid";
-pub const RULE_IN_ICMP: &str = "in_icmp";
+pub const RULE_IN_ICMP_LIMIT: &str = "in_icmp_over_limit";
+pub const RULE_IN_ICMP: &str = "in_icmp_echo";
 pub const RULE_IN_DHCP: &str = "in_dhcp";
 pub const RULE_IN_DROP: &str = "in_drop";
 
@@ -214,10 +215,11 @@ const CT_ESTABLISHED: u32 = 1 << 1;
 const CT_RELATED: u32 = 1 << 2;
 const CT_NEW: u32 = 1 << 3;
 const LIMIT_PKTS: u32 = 0;
+const LIMIT_F_INV: u32 = 1;
 const BYTEORDER_HTON: u32 = 1;
 const EXTHDR_OP_TCPOPT: u32 = 1;
 const TCPOPT_MAXSEG: u8 = 2;
-const RT_TCPMSS: u32 = 4;
+const RT_TCPMSS: u32 = 3;
 const SET_INTERVAL: u32 = 0x4;
 const SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// nft's `ipv4_addr` datatype, so `nft list` prints the set's elements as addresses.
@@ -226,6 +228,7 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO_REQUEST: u8 = 8;
 const TCP_SYN: u8 = 0x02;
 const IFNAMSIZ: usize = 16;
 /// nft's default packet burst for `limit rate`.
@@ -456,6 +459,26 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 std::slice::from_ref(&accept),
             ],
         ),
+        // Echo requests over the rate are dropped before the established rule: one ping session
+        // is a single conntrack entry, so a limit placed after it would never see the flood.
+        rule(
+            RULE_IN_ICMP_LIMIT,
+            &[
+                &ip_protocol(IPPROTO_ICMP),
+                &payload_cmp(BASE_TRANSPORT, 0, vec![ICMP_ECHO_REQUEST]),
+                &[
+                    Expr::Limit {
+                        rate: u64::from(spec.icmp_rate_per_s),
+                        unit_s: 1,
+                        burst: LIMIT_BURST,
+                        kind: LIMIT_PKTS,
+                        flags: LIMIT_F_INV,
+                    },
+                    c.clone(),
+                    drop.clone(),
+                ],
+            ],
+        ),
         rule(
             RULE_IN_ESTABLISHED,
             &[
@@ -471,17 +494,8 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             RULE_IN_ICMP,
             &[
                 &ip_protocol(IPPROTO_ICMP),
-                &[
-                    Expr::Limit {
-                        rate: u64::from(spec.icmp_rate_per_s),
-                        unit_s: 1,
-                        burst: LIMIT_BURST,
-                        kind: LIMIT_PKTS,
-                        flags: 0,
-                    },
-                    c.clone(),
-                    accept.clone(),
-                ],
+                &payload_cmp(BASE_TRANSPORT, 0, vec![ICMP_ECHO_REQUEST]),
+                &[c.clone(), accept.clone()],
             ],
         ),
         rule(
@@ -829,10 +843,10 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                     ("icmp", 0, [t]) => format!(
                         "icmp type {}{}",
                         op_text(*op),
-                        if *t == ICMP_DEST_UNREACH {
-                            "destination-unreachable".to_string()
-                        } else {
-                            t.to_string()
+                        match *t {
+                            ICMP_DEST_UNREACH => "destination-unreachable".to_string(),
+                            ICMP_ECHO_REQUEST => "echo-request".to_string(),
+                            t => t.to_string(),
                         }
                     ),
                     (p, 0, [a, b]) => {
@@ -1094,13 +1108,12 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             if let Some(d) = dreg {
                 v.push(nla_u32(1, *d));
             }
-            v.extend([
-                nla(2, vec![*ty]),
-                nla_u32(3, *offset),
-                nla_u32(4, *len),
-                nla_u32(5, *flags),
-                nla_u32(6, *op),
-            ]);
+            v.extend([nla(2, vec![*ty]), nla_u32(3, *offset), nla_u32(4, *len)]);
+            // The kernel rejects FLAGS on a write (it dumps them as 0).
+            if sreg.is_none() {
+                v.push(nla_u32(5, *flags));
+            }
+            v.push(nla_u32(6, *op));
             if let Some(s) = sreg {
                 v.push(nla_u32(7, *s));
             }
@@ -1984,9 +1997,10 @@ mod tests {
 	chain input {
 		type filter hook input priority 0; policy drop;
 		iifname "lo" accept comment "in_loopback"
+		ip protocol icmp icmp type echo-request limit rate over 10/second burst 5 packets counter packets 0 bytes 0 drop comment "in_icmp_over_limit"
 		ct state established,related counter packets 0 bytes 0 accept comment "in_established"
 		ct state invalid counter packets 0 bytes 0 drop comment "in_invalid"
-		ip protocol icmp limit rate 10/second burst 5 packets counter packets 0 bytes 0 accept comment "in_icmp"
+		ip protocol icmp icmp type echo-request counter packets 0 bytes 0 accept comment "in_icmp_echo"
 		meta l4proto udp udp sport 67 udp dport 68 counter packets 0 bytes 0 accept comment "in_dhcp"
 		counter packets 0 bytes 0 drop comment "in_drop"
 	}
