@@ -392,6 +392,44 @@ fn ruleset_installs_verifies_and_matches_nft() {
     let tables = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "tables"]);
     assert_eq!(tables.trim(), "table ip nat_instance", "{tables}");
 
+    // Someone edits the table behind our back: verify names the rule, apply repairs it.
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &t.nat,
+            "nft",
+            "insert",
+            "rule",
+            "ip",
+            "nat_instance",
+            "input",
+            "tcp",
+            "dport",
+            "22",
+            "accept",
+        ],
+    );
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        let err = nft::verify(&mut s, &r).unwrap_err().to_string();
+        assert!(err.contains("chain input rule 1"), "{err}");
+        let n = r
+            .chains
+            .iter()
+            .find(|c| c.name == "input")
+            .unwrap()
+            .rules
+            .len();
+        assert!(
+            err.contains(&format!("chain input rule {}: want `nothing`", n + 1)),
+            "{err}"
+        );
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+
     // A different spec makes verify fail and name the difference.
     in_ns(&t.nat, || {
         let mut s = Nfnl::open().unwrap();
@@ -542,6 +580,19 @@ fn rtnl_links_addresses_routes() {
         r.set_mtu(w.index, 9001).unwrap();
         let w = r.link("wan7").unwrap().unwrap();
         assert!(w.up && !w.carrier, "peer is down: {w:?}");
+        assert!(
+            !r.wait_for_carrier(w.index, Duration::from_millis(300))
+                .unwrap()
+        );
+
+        // The on-link route the fixture added for the rogue source.
+        let lan = r.link("lan0").unwrap().unwrap();
+        let onlink = r.routes().unwrap();
+        let rogue = onlink
+            .iter()
+            .find(|x| x.dst == Ipv4Cidr::new(ROGUE_IP, 32).unwrap())
+            .unwrap();
+        assert_eq!((rogue.gateway, rogue.oif), (None, Some(lan.index)));
         assert_eq!(w.mtu, 9001);
 
         let a = Ipv4Addr::new(192, 0, 2, 10);
