@@ -35,8 +35,17 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
-    #[error("{what}: kernel answered errno {errno} ({})", io::Error::from_raw_os_error(*errno))]
-    Kernel { what: String, errno: i32 },
+    #[error(
+        "{what}: kernel answered errno {errno} ({}){}",
+        errno_text(*errno),
+        message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+    )]
+    Kernel {
+        what: String,
+        errno: i32,
+        /// The kernel's extended-ACK text, when it gave one.
+        message: Option<String>,
+    },
     #[error("{what}: cannot decode reply: {detail}")]
     Decode { what: String, detail: String },
 }
@@ -61,6 +70,36 @@ fn io_err(what: &str) -> impl FnOnce(io::Error) -> NetlinkError + '_ {
     }
 }
 
+/// strerror() text of an errno, without std's " (os error N)" suffix.
+pub(crate) fn errno_text(errno: i32) -> String {
+    let s = io::Error::from_raw_os_error(errno).to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// The NLMSGERR_ATTR_MSG text of an error's payload (after the error code). The socket sets
+/// NETLINK_CAP_ACK, so the payload is the request's 16-byte header followed by the TLVs.
+pub(crate) fn extack_message(payload: &[u8]) -> Option<String> {
+    const NLMSGERR_ATTR_MSG: u16 = 1;
+    let mut off = 16;
+    while off + 4 <= payload.len() {
+        let len = usize::from(u16::from_ne_bytes([payload[off], payload[off + 1]]));
+        let kind = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > payload.len() {
+            return None;
+        }
+        if kind == NLMSGERR_ATTR_MSG {
+            let v = &payload[off + 4..off + len];
+            let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+            return Some(String::from_utf8_lossy(&v[..end]).into_owned());
+        }
+        off += (len + 3) & !3;
+    }
+    None
+}
+
 /// One netlink socket with its own sequence numbers. Requests are strictly one at a time.
 pub(crate) struct Transport {
     sock: Socket,
@@ -73,6 +112,10 @@ impl Transport {
         let mut sock = Socket::new(protocol).map_err(io_err(what))?;
         sock.bind(&SocketAddr::new(0, 0)).map_err(io_err(what))?;
         sock.connect(&SocketAddr::new(0, 0)).map_err(io_err(what))?;
+        // Errors then carry only the request's header plus the kernel's explanation; both
+        // options exist since Linux 4.12, and failing to set them only loses the text.
+        let _ = sock.set_cap_ack(true);
+        let _ = sock.set_ext_ack(true);
         let tv = nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as i64, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(|e| io_err(what)(io::Error::from(e)))?;
@@ -185,6 +228,7 @@ impl Transport {
                             Some(code) => Err(NetlinkError::Kernel {
                                 what: what.to_string(),
                                 errno: -code.get(),
+                                message: extack_message(&e.header),
                             }),
                         };
                     }

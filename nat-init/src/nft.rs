@@ -859,7 +859,6 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                         format!("@th,{},{} {}0x{}", o * 8, d.len() * 8, op_text(*op), hex(d))
                     }
                 };
-                let _ = &l4;
                 (text, 2)
             }
             (
@@ -1526,11 +1525,13 @@ fn decode_rule(b: &[u8]) -> Result<(String, Rule), DecodeError> {
     Ok((chain, Rule { name, exprs }))
 }
 
-fn decode_hook(b: &[u8]) -> Result<(u32, i32, Vec<String>), DecodeError> {
+/// Hook number, priority and (for a flowtable, whose NFTA_FLOWTABLE_HOOK_DEVS is 3) devices.
+/// Base chains of an ip table have no devices.
+fn decode_hook(b: &[u8], flowtable: bool) -> Result<(u32, i32, Vec<String>), DecodeError> {
     let h = attrs(b)?;
     let devs = match get(&h, 3) {
-        Some(d) => attrs(d)?.into_iter().map(|(_, v)| string(v)).collect(),
-        None => get(&h, 3).map(string).into_iter().collect(),
+        Some(d) if flowtable => attrs(d)?.into_iter().map(|(_, v)| string(v)).collect(),
+        _ => Vec::new(),
     };
     Ok((
         u32_attr(&h, 1, "hook number")?,
@@ -1597,7 +1598,7 @@ pub fn decode(table: &str, msgs: &[NfTablesMessage]) -> Result<Ruleset, DecodeEr
                 }
             }
             MSG_NEWFLOWTABLE => {
-                let (hook, priority, devices) = decode_hook(need(&l, 3, "flowtable hook")?)?;
+                let (hook, priority, devices) = decode_hook(need(&l, 3, "flowtable hook")?, true)?;
                 r.flowtable = Some(Flowtable {
                     name: string(need(&l, 2, "flowtable name")?),
                     hook,
@@ -1610,7 +1611,7 @@ pub fn decode(table: &str, msgs: &[NfTablesMessage]) -> Result<Ruleset, DecodeEr
                 let Some(hook) = get(&l, 4) else {
                     return Err(derr(format!("chain {name} is not a base chain")));
                 };
-                let (hook, priority, _) = decode_hook(hook)?;
+                let (hook, priority, _) = decode_hook(hook, false)?;
                 let kind = match string(need(&l, 7, "chain type")?).as_str() {
                     "nat" => ChainType::Nat,
                     "filter" => ChainType::Filter,
@@ -1683,8 +1684,16 @@ pub enum NftError {
         #[source]
         source: DecodeError,
     },
-    #[error("the kernel refused `{what}`: errno {errno} ({})", std::io::Error::from_raw_os_error(*errno))]
-    Refused { what: String, errno: i32 },
+    #[error(
+        "the kernel refused `{what}`: errno {errno} ({}){}",
+        crate::netlink::errno_text(*errno),
+        message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+    )]
+    Refused {
+        what: String,
+        errno: i32,
+        message: Option<String>,
+    },
     #[error("batch: {0}")]
     Batch(String),
     #[error("table {table} differs from what was installed:\n  {}", differences.join("\n  "))]
@@ -1761,6 +1770,7 @@ impl Nfnl {
                     first_err.get_or_insert(NftError::Refused {
                         what: desc.unwrap_or_else(|| format!("batch message {seq}")),
                         errno: -code.get(),
+                        message: crate::netlink::extack_message(&e.header),
                     });
                 }
             }

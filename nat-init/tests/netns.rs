@@ -624,6 +624,16 @@ fn rtnl_links_addresses_routes() {
         let err = r.set_mtu(w.index, 10).unwrap_err();
         assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
         assert!(err.to_string().contains("setting MTU 10"), "{err}");
+        assert!(
+            matches!(
+                &err,
+                nat_init::netlink::NetlinkError::Kernel {
+                    message: Some(_),
+                    ..
+                }
+            ),
+            "the extended ACK text is kept: {err}"
+        );
     });
     let shown = sh("ip", &["-n", &t.nat, "-4", "route", "show", "dev", "lan0"]);
     assert!(shown.contains("10.0.1.0/24"), "{shown}");
