@@ -2146,6 +2146,40 @@ mod tests {
         );
     }
 
+    /// The flowtable cannot be installed on the CI host, so its wire format is pinned here to
+    /// what `nft --debug=mnl` sends for `flowtable ft { hook ingress priority 0; devices = { lo } }`
+    /// in table `t` and for `flow add @ft` (nft also sends NFTA_FLOWTABLE_FLAGS 0, which is
+    /// optional).
+    #[test]
+    fn flowtable_wire_format_matches_nft() {
+        let mut sp = spec(&["10.0.0.0/8"], true, false);
+        sp.table = "t".into();
+        sp.iface = "lo".into();
+        let msgs = encode(&build(&sp));
+        let ft = msgs
+            .iter()
+            .find_map(|(m, _, _)| match &m.inner {
+                NetfilterMessageInner::NfTables(n @ NfTablesMessage::NewFlowTable(_)) => Some(n),
+                _ => None,
+            })
+            .unwrap();
+        let want: Vec<u8> = [
+            &[6u8, 0, 1, 0, b't', 0, 0, 0][..],
+            &[7, 0, 2, 0, b'f', b't', 0, 0],
+            &[32, 0, 3, 0x80],
+            &[8, 0, 1, 0, 0, 0, 0, 0],
+            &[8, 0, 2, 0, 0, 0, 0, 0],
+            &[12, 0, 3, 0x80, 7, 0, 1, 0, b'l', b'o', 0, 0],
+        ]
+        .concat();
+        assert_eq!(body(ft), want);
+
+        let flow = Expr::FlowOffload { table: "ft".into() };
+        let (name, attrs) = expr_attrs(&flow);
+        assert_eq!(name, "flow_offload");
+        assert_eq!(emit_all(&attrs), [7, 0, 1, 0, b'f', b't', 0, 0]);
+    }
+
     #[test]
     fn comment_userdata() {
         let u = comment_udata("fwd_drop");
