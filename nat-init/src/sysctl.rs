@@ -21,7 +21,9 @@ pub struct SysctlSettings {
     pub iface: String,
     /// 0 off, 1 strict, 2 loose. Loose suits a NAT box whose routes are asymmetric during setup.
     pub rp_filter: u8,
+    /// `nf_conntrack_max` (global: writable only from the initial network namespace).
     pub conntrack_max: u32,
+    /// Not part of `plan`: a module parameter, written by [`apply_conntrack_buckets`].
     pub conntrack_buckets: u32,
     pub tcp_established_timeout_s: u32,
 }
