@@ -4,3 +4,7 @@
 //! PID 1 duties; `init` owns those. The binary in `main.rs` wires these modules together.
 
 pub mod cidr;
+pub mod netlink;
+pub mod nft;
+
+pub mod sysctl;

@@ -1,0 +1,304 @@
+//! Kernel settings a NAT instance needs: forwarding on, redirects off, reverse-path filtering and a
+//! conntrack table sized for the machine's memory. The plan is pure; `apply` writes it below a root
+//! directory (`/proc/sys` on the appliance, a temp dir in tests) and reads every value back.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where the per-namespace and global sysctls live.
+pub const PROC_SYS: &str = "/proc/sys";
+/// Where module parameters live; `nf_conntrack`'s hash size is one, not a sysctl.
+pub const SYS: &str = "/sys";
+
+const HASHSIZE: &str = "module/nf_conntrack/parameters/hashsize";
+const BUCKETS_SYSCTL: &str = "net/netfilter/nf_conntrack_buckets";
+const COUNT_SYSCTL: &str = "net/netfilter/nf_conntrack_count";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlSettings {
+    /// The outside interface (already renamed), e.g. `ens5`.
+    pub iface: String,
+    /// 0 off, 1 strict, 2 loose. Loose suits a NAT box whose routes are asymmetric during setup.
+    pub rp_filter: u8,
+    /// `nf_conntrack_max` (global: writable only from the initial network namespace).
+    pub conntrack_max: u32,
+    /// Not part of `plan`: a module parameter, written by [`apply_conntrack_buckets`].
+    pub conntrack_buckets: u32,
+    pub tcp_established_timeout_s: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysctlError {
+    #[error("writing {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading back {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} reads back {got:?} after writing {want:?}")]
+    Mismatch {
+        path: PathBuf,
+        want: String,
+        got: String,
+    },
+    #[error("{path}: cannot parse {text:?}")]
+    Parse { path: PathBuf, text: String },
+}
+
+pub type Result<T, E = SysctlError> = std::result::Result<T, E>;
+
+/// Bytes per conntrack entry we budget for: the kernel's struct is about 320 bytes on 64-bit,
+/// rounded up for the hash node and slab overhead.
+pub const CONNTRACK_ENTRY_BUDGET: u64 = 320;
+
+/// Conntrack table size for a machine with `mem_total_bytes` of RAM.
+///
+/// `max = RAM / 4096`, rounded down to a power of two and clamped to 65536..=4194304. That spends
+/// about 8% of RAM on entries when the table is full (320 B x RAM/4096): 131072 entries on
+/// 512 MiB, 262144 on 1 GiB, the cap at 16 GiB. `buckets = max / 2`: chains stay at two entries
+/// when full, and a bucket costs only 8 bytes.
+pub fn conntrack_size_for_ram(mem_total_bytes: u64) -> (u32, u32) {
+    const MIN: u64 = 1 << 16;
+    const MAX: u64 = 1 << 22;
+    let raw = (mem_total_bytes / 4096).clamp(MIN, MAX);
+    // Largest power of two <= raw (raw >= MIN > 0).
+    let max = 1u64 << (63 - raw.leading_zeros());
+    let max = max.clamp(MIN, MAX) as u32;
+    (max, max / 2)
+}
+
+/// The sysctls to write, in order, as paths relative to `/proc/sys`.
+pub fn plan(s: &SysctlSettings) -> Vec<(String, String)> {
+    let mut p = vec![("net/ipv4/ip_forward".to_string(), "1".to_string())];
+    for dev in ["all", "default", s.iface.as_str()] {
+        p.push((format!("net/ipv4/conf/{dev}/send_redirects"), "0".into()));
+    }
+    // The effective value is max(all, iface), so both are set.
+    for dev in ["all", s.iface.as_str()] {
+        p.push((
+            format!("net/ipv4/conf/{dev}/rp_filter"),
+            s.rp_filter.to_string(),
+        ));
+    }
+    p.push((
+        "net/netfilter/nf_conntrack_max".into(),
+        s.conntrack_max.to_string(),
+    ));
+    p.push((
+        "net/netfilter/nf_conntrack_tcp_timeout_established".into(),
+        s.tcp_established_timeout_s.to_string(),
+    ));
+    p
+}
+
+fn write_verify(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, format!("{value}\n")).map_err(|source| SysctlError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })?;
+    let got = fs::read_to_string(path).map_err(|source| SysctlError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if got.trim() != value.trim() {
+        return Err(SysctlError::Mismatch {
+            path: path.to_path_buf(),
+            want: value.to_string(),
+            got: got.trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes each entry below `root`, then reads it back; stops at the first failure, naming the key.
+pub fn apply(root: &Path, plan: &[(String, String)]) -> Result<()> {
+    for (key, value) in plan {
+        write_verify(&root.join(key), value)?;
+    }
+    Ok(())
+}
+
+/// Sets the conntrack hash size: the module parameter below `sys_root` (`/sys`), or, when that
+/// file is absent, the `nf_conntrack_buckets` sysctl below `proc_sys_root` (writable on newer
+/// kernels).
+pub fn apply_conntrack_buckets(sys_root: &Path, proc_sys_root: &Path, buckets: u32) -> Result<()> {
+    let param = sys_root.join(HASHSIZE);
+    let target = if param.exists() {
+        param
+    } else {
+        proc_sys_root.join(BUCKETS_SYSCTL)
+    };
+    write_verify(&target, &buckets.to_string())
+}
+
+fn read_u64(path: &Path) -> Result<u64> {
+    let text = fs::read_to_string(path).map_err(|source| SysctlError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| SysctlError::Parse {
+        path: path.to_path_buf(),
+        text,
+    })
+}
+
+/// Current number of conntrack entries.
+pub fn conntrack_count(proc_sys_root: &Path) -> Result<u64> {
+    read_u64(&proc_sys_root.join(COUNT_SYSCTL))
+}
+
+/// `MemTotal` from the text of `/proc/meminfo`, in bytes.
+pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+/// `MemTotal` of this machine, in bytes.
+pub fn mem_total(proc_meminfo: &Path) -> Result<u64> {
+    let text = fs::read_to_string(proc_meminfo).map_err(|source| SysctlError::Read {
+        path: proc_meminfo.to_path_buf(),
+        source,
+    })?;
+    parse_mem_total(&text).ok_or_else(|| SysctlError::Parse {
+        path: proc_meminfo.to_path_buf(),
+        text: text.lines().next().unwrap_or_default().to_string(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn settings() -> SysctlSettings {
+        SysctlSettings {
+            iface: "ens5".into(),
+            rp_filter: 2,
+            conntrack_max: 131072,
+            conntrack_buckets: 65536,
+            tcp_established_timeout_s: 7440,
+        }
+    }
+
+    #[test]
+    fn conntrack_sizes() {
+        assert_eq!(conntrack_size_for_ram(512 * MIB), (131072, 65536));
+        assert_eq!(conntrack_size_for_ram(1024 * MIB), (262144, 131072));
+        // 500 MB of usable RAM still rounds to the 512 MiB class's lower neighbour, never below.
+        assert_eq!(conntrack_size_for_ram(500 * MIB).0, 65536);
+        assert_eq!(conntrack_size_for_ram(0), (65536, 32768));
+        assert_eq!(conntrack_size_for_ram(128 * 1024 * MIB), (1 << 22, 1 << 21));
+        assert_eq!(conntrack_size_for_ram(u64::MAX), (1 << 22, 1 << 21));
+        for ram in [256 * MIB, 768 * MIB, 3000 * MIB, 8192 * MIB] {
+            let (max, buckets) = conntrack_size_for_ram(ram);
+            assert!(max.is_power_of_two());
+            assert_eq!(buckets * 2, max);
+            // The budget: a full table never takes more than about an eighth of RAM.
+            assert!(u64::from(max) * CONNTRACK_ENTRY_BUDGET <= ram / 8 || max == 65536);
+        }
+    }
+
+    #[test]
+    fn plan_contents_and_order() {
+        let p = plan(&settings());
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "net/ipv4/ip_forward",
+                "net/ipv4/conf/all/send_redirects",
+                "net/ipv4/conf/default/send_redirects",
+                "net/ipv4/conf/ens5/send_redirects",
+                "net/ipv4/conf/all/rp_filter",
+                "net/ipv4/conf/ens5/rp_filter",
+                "net/netfilter/nf_conntrack_max",
+                "net/netfilter/nf_conntrack_tcp_timeout_established",
+            ]
+        );
+        let get = |k: &str| p.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("net/ipv4/ip_forward"), Some("1"));
+        assert_eq!(get("net/ipv4/conf/ens5/rp_filter"), Some("2"));
+        assert_eq!(get("net/netfilter/nf_conntrack_max"), Some("131072"));
+        assert_eq!(plan(&settings()), p, "deterministic");
+    }
+
+    fn temp_root(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nat-init-sysctl-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn apply_writes_and_verifies() {
+        let root = temp_root("ok");
+        let p = plan(&settings());
+        for (k, _) in &p {
+            let f = root.join(k);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, "0\n").unwrap();
+        }
+        apply(&root, &p).unwrap();
+        for (k, v) in &p {
+            assert_eq!(fs::read_to_string(root.join(k)).unwrap(), format!("{v}\n"));
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn apply_names_missing_key() {
+        let root = temp_root("missing");
+        let p = plan(&settings());
+        let err = apply(&root, &p).unwrap_err();
+        assert!(err.to_string().contains("net/ipv4/ip_forward"), "{err}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn buckets_prefer_module_parameter() {
+        let sys = temp_root("sys");
+        let proc = temp_root("proc");
+        let param = sys.join(HASHSIZE);
+        fs::create_dir_all(param.parent().unwrap()).unwrap();
+        fs::write(&param, "1024\n").unwrap();
+        apply_conntrack_buckets(&sys, &proc, 65536).unwrap();
+        assert_eq!(fs::read_to_string(&param).unwrap().trim(), "65536");
+        fs::remove_file(&param).unwrap();
+        let sysctl = proc.join(BUCKETS_SYSCTL);
+        fs::create_dir_all(sysctl.parent().unwrap()).unwrap();
+        fs::write(&sysctl, "1024\n").unwrap();
+        apply_conntrack_buckets(&sys, &proc, 4096).unwrap();
+        assert_eq!(fs::read_to_string(&sysctl).unwrap().trim(), "4096");
+        fs::write(proc.join(COUNT_SYSCTL), "17\n").unwrap();
+        assert_eq!(conntrack_count(&proc).unwrap(), 17);
+        fs::remove_dir_all(&sys).unwrap();
+        fs::remove_dir_all(&proc).unwrap();
+    }
+
+    #[test]
+    fn meminfo() {
+        let text = "MemTotal:         507904 kB\nMemFree:          100 kB\n";
+        assert_eq!(parse_mem_total(text), Some(507904 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: x kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: 5 MB\n"), None);
+        assert!(parse_mem_total(&fs::read_to_string("/proc/meminfo").unwrap()).unwrap() > 0);
+    }
+}

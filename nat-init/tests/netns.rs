@@ -1,0 +1,641 @@
+//! Root tests in network namespaces: three namespaces made here (client, nat, server) joined by
+//! veth pairs; the nat namespace is configured with `Rtnl`, `sysctl` and `nft` exactly as the
+//! appliance does, then real TCP, UDP and ICMP traffic checks what gets through. `ip`, `nft` and
+//! `ping` are used only to build the fixture and to cross-check. All traffic stays between the
+//! namespaces created here. The namespaces are removed in `Drop`, also when a test fails.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nat_init::cidr::Ipv4Cidr;
+use nat_init::netlink::Rtnl;
+use nat_init::nft::{self, Nfnl, RulesetSpec};
+use nat_init::sysctl::{self, SysctlSettings};
+
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+const NAT_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+const NAT_WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// A public source the client also owns: flows from it must not be forwarded.
+const ROGUE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn tool_hint(tool: &str) -> &'static str {
+    match tool {
+        "ip" => "apt-get install -y iproute2",
+        "nft" => "apt-get install -y nftables",
+        "ping" => "apt-get install -y iputils-ping",
+        _ => "apt-get install -y <package providing it>",
+    }
+}
+
+/// Runs a tool, failing the test with the install command if it is missing.
+fn run(tool: &str, args: &[&str]) -> std::process::Output {
+    match Command::new(tool).args(args).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("`{tool}` is missing; install it with: {}", tool_hint(tool))
+        }
+        Err(e) => panic!("running {tool} {args:?}: {e}"),
+    }
+}
+
+fn sh(tool: &str, args: &[&str]) -> String {
+    let o = run(tool, args);
+    assert!(
+        o.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The three namespaces of one test; deleted on drop.
+struct Topology {
+    client: String,
+    nat: String,
+    server: String,
+}
+
+static SERIAL: AtomicU32 = AtomicU32::new(0);
+
+impl Topology {
+    /// client eth0 10.0.1.2/24 (+203.0.113.5/32) <-> lan0 10.0.1.1/24 [nat] ens5 198.51.100.1/24
+    /// <-> eth0 198.51.100.2/24 server. Addresses and routes are set through `Rtnl`.
+    fn new() -> Self {
+        let n = SERIAL.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let t = Topology {
+            client: format!("natinit-c-{pid}-{n}"),
+            nat: format!("natinit-n-{pid}-{n}"),
+            server: format!("natinit-s-{pid}-{n}"),
+        };
+        for ns in [&t.client, &t.nat, &t.server] {
+            sh("ip", &["netns", "add", ns]);
+        }
+        sh(
+            "ip",
+            &[
+                "-n", &t.nat, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0",
+                "netns", &t.client,
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n", &t.nat, "link", "add", "ens5", "type", "veth", "peer", "name", "eth0",
+                "netns", &t.server,
+            ],
+        );
+        in_ns(&t.nat, || {
+            let mut r = Rtnl::open().unwrap();
+            let lo = r.link("lo").unwrap().unwrap();
+            r.set_up(lo.index).unwrap();
+            let lan = r.link("lan0").unwrap().unwrap();
+            let wan = r.link("ens5").unwrap().unwrap();
+            r.replace_address(lan.index, NAT_LAN_IP, 24, u32::MAX, u32::MAX)
+                .unwrap();
+            r.replace_address(wan.index, NAT_WAN_IP, 24, 3600, 1800)
+                .unwrap();
+            r.set_up(lan.index).unwrap();
+            r.set_up(wan.index).unwrap();
+        });
+        in_ns(&t.client, || {
+            let mut r = Rtnl::open().unwrap();
+            let lo = r.link("lo").unwrap().unwrap();
+            r.set_up(lo.index).unwrap();
+            let eth = r.link("eth0").unwrap().unwrap();
+            r.replace_address(eth.index, CLIENT_IP, 24, u32::MAX, u32::MAX)
+                .unwrap();
+            r.replace_address(eth.index, ROGUE_IP, 32, u32::MAX, u32::MAX)
+                .unwrap();
+            r.set_up(eth.index).unwrap();
+            assert!(
+                r.wait_for_carrier(eth.index, Duration::from_secs(5))
+                    .unwrap()
+            );
+            r.replace_route(
+                "0.0.0.0/0".parse().unwrap(),
+                Some(NAT_LAN_IP),
+                eth.index,
+                Some(CLIENT_IP),
+                None,
+            )
+            .unwrap();
+        });
+        in_ns(&t.server, || {
+            let mut r = Rtnl::open().unwrap();
+            let lo = r.link("lo").unwrap().unwrap();
+            r.set_up(lo.index).unwrap();
+            let eth = r.link("eth0").unwrap().unwrap();
+            r.replace_address(eth.index, SERVER_IP, 24, u32::MAX, u32::MAX)
+                .unwrap();
+            r.set_up(eth.index).unwrap();
+            // Only so the unsolicited-inbound test has a path to try.
+            r.replace_route(
+                "10.0.1.0/24".parse().unwrap(),
+                Some(NAT_WAN_IP),
+                eth.index,
+                None,
+                None,
+            )
+            .unwrap();
+        });
+        in_ns(&t.nat, || {
+            let mut r = Rtnl::open().unwrap();
+            let lan = r.link("lan0").unwrap().unwrap();
+            // The rogue source is routable back through lan0, so rp_filter lets it reach the
+            // forward chain and the ruleset is what drops it.
+            r.replace_route(
+                Ipv4Cidr::new(ROGUE_IP, 32).unwrap(),
+                None,
+                lan.index,
+                None,
+                None,
+            )
+            .unwrap();
+        });
+        t
+    }
+
+    fn spec(&self, flowtable: bool) -> RulesetSpec {
+        RulesetSpec {
+            table: nft::TABLE.into(),
+            iface: "ens5".into(),
+            private: vec!["10.0.0.0/16".parse().unwrap()],
+            flowtable,
+            mss_clamp: true,
+            icmp_rate_per_s: 5,
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.nat, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has joined namespace `ns`; sockets it opens belong to `ns`.
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let fd = File::open(Path::new("/run/netns").join(ns)).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Starts `f` on a thread inside `ns` and returns its handle (for servers).
+fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = Path::new("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let fd = File::open(path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+/// Forwarding sysctls through the sysctl module. `nf_conntrack_max` is global (read-only outside
+/// the initial namespace), so it is left out here.
+fn apply_sysctls(ns: &str) {
+    in_ns(ns, || {
+        let plan: Vec<(String, String)> = sysctl::plan(&SysctlSettings {
+            iface: "ens5".into(),
+            rp_filter: 1,
+            conntrack_max: 131072,
+            conntrack_buckets: 65536,
+            tcp_established_timeout_s: 7440,
+        })
+        .into_iter()
+        .filter(|(k, _)| k != "net/netfilter/nf_conntrack_max")
+        .collect();
+        sysctl::apply(Path::new(sysctl::PROC_SYS), &plan).unwrap();
+    });
+}
+
+fn install(t: &Topology) -> nft::Ruleset {
+    let r = nft::build(&t.spec(false));
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    r
+}
+
+fn counters(t: &Topology) -> nft::Counters {
+    in_ns(&t.nat, || {
+        nft::counters(&mut Nfnl::open().unwrap(), nft::TABLE).unwrap()
+    })
+}
+
+fn ping(ns: &str, dst: Ipv4Addr, count: u32, interval: &str) -> u32 {
+    let o = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            &dst.to_string(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    if text.is_empty() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("No such file") && !err.contains("not found"),
+            "`ping` is missing; install it with: {}",
+            tool_hint("ping")
+        );
+        panic!("ping printed nothing: {err}");
+    }
+    // "N packets transmitted, M received, ..."
+    text.lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("transmitted, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("cannot parse ping output: {text}"))
+}
+
+/// A TCP listener in `ns` that answers each connection with the peer's address; returns the
+/// addresses it saw when `stop` connections have been served or the accept times out.
+fn tcp_echo_peer(ns: &str, bind: SocketAddr) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = spawn_in_ns(ns, move || {
+        let l = TcpListener::bind(bind).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        while std::time::Instant::now() < deadline {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let _ = s.write_all(format!("{}\n", peer.ip()).as_bytes());
+                    seen.push(peer);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        seen
+    });
+    rx.recv().unwrap();
+    h
+}
+
+fn tcp_ask(ns: &str, dst: SocketAddr) -> std::io::Result<String> {
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&dst, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text.trim().to_string())
+    })
+}
+
+/// Sends one datagram from `src` to `dst` inside `ns` and waits for any reply.
+fn udp_ask(ns: &str, src: SocketAddr, dst: SocketAddr) -> Option<String> {
+    in_ns(ns, move || {
+        let u = UdpSocket::bind(src).unwrap();
+        u.set_read_timeout(Some(TIMEOUT)).unwrap();
+        u.send_to(b"hello", dst).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = u.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+/// A UDP server in `ns` that answers each datagram with the sender's address, for 4 seconds.
+fn udp_echo_peer(ns: &str, bind: SocketAddr) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = spawn_in_ns(ns, move || {
+        let u = UdpSocket::bind(bind).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        let mut buf = [0u8; 64];
+        while std::time::Instant::now() < deadline {
+            if let Ok((_, peer)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(peer.ip().to_string().as_bytes(), peer);
+                seen.push(peer);
+            }
+        }
+        seen
+    });
+    rx.recv().unwrap();
+    h
+}
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+#[test]
+fn ruleset_installs_verifies_and_matches_nft() {
+    let t = Topology::new();
+    let r = install(&t);
+    let listing = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "ruleset"]);
+    for needle in [
+        "table ip nat_instance",
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "type filter hook forward priority filter; policy drop;",
+        "type filter hook input priority filter; policy drop;",
+        "oifname \"ens5\" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade comment \"masquerade\"",
+        "elements = { 10.0.0.0/16 }",
+        "ct state established,related counter",
+        "ct state invalid counter",
+        "tcp option maxseg size set rt mtu",
+        "icmp type echo-request limit rate over 5/second",
+        "udp sport 67 udp dport 68 counter",
+        "comment \"fwd_drop\"",
+        "comment \"in_drop\"",
+    ] {
+        assert!(listing.contains(needle), "`{needle}` not in:\n{listing}");
+    }
+    // Apply again: replaced atomically, still exactly one table, still identical.
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+        assert_eq!(
+            nft::read_back(&mut s, nft::TABLE).unwrap().normalized(),
+            r.normalized()
+        );
+    });
+    let tables = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "tables"]);
+    assert_eq!(tables.trim(), "table ip nat_instance", "{tables}");
+
+    // Someone edits the table behind our back: verify names the rule, apply repairs it.
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &t.nat,
+            "nft",
+            "insert",
+            "rule",
+            "ip",
+            "nat_instance",
+            "input",
+            "tcp",
+            "dport",
+            "22",
+            "accept",
+        ],
+    );
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        let err = nft::verify(&mut s, &r).unwrap_err().to_string();
+        assert!(err.contains("chain input rule 1"), "{err}");
+        let n = r
+            .chains
+            .iter()
+            .find(|c| c.name == "input")
+            .unwrap()
+            .rules
+            .len();
+        assert!(
+            err.contains(&format!("chain input rule {}: want `nothing`", n + 1)),
+            "{err}"
+        );
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+
+    // A different spec makes verify fail and name the difference.
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        let mut other = t.spec(false);
+        other.private.push("172.16.0.0/12".parse().unwrap());
+        let err = nft::verify(&mut s, &nft::build(&other)).unwrap_err();
+        assert!(err.to_string().contains("sets:"), "{err}");
+    });
+}
+
+#[test]
+fn flowtable_probe_and_atomic_failure() {
+    let t = Topology::new();
+    let r = install(&t);
+    let host_has_flowtables = Path::new("/sys/module/nf_flow_table").exists();
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        assert_eq!(nft::flowtable_supported(&mut s), host_has_flowtables);
+        if !host_has_flowtables {
+            // The batch fails as a whole; the previous table stays exactly as it was.
+            let err = nft::apply(&mut s, &nft::build(&t.spec(true))).unwrap_err();
+            assert!(err.to_string().contains("flowtable"), "{err}");
+            // ENOENT: no flowtable type for the family, as `nft` itself gets on this kernel.
+            assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+            nft::verify(&mut s, &r).unwrap();
+        }
+    });
+    // The probe's scratch table is gone.
+    let tables = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "tables"]);
+    assert_eq!(tables.trim(), "table ip nat_instance", "{tables}");
+}
+
+#[test]
+fn traffic_through_the_nat() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    install(&t);
+    let before = counters(&t);
+
+    // TCP: the server sees the NAT's outside address.
+    let tcp = tcp_echo_peer(&t.server, sa(SERVER_IP, 8080));
+    assert_eq!(
+        tcp_ask(&t.client, sa(SERVER_IP, 8080)).unwrap(),
+        NAT_WAN_IP.to_string()
+    );
+    // UDP echo, likewise.
+    let udp = udp_echo_peer(&t.server, sa(SERVER_IP, 9090));
+    assert_eq!(
+        udp_ask(&t.client, sa(CLIENT_IP, 0), sa(SERVER_IP, 9090)).as_deref(),
+        Some("198.51.100.1")
+    );
+    // A new flow from a non-private source is not forwarded.
+    assert_eq!(
+        udp_ask(&t.client, sa(ROGUE_IP, 0), sa(SERVER_IP, 9090)),
+        None
+    );
+    // ICMP echo through the NAT.
+    assert_eq!(ping(&t.client, SERVER_IP, 1, "1"), 1);
+
+    let seen_tcp = tcp.join().unwrap();
+    let seen_udp = udp.join().unwrap();
+    assert!(
+        seen_tcp.iter().all(|p| p.ip() == NAT_WAN_IP),
+        "{seen_tcp:?}"
+    );
+    assert!(
+        seen_udp.iter().all(|p| p.ip() == NAT_WAN_IP) && seen_udp.len() == 1,
+        "{seen_udp:?}"
+    );
+
+    let after = counters(&t);
+    assert!(
+        after.masqueraded_flows >= before.masqueraded_flows + 3,
+        "{after:?}"
+    );
+    assert!(
+        after.forwarded_packets > before.forwarded_packets + 4,
+        "{after:?}"
+    );
+    let drops = |c: &nft::Counters| c.rule(nft::RULE_FWD_DROP).unwrap().0;
+    assert!(
+        drops(&after) > drops(&before),
+        "rogue source not dropped by the ruleset: {after:?}"
+    );
+}
+
+#[test]
+fn unsolicited_traffic_is_dropped() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    install(&t);
+    let before = counters(&t);
+
+    // Inbound from the internet side to the client's address: dropped in forward.
+    let client_listener = tcp_echo_peer(&t.client, sa(Ipv4Addr::UNSPECIFIED, 8081));
+    assert!(tcp_ask(&t.server, sa(CLIENT_IP, 8081)).is_err());
+    assert!(client_listener.join().unwrap().is_empty());
+
+    // Nothing on the NAT's own addresses accepts new TCP, from either side.
+    let nat_listener = tcp_echo_peer(&t.nat, sa(Ipv4Addr::UNSPECIFIED, 2222));
+    assert!(tcp_ask(&t.client, sa(NAT_LAN_IP, 2222)).is_err());
+    assert!(tcp_ask(&t.server, sa(NAT_WAN_IP, 2222)).is_err());
+    assert!(nat_listener.join().unwrap().is_empty());
+
+    // Ping to the NAT works but is rate limited (5/s, burst 5): 40 echoes in 0.4 s.
+    assert_eq!(ping(&t.client, NAT_LAN_IP, 1, "1"), 1);
+    let got = ping(&t.client, NAT_LAN_IP, 40, "0.01");
+    assert!((1..=20).contains(&got), "{got} of 40 echoes answered");
+
+    let after = counters(&t);
+    let rule = |c: &nft::Counters, n: &str| c.rule(n).unwrap().0;
+    assert!(rule(&after, nft::RULE_FWD_DROP) > rule(&before, nft::RULE_FWD_DROP));
+    assert!(rule(&after, nft::RULE_IN_DROP) >= rule(&before, nft::RULE_IN_DROP) + 2);
+    assert!(rule(&after, nft::RULE_IN_ICMP_LIMIT) > 0, "{after:?}");
+    assert!(rule(&after, nft::RULE_IN_ICMP) >= 1, "{after:?}");
+    assert!(after.dropped_packets > before.dropped_packets);
+}
+
+#[test]
+fn rtnl_links_addresses_routes() {
+    let t = Topology::new();
+    // A veth, not a dummy: the CI kernel has no dummy driver.
+    sh(
+        "ip",
+        &[
+            "-n", &t.nat, "link", "add", "dummy7", "type", "veth", "peer", "name", "peer7",
+        ],
+    );
+    in_ns(&t.nat, || {
+        let mut r = Rtnl::open().unwrap();
+        let links = r.links().unwrap();
+        let ens5 = links.iter().find(|l| l.name == "ens5").unwrap();
+        assert!(ens5.is_ether && ens5.up && ens5.mac.is_some(), "{ens5:?}");
+        assert!(
+            r.wait_for_carrier(ens5.index, Duration::from_secs(5))
+                .unwrap()
+        );
+        let lo = links.iter().find(|l| l.name == "lo").unwrap();
+        assert!(!lo.is_ether);
+
+        let d = r.link("dummy7").unwrap().unwrap();
+        r.set_up(d.index).unwrap();
+        r.rename(d.index, "wan7").unwrap();
+        assert!(r.link("dummy7").unwrap().is_none());
+        let w = r.link("wan7").unwrap().unwrap();
+        assert_eq!(w.index, d.index);
+        assert!(!w.up, "rename leaves the link down");
+        r.set_up(w.index).unwrap();
+        r.set_mtu(w.index, 9001).unwrap();
+        let w = r.link("wan7").unwrap().unwrap();
+        assert!(w.up && !w.carrier, "peer is down: {w:?}");
+        assert!(
+            !r.wait_for_carrier(w.index, Duration::from_millis(300))
+                .unwrap()
+        );
+
+        // The on-link route the fixture added for the rogue source.
+        let lan = r.link("lan0").unwrap().unwrap();
+        let onlink = r.routes().unwrap();
+        let rogue = onlink
+            .iter()
+            .find(|x| x.dst == Ipv4Cidr::new(ROGUE_IP, 32).unwrap())
+            .unwrap();
+        assert_eq!((rogue.gateway, rogue.oif), (None, Some(lan.index)));
+        assert_eq!(w.mtu, 9001);
+
+        let a = Ipv4Addr::new(192, 0, 2, 10);
+        r.replace_address(w.index, a, 24, 600, 300).unwrap();
+        r.replace_address(w.index, a, 24, 900, 900).unwrap();
+        assert_eq!(r.addresses(w.index).unwrap(), [(a, 24)]);
+
+        let dst: Ipv4Cidr = "203.0.113.0/24".parse().unwrap();
+        r.replace_route(
+            dst,
+            Some(Ipv4Addr::new(192, 0, 2, 1)),
+            w.index,
+            Some(a),
+            Some(1400),
+        )
+        .unwrap();
+        let routes = r.routes().unwrap();
+        let found = routes.iter().find(|x| x.dst == dst).unwrap();
+        assert_eq!(found.gateway, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(found.mtu, Some(1400));
+        assert_eq!(found.src, Some(a));
+        assert_eq!(found.oif, Some(w.index));
+        r.delete_route(dst, None, Some(w.index)).unwrap();
+        assert!(!r.routes().unwrap().iter().any(|x| x.dst == dst));
+
+        r.flush_addresses(w.index).unwrap();
+        assert!(r.addresses(w.index).unwrap().is_empty());
+        // The kernel's errno comes back with what was being done.
+        let err = r.set_mtu(w.index, 10).unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+        assert!(err.to_string().contains("setting MTU 10"), "{err}");
+        assert!(
+            matches!(
+                &err,
+                nat_init::netlink::NetlinkError::Kernel {
+                    message: Some(_),
+                    ..
+                }
+            ),
+            "the extended ACK text is kept: {err}"
+        );
+    });
+    let shown = sh("ip", &["-n", &t.nat, "-4", "route", "show", "dev", "lan0"]);
+    assert!(shown.contains("10.0.1.0/24"), "{shown}");
+}
