@@ -1,0 +1,304 @@
+//! Image profiles: `images/<name>.toml` says what goes into one image (kernel and boot loader
+//! packages, kernel modules, command line, the services init starts and their baked configs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub image: ImageSection,
+    pub packages: PackagesSection,
+    pub kernel: KernelSection,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    /// Must equal the file's stem, so that output paths and the name inside the image agree.
+    pub name: String,
+    pub description: String,
+    pub hostname: String,
+    #[serde(default = "default_disk_size")]
+    pub disk_size_gib: u64,
+}
+
+fn default_disk_size() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesSection {
+    /// Debian arm64 kernel package (a metapackage such as `linux-image-cloud-arm64` is resolved).
+    pub kernel: String,
+    /// Debian arm64 package that ships `systemd-bootaa64.efi`.
+    pub bootloader: String,
+    /// Lock file beside the profile; profiles that must boot the very same kernel share one.
+    pub lock: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSection {
+    /// Added after the fixed console and panic arguments.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Module names or aliases; their dependency closure is loaded by init, in order, at boot.
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// Workspace package that builds the binary.
+    pub package: String,
+    /// Binary name inside the package; defaults to the service name.
+    pub binary: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Baked configuration, written to `/etc/<name>.toml` in the image.
+    pub config: Option<toml::Table>,
+}
+
+impl Service {
+    pub fn binary(&self) -> &str {
+        self.binary.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A profile with where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub profile: Profile,
+    pub path: PathBuf,
+    pub text: String,
+    pub lock_path: PathBuf,
+}
+
+/// The fixed part of every image's kernel command line: both serial consoles (QEMU's PL011 and
+/// Graviton's 16550; the last one named becomes /dev/console) and a reboot 10 s after a panic.
+pub const BASE_CMDLINE: &[&str] = &["console=ttyAMA0", "console=ttyS0,115200n8", "panic=10"];
+
+impl Loaded {
+    /// Loads `images/<name>.toml` (or a path) and validates it against the workspace in `root`.
+    pub fn load(root: &Path, name_or_path: &str) -> Result<Self> {
+        let path = resolve_path(root, name_or_path);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read profile {} (profiles live in {}; pass --profile NAME)",
+                path.display(),
+                root.join("images").display()
+            )
+        })?;
+        let profile = parse(&text, &path)?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        validate(&profile, stem, root)
+            .with_context(|| format!("invalid profile {}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let lock_path = match &profile.packages.lock {
+            Some(l) => dir.join(l),
+            None => dir.join(format!("{stem}.lock")),
+        };
+        Ok(Self {
+            profile,
+            path,
+            text,
+            lock_path,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.profile.image.name
+    }
+
+    pub fn cmdline(&self) -> String {
+        let mut parts: Vec<&str> = BASE_CMDLINE.to_vec();
+        parts.extend(self.profile.kernel.cmdline.iter().map(String::as_str));
+        parts.join(" ")
+    }
+}
+
+fn resolve_path(root: &Path, name_or_path: &str) -> PathBuf {
+    if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
+        PathBuf::from(name_or_path)
+    } else {
+        root.join("images").join(format!("{name_or_path}.toml"))
+    }
+}
+
+/// Parses a profile; toml's message names the line, column and key of the problem.
+pub fn parse(text: &str, path: &Path) -> Result<Profile> {
+    toml::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+}
+
+fn validate(p: &Profile, stem: &str, root: &Path) -> Result<()> {
+    if p.image.name != stem {
+        bail!(
+            "[image] name = {:?} must match the file name {:?}",
+            p.image.name,
+            format!("{stem}.toml")
+        );
+    }
+    if !(1..=64).contains(&p.image.disk_size_gib) {
+        bail!(
+            "[image] disk_size_gib = {} must be 1 to 64",
+            p.image.disk_size_gib
+        );
+    }
+    let h = &p.image.hostname;
+    if h.is_empty()
+        || h.len() > 63
+        || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        || h.starts_with('-')
+    {
+        bail!(
+            "[image] hostname = {h:?} is not a valid host name (letters, digits, '-'; at most 63)"
+        );
+    }
+    if p.kernel.modules.is_empty() {
+        bail!("[kernel] modules is empty: the image needs at least its network driver");
+    }
+    for arg in &p.kernel.cmdline {
+        if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c == '"') {
+            bail!("[kernel] cmdline entry {arg:?} must be one word without quotes");
+        }
+    }
+    let mut names = BTreeSet::new();
+    for s in &p.services {
+        if s.name.is_empty()
+            || !s
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!(
+                "[[service]] name = {:?}: use letters, digits, '-' and '_'",
+                s.name
+            );
+        }
+        if !names.insert(&s.name) {
+            bail!("[[service]] name = {:?} appears twice", s.name);
+        }
+        if s.package == "xtask" || !root.join(&s.package).join("Cargo.toml").is_file() {
+            bail!(
+                "[[service]] {:?}: package = {:?} is not an on-image crate of this workspace",
+                s.name,
+                s.package
+            );
+        }
+        if s.name == "init" {
+            bail!("[[service]] name \"init\" is reserved for PID 1");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf()
+    }
+
+    const GOOD: &str = r#"
+[image]
+name = "demo"
+description = "demo"
+hostname = "nat"
+[packages]
+kernel = "linux-image-cloud-arm64"
+bootloader = "systemd-boot-efi"
+[kernel]
+cmdline = ["quiet"]
+modules = ["virtio_net"]
+[[service]]
+name = "nat-init"
+package = "nat-init"
+[service.config]
+health_interval = 5
+"#;
+
+    #[test]
+    fn good_profile_validates() {
+        let p = parse(GOOD, Path::new("demo.toml")).unwrap();
+        validate(&p, "demo", &root()).unwrap();
+        assert_eq!(p.services[0].binary(), "nat-init");
+        assert_eq!(p.image.disk_size_gib, 1);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let bad = GOOD.replace("hostname = \"nat\"", "hostname = \"nat\"\nhostnmae = \"x\"");
+        let e = parse(&bad, Path::new("demo.toml")).unwrap_err().to_string();
+        assert!(e.contains("hostnmae"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+        assert!(e.contains("demo.toml"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_named() {
+        let cases = [
+            (
+                GOOD.replace("name = \"demo\"", "name = \"other\""),
+                "must match the file name",
+            ),
+            (
+                GOOD.replace("package = \"nat-init\"", "package = \"nope\""),
+                "not an on-image crate",
+            ),
+            (
+                GOOD.replace("package = \"nat-init\"", "package = \"xtask\""),
+                "not an on-image crate",
+            ),
+            (
+                GOOD.replace("hostname = \"nat\"", "hostname = \"n a t\""),
+                "hostname",
+            ),
+            (
+                GOOD.replace("modules = [\"virtio_net\"]", "modules = []"),
+                "modules is empty",
+            ),
+            (
+                GOOD.replace("cmdline = [\"quiet\"]", "cmdline = [\"a b\"]"),
+                "one word",
+            ),
+        ];
+        for (text, want) in cases {
+            let p = parse(&text, Path::new("demo.toml")).unwrap();
+            let e = validate(&p, "demo", &root()).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn shipped_profiles_load() {
+        for entry in std::fs::read_dir(root().join("images")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let l = Loaded::load(&root(), path.to_str().unwrap()).unwrap();
+                assert!(
+                    l.cmdline()
+                        .starts_with("console=ttyAMA0 console=ttyS0,115200n8 panic=10")
+                );
+                assert!(l.lock_path.exists() || l.profile.packages.lock.is_none());
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Booting the disk image the way EC2 does: `qemu-system-aarch64 -M virt` with AAVMF UEFI
+//! firmware in pflash (a private copy of the variable store), the disk as NVMe, and a
+//! virtio-net NIC behind a PCIe root port in slot 5, so that udev-style naming gives `ens5`
+//! as on Nitro. Also the harness the boot tests use: serial capture, waits, and QMP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub const FIRMWARE_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const FIRMWARE_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Net {
+    /// QEMU's user-mode network (no root needed; DHCP from QEMU itself).
+    User,
+    /// An existing tap device.
+    Tap(String),
+    None,
+}
+
+impl Net {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "user" => Ok(Self::User),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("tap:") {
+                Some(name) if !name.is_empty() => Ok(Self::Tap(name.to_string())),
+                _ => bail!("--net {s:?}: expected user, none or tap:IFNAME"),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub disk: PathBuf,
+    pub mem_mib: u32,
+    pub net: Net,
+    pub mac: String,
+    /// Run QEMU inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+}
+
+impl VmConfig {
+    pub fn new(disk: PathBuf) -> Self {
+        Self {
+            disk,
+            mem_mib: 512,
+            net: Net::None,
+            mac: "52:54:00:12:34:56".into(),
+            netns: None,
+        }
+    }
+}
+
+/// The QEMU command line. The disk is opened with snapshot=on: the built image is never
+/// written to, every boot starts from the same bytes.
+pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-M",
+        "virt",
+        "-cpu",
+        "cortex-a72",
+        "-smp",
+        "2",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(["-m".into(), cfg.mem_mib.to_string()]);
+    a.extend([
+        "-drive".into(),
+        format!("if=pflash,format=raw,readonly=on,file={FIRMWARE_CODE}"),
+    ]);
+    a.extend([
+        "-drive".into(),
+        format!("if=pflash,format=raw,file={}", vars.display()),
+    ]);
+    a.extend([
+        "-drive".into(),
+        format!(
+            "if=none,id=d0,format=raw,snapshot=on,file={}",
+            cfg.disk.display()
+        ),
+        "-device".into(),
+        "nvme,drive=d0,serial=vol0".into(),
+    ]);
+    let nic = |netdev: String| {
+        vec![
+            "-device".to_string(),
+            "pcie-root-port,id=rp5,slot=5,chassis=1".to_string(),
+            "-netdev".to_string(),
+            netdev,
+            "-device".to_string(),
+            format!("virtio-net-pci,netdev=n0,bus=rp5,mac={}", cfg.mac),
+        ]
+    };
+    match &cfg.net {
+        Net::User => a.extend(nic("user,id=n0".into())),
+        Net::Tap(t) => a.extend(nic(format!("tap,id=n0,ifname={t},script=no,downscript=no"))),
+        Net::None => a.extend(["-nic".to_string(), "none".to_string()]),
+    }
+    if let Some(q) = qmp {
+        a.extend([
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", q.display()),
+        ]);
+    }
+    a
+}
+
+fn program(cfg: &VmConfig, args: Vec<String>) -> Command {
+    match &cfg.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "qemu-system-aarch64"])
+                .args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new("qemu-system-aarch64");
+            c.args(args);
+            c
+        }
+    }
+}
+
+fn vars_copy(dir: &Path) -> Result<PathBuf> {
+    let vars = dir.join("AAVMF_VARS.fd");
+    std::fs::copy(FIRMWARE_VARS, &vars)
+        .with_context(|| format!("copying {FIRMWARE_VARS} (package qemu-efi-aarch64)"))?;
+    Ok(vars)
+}
+
+/// `cargo xtask qemu`: the serial console on this terminal (Ctrl-A X quits).
+pub fn interactive(image_dir: &Path, net: Net, mem_mib: u32) -> Result<()> {
+    let tmp = TempDir::new("qemu")?;
+    let vars = vars_copy(&tmp.0)?;
+    let mut cfg = VmConfig::new(image_dir.join("disk.raw"));
+    cfg.net = net;
+    cfg.mem_mib = mem_mib;
+    let mut a = args(&cfg, &vars, None);
+    a.extend(["-serial".into(), "mon:stdio".into()]);
+    eprintln!("[xtask] qemu-system-aarch64 {}", a.join(" "));
+    eprintln!("[xtask] Ctrl-A X quits QEMU; the firmware takes several seconds under TCG");
+    let status = program(&cfg, a)
+        .status()
+        .context("starting qemu-system-aarch64")?;
+    if !status.success() {
+        bail!("qemu exited with {status}");
+    }
+    Ok(())
+}
+
+/// A booted VM whose serial console is captured line by line.
+pub struct Vm {
+    child: Child,
+    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    qmp: PathBuf,
+    started: Instant,
+    _dir: TempDir,
+}
+
+impl Vm {
+    pub fn start(cfg: &VmConfig) -> Result<Self> {
+        let dir = TempDir::new("vm")?;
+        let vars = vars_copy(&dir.0)?;
+        let qmp = dir.0.join("qmp.sock");
+        let mut a = args(cfg, &vars, Some(&qmp));
+        a.extend(["-serial".into(), "stdio".into()]);
+        let mut child = program(cfg, a)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting qemu-system-aarch64")?;
+        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let echo = std::env::var_os("XTASK_SERIAL").is_some();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let mut buf = Vec::new();
+                while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    if echo {
+                        eprintln!("  | {line}");
+                    }
+                    let (m, cv) = &*lines;
+                    if let Ok(mut v) = m.lock() {
+                        v.push(line);
+                    }
+                    cv.notify_all();
+                    buf.clear();
+                }
+            });
+        }
+        Ok(Self {
+            child,
+            lines,
+            qmp,
+            started: Instant::now(),
+            _dir: dir,
+        })
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits for a console line containing `needle` at index `from` or later; returns its index
+    /// and text.
+    pub fn wait_for_from(
+        &self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.lines;
+        let mut v = m
+            .lock()
+            .map_err(|_| anyhow::anyhow!("console reader panicked"))?;
+        loop {
+            if let Some(i) = v.iter().skip(from).position(|l| l.contains(needle)) {
+                return Ok((from + i, v[from + i].clone()));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "no console line containing {needle:?} within {} s",
+                    timeout.as_secs()
+                );
+            }
+            v = cv
+                .wait_timeout(v, deadline - now)
+                .map_err(|_| anyhow::anyhow!("console reader panicked"))?
+                .0;
+        }
+    }
+
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
+        Ok(self.wait_for_from(0, needle, timeout)?.1)
+    }
+
+    pub fn log(&self) -> String {
+        self.lines
+            .0
+            .lock()
+            .map(|v| v.join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// Sends one QMP command and returns its `return` value.
+    pub fn qmp(&self, command: &str) -> Result<serde_json::Value> {
+        let s = UnixStream::connect(&self.qmp)
+            .with_context(|| format!("connecting to QMP at {}", self.qmp.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut w = s;
+        let read_reply = |r: &mut BufReader<UnixStream>| -> Result<serde_json::Value> {
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line)? == 0 {
+                    bail!("QMP closed the connection");
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).with_context(|| format!("QMP sent {line:?}"))?;
+                if v.get("event").is_some() || v.get("QMP").is_some() {
+                    continue;
+                }
+                if let Some(e) = v.get("error") {
+                    bail!("QMP error: {e}");
+                }
+                return Ok(v.get("return").cloned().unwrap_or_default());
+            }
+        };
+        let mut greeting = String::new();
+        r.read_line(&mut greeting)?;
+        writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#)?;
+        read_reply(&mut r)?;
+        writeln!(w, "{}", serde_json::json!({"execute": command}))?;
+        read_reply(&mut r)
+    }
+
+    /// Waits for QEMU to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!("QEMU still running after {} s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("xtask-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_sits_in_slot_5_and_disk_is_nvme_snapshot() {
+        let mut cfg = VmConfig::new("/x/disk.raw".into());
+        cfg.net = Net::Tap("tap0".into());
+        let a = args(&cfg, Path::new("/v"), Some(Path::new("/q")));
+        let s = a.join(" ");
+        assert!(s.contains("pcie-root-port,id=rp5,slot=5"));
+        assert!(s.contains("virtio-net-pci,netdev=n0,bus=rp5"));
+        assert!(s.contains("tap,id=n0,ifname=tap0,script=no,downscript=no"));
+        assert!(s.contains("nvme,drive=d0"));
+        assert!(s.contains("snapshot=on,file=/x/disk.raw"));
+        assert!(s.contains("readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
+        assert!(s.contains("-no-reboot"));
+    }
+
+    #[test]
+    fn net_parsing() {
+        assert_eq!(Net::parse("tap:t1").unwrap(), Net::Tap("t1".into()));
+        assert_eq!(Net::parse("user").unwrap(), Net::User);
+        assert!(Net::parse("tap:").is_err());
+        assert!(Net::parse("bridge").is_err());
+    }
+}
