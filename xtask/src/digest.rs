@@ -22,8 +22,28 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(hex(&sha256_state(path)?.finalize()))
+}
+
+/// The hash state after a whole file, so that a file which extends it can be hashed by feeding
+/// only its tail.
+pub fn sha256_state(path: &Path) -> Result<Sha256> {
     let mut h = Sha256::new();
+    feed(&mut h, path, 0)?;
+    Ok(h)
+}
+
+/// Finishes `state` (the hash of a file's first `skip` bytes) with the rest of `path`.
+pub fn sha256_continue(mut state: Sha256, path: &Path, skip: u64) -> Result<String> {
+    feed(&mut state, path, skip)?;
+    Ok(hex(&state.finalize()))
+}
+
+fn feed(h: &mut Sha256, path: &Path, skip: u64) -> Result<()> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.seek(std::io::SeekFrom::Start(skip))
+        .with_context(|| format!("seeking in {}", path.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f
@@ -34,11 +54,25 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn continuing_a_state_equals_hashing_the_whole_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, vec![7u8; 3 << 20]).unwrap();
+        let mut long = vec![7u8; 3 << 20];
+        long.extend_from_slice(b"footer");
+        std::fs::write(&b, &long).unwrap();
+        let cont = super::sha256_continue(super::sha256_state(&a).unwrap(), &b, 3 << 20).unwrap();
+        assert_eq!(cont, super::sha256_file(&b).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn known_vector() {
         assert_eq!(

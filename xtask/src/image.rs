@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
+use sha2::Digest;
 
 use crate::buildinfo::BuildFacts;
 use crate::digest::{sha256_file, sha256_hex};
@@ -149,7 +150,13 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
             .with_context(|| format!("package resolution returned no {role} package"))
     };
     for r in &resolved {
-        say(&format!("{}: {} {} ({})", r.role, r.name, r.version, r.deb.display()));
+        say(&format!(
+            "{}: {} {} ({})",
+            r.role,
+            r.name,
+            r.version,
+            r.deb.display()
+        ));
     }
     let kernel_pkg = by_role("kernel")?;
     let loader_pkg = by_role("bootloader")?;
@@ -312,20 +319,25 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
     )?;
     st.done("disk");
 
-    // 7. formats
-    formats::write_vhd_fixed(&work.join("disk.raw"), &work.join("disk.vhd"), epoch, seed)?;
+    // 7. formats, while another thread hashes disk.raw (a fixed VHD is disk.raw plus a
+    // footer, so its hash continues from the raw's state instead of reading 1 GiB again).
+    let raw = work.join("disk.raw");
+    let hasher = {
+        let raw = raw.clone();
+        std::thread::spawn(move || crate::digest::sha256_state(&raw))
+    };
+    formats::write_vhd_fixed(&raw, &work.join("disk.vhd"), epoch, seed)?;
     let mut last_pct = 0;
-    formats::write_vmdk_stream(
-        &work.join("disk.raw"),
-        &work.join("disk.vmdk"),
-        &mut |done, total| {
-            let pct = (done * 100).checked_div(total).unwrap_or(100);
-            if pct >= last_pct + 25 {
-                last_pct = pct;
-                say(&format!("disk.vmdk: {pct}%"));
-            }
-        },
-    )?;
+    formats::write_vmdk_stream(&raw, &work.join("disk.vmdk"), &mut |done, total| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if pct >= last_pct + 25 {
+            last_pct = pct;
+            say(&format!("disk.vmdk: {pct}%"));
+        }
+    })?;
+    let raw_state = hasher
+        .join()
+        .map_err(|_| anyhow::anyhow!("hashing disk.raw panicked"))??;
     st.done("formats");
 
     // 8. manifest and sums
@@ -335,7 +347,14 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
         let size = std::fs::metadata(&p)
             .with_context(|| format!("stat {}", p.display()))?
             .len();
-        artifacts.push(json!({"file": a, "size": size, "sha256": sha256_file(&p)?}));
+        let sha = match *a {
+            "disk.raw" => crate::digest::hex(&raw_state.clone().finalize()),
+            "disk.vhd" => {
+                crate::digest::sha256_continue(raw_state.clone(), &p, size_of_raw(&raw)?)?
+            }
+            _ => sha256_file(&p)?,
+        };
+        artifacts.push(json!({"file": a, "size": size, "sha256": sha}));
     }
     let manifest = json!({
         "profile": {
@@ -391,6 +410,12 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
         manifest,
         up_to_date: false,
     })
+}
+
+fn size_of_raw(raw: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(raw)
+        .with_context(|| format!("stat {}", raw.display()))?
+        .len())
 }
 
 fn find_kernel(root: &Path) -> Result<(String, PathBuf)> {
