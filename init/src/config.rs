@@ -19,6 +19,9 @@ pub struct Config {
     /// How long services get between SIGTERM and SIGKILL at shutdown.
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
+    /// Test images only: obey `init-test kill <service>` lines on the console.
+    #[serde(default)]
+    pub test_console: bool,
     /// Started in this order.
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,

@@ -15,6 +15,7 @@
 //! syncs and reboots. `panic=10` on the kernel command line is the last backstop.
 
 mod config;
+mod console;
 mod log;
 mod modules;
 mod mounts;
@@ -74,6 +75,7 @@ fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
 /// Everything the main loop works with.
 struct Init {
     signals: Option<Signals>,
+    console: Option<console::Console>,
     supervisor: Supervisor,
     inputs: InputDevices,
     /// Absolute times (ms since boot) at which to look for new input devices.
@@ -160,8 +162,17 @@ fn boot() -> Init {
         Ok(())
     });
     log!("up in {} ms", now_ms());
+    let console = if config.test_console {
+        step("opening the test console", || {
+            log!("test console enabled: `init-test kill <service>` is obeyed");
+            console::Console::open().context("opening /dev/console for reading")
+        })
+    } else {
+        None
+    };
     Init {
         signals,
+        console,
         supervisor,
         inputs: InputDevices::default(),
         rescans,
@@ -185,11 +196,16 @@ impl Init {
         let wait = deadline.map_or(cap, |d| d.saturating_sub(now).min(cap));
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
 
-        let (signal_ready, input_ready) = {
+        let (signal_ready, console_ready, input_ready) = {
             let mut fds: Vec<PollFd> = Vec::new();
             if let Some(s) = &self.signals {
                 fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
             }
+            let signal_at = fds.len().checked_sub(1);
+            if let Some(c) = &self.console {
+                fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+            }
+            let console_at = self.console.as_ref().map(|_| fds.len() - 1);
             let base = fds.len();
             fds.extend(
                 self.inputs
@@ -203,10 +219,29 @@ impl Init {
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
             (
-                base == 1 && ready(&fds[0]),
+                signal_at.is_some_and(|i| ready(&fds[i])),
+                console_at.is_some_and(|i| ready(&fds[i])),
                 fds[base..].iter().map(ready).collect::<Vec<_>>(),
             )
         };
+        if console_ready && let Some(c) = &mut self.console {
+            for console::Command::Kill(name) in c.read_commands() {
+                match self
+                    .supervisor
+                    .running()
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                {
+                    Some((_, pid)) => {
+                        log!("test console: sending SIGKILL to {name} pid={pid}");
+                        if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                            log!("test console: kill {name}: {e}");
+                        }
+                    }
+                    None => log!("test console: no running service {name:?}"),
+                }
+            }
+        }
 
         if signal_ready && let Some(s) = &self.signals {
             for signo in s.drain() {

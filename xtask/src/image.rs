@@ -204,6 +204,7 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
         "commit_short": facts.commit_short(),
         "kernel_release": kernel_release,
         "services": services_facts,
+        "init": profile.init,
     });
     tree.add_skeleton(&root.join("rootfs"), &template_facts)?;
     tree.file("sbin/init", 0o755, init_bin);

@@ -13,6 +13,8 @@ pub struct Profile {
     pub image: ImageSection,
     pub packages: PackagesSection,
     pub kernel: KernelSection,
+    #[serde(default)]
+    pub init: InitSection,
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,
 }
@@ -26,6 +28,17 @@ pub struct ImageSection {
     pub hostname: String,
     #[serde(default = "default_disk_size")]
     pub disk_size_gib: u64,
+    /// Another profile (name in images/) whose keys this one starts from.
+    pub extends: Option<String>,
+}
+
+/// Settings for PID 1 beyond its service list.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSection {
+    /// Test images only: init obeys `init-test kill <service>` on the serial console.
+    #[serde(default)]
+    pub test_console: bool,
 }
 
 fn default_disk_size() -> u64 {
@@ -92,31 +105,16 @@ impl Loaded {
     /// Loads `images/<name>.toml` (or a path) and validates it against the workspace in `root`.
     pub fn load(root: &Path, name_or_path: &str) -> Result<Self> {
         let path = resolve_path(root, name_or_path);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read profile {} (profiles live in {}; pass --profile NAME)",
-                path.display(),
-                root.join("images").display()
-            )
-        })?;
-        let profile = parse(&text, &path)?;
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
-        validate(&profile, stem, root)
-            .with_context(|| format!("invalid profile {}", path.display()))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
+        let (table, text, lock_dir) = load_table(root, &path, 0)?;
+        let profile: Profile = Profile::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        validate(&profile, stem, root).with_context(|| format!("invalid profile {}", path.display()))?;
         let lock_path = match &profile.packages.lock {
-            Some(l) => dir.join(l),
-            None => dir.join(format!("{stem}.lock")),
+            Some(l) => lock_dir.0.join(l),
+            None => lock_dir.0.join(format!("{}.lock", lock_dir.1)),
         };
-        Ok(Self {
-            profile,
-            path,
-            text,
-            lock_path,
-        })
+        Ok(Self { profile, path, text, lock_path })
     }
 
     pub fn name(&self) -> &str {
@@ -127,6 +125,54 @@ impl Loaded {
         let mut parts: Vec<&str> = BASE_CMDLINE.to_vec();
         parts.extend(self.profile.kernel.cmdline.iter().map(String::as_str));
         parts.join(" ")
+    }
+}
+
+/// Reads a profile as a TOML table, merged over the profile it `extends`. Also returns the
+/// texts it came from and where its lock file lives (the first profile in the chain that
+/// names packages owns the lock: a profile that only adds to another shares its kernel).
+fn load_table(root: &Path, path: &Path, depth: u32) -> Result<(toml::Table, String, (PathBuf, String))> {
+    if depth > 4 {
+        bail!("{}: `extends` chain is too deep (a loop?)", path.display());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read profile {} (profiles live in {}; pass --profile NAME)",
+            path.display(),
+            root.join("images").display()
+        )
+    })?;
+    let own: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    let parent = own.get("image").and_then(|i| i.get("extends")).and_then(|v| v.as_str()).map(str::to_string);
+    let Some(parent) = parent else {
+        // A whole profile: parsed typed here so that unknown keys name this file's line.
+        parse(&text, path)?;
+        return Ok((own, text, (dir, stem)));
+    };
+    let parent_path = resolve_path(root, &parent);
+    let (mut merged, parent_text, parent_lock) = load_table(root, &parent_path, depth + 1)
+        .with_context(|| format!("{}: extends = {parent:?}", path.display()))?;
+    let own_packages = own.contains_key("packages");
+    merge(&mut merged, own);
+    if let Some(image) = merged.get_mut("image").and_then(|v| v.as_table_mut()) {
+        image.remove("extends");
+    }
+    let lock = if own_packages { (dir, stem) } else { parent_lock };
+    Ok((merged, format!("{parent_text}\n{text}"), lock))
+}
+
+/// Tables merge key by key; anything else in `over` replaces what `base` had.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 
@@ -285,6 +331,29 @@ health_interval = 5
             let e = validate(&p, "demo", &root()).unwrap_err().to_string();
             assert!(e.contains(want), "{e} should contain {want}");
         }
+    }
+
+    #[test]
+    fn extends_merges_tables_and_shares_the_lock() {
+        let dir = std::env::temp_dir().join(format!("xtask-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("demo.toml"), GOOD).unwrap();
+        let child = "[image]\nextends = \"demo\"\nname = \"kid\"\ndescription = \"kid\"\n[init]\ntest_console = true\n";
+        std::fs::write(dir.join("kid.toml"), child).unwrap();
+        // `extends` names a profile in images/, so point at this dir through a path.
+        let child_path = dir.join("kid.toml");
+        let text = std::fs::read_to_string(&child_path).unwrap().replace("\"demo\"", &format!("{:?}", dir.join("demo.toml").to_str().unwrap()));
+        std::fs::write(&child_path, text).unwrap();
+        let l = Loaded::load(&root(), child_path.to_str().unwrap()).unwrap();
+        assert_eq!(l.profile.image.name, "kid");
+        assert_eq!(l.profile.image.hostname, "nat");
+        assert!(l.profile.init.test_console);
+        assert_eq!(l.profile.services.len(), 1);
+        assert_eq!(l.lock_path, dir.join("demo.lock"));
+        std::fs::write(&child_path, "[image]\nextends = \"/nonexistent/x.toml\"\nname = \"kid\"\n").unwrap();
+        let e = format!("{:#}", Loaded::load(&root(), child_path.to_str().unwrap()).unwrap_err());
+        assert!(e.contains("extends") && e.contains("x.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
