@@ -28,8 +28,6 @@ pub struct ImageSection {
     pub hostname: String,
     #[serde(default = "default_disk_size")]
     pub disk_size_gib: u64,
-    /// Another profile (name in images/) whose keys this one starts from.
-    pub extends: Option<String>,
 }
 
 /// Settings for PID 1 beyond its service list.
