@@ -106,13 +106,22 @@ impl Loaded {
         let (table, text, lock_dir) = load_table(root, &path, 0)?;
         let profile: Profile = Profile::deserialize(toml::Value::Table(table))
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        validate(&profile, stem, root).with_context(|| format!("invalid profile {}", path.display()))?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        validate(&profile, stem, root)
+            .with_context(|| format!("invalid profile {}", path.display()))?;
         let lock_path = match &profile.packages.lock {
             Some(l) => lock_dir.0.join(l),
             None => lock_dir.0.join(format!("{}.lock", lock_dir.1)),
         };
-        Ok(Self { profile, path, text, lock_path })
+        Ok(Self {
+            profile,
+            path,
+            text,
+            lock_path,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -129,7 +138,11 @@ impl Loaded {
 /// Reads a profile as a TOML table, merged over the profile it `extends`. Also returns the
 /// texts it came from and where its lock file lives (the first profile in the chain that
 /// names packages owns the lock: a profile that only adds to another shares its kernel).
-fn load_table(root: &Path, path: &Path, depth: u32) -> Result<(toml::Table, String, (PathBuf, String))> {
+fn load_table(
+    root: &Path,
+    path: &Path,
+    depth: u32,
+) -> Result<(toml::Table, String, (PathBuf, String))> {
     if depth > 4 {
         bail!("{}: `extends` chain is too deep (a loop?)", path.display());
     }
@@ -140,11 +153,19 @@ fn load_table(root: &Path, path: &Path, depth: u32) -> Result<(toml::Table, Stri
             root.join("images").display()
         )
     })?;
-    let own: toml::Table =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let own: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-    let parent = own.get("image").and_then(|i| i.get("extends")).and_then(|v| v.as_str()).map(str::to_string);
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let parent = own
+        .get("image")
+        .and_then(|i| i.get("extends"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
     let Some(parent) = parent else {
         // A whole profile: parsed typed here so that unknown keys name this file's line.
         parse(&text, path)?;
@@ -158,7 +179,11 @@ fn load_table(root: &Path, path: &Path, depth: u32) -> Result<(toml::Table, Stri
     if let Some(image) = merged.get_mut("image").and_then(|v| v.as_table_mut()) {
         image.remove("extends");
     }
-    let lock = if own_packages { (dir, stem) } else { parent_lock };
+    let lock = if own_packages {
+        (dir, stem)
+    } else {
+        parent_lock
+    };
     Ok((merged, format!("{parent_text}\n{text}"), lock))
 }
 
@@ -340,7 +365,10 @@ health_interval = 5
         std::fs::write(dir.join("kid.toml"), child).unwrap();
         // `extends` names a profile in images/, so point at this dir through a path.
         let child_path = dir.join("kid.toml");
-        let text = std::fs::read_to_string(&child_path).unwrap().replace("\"demo\"", &format!("{:?}", dir.join("demo.toml").to_str().unwrap()));
+        let text = std::fs::read_to_string(&child_path).unwrap().replace(
+            "\"demo\"",
+            &format!("{:?}", dir.join("demo.toml").to_str().unwrap()),
+        );
         std::fs::write(&child_path, text).unwrap();
         let l = Loaded::load(&root(), child_path.to_str().unwrap()).unwrap();
         assert_eq!(l.profile.image.name, "kid");
@@ -348,8 +376,15 @@ health_interval = 5
         assert!(l.profile.init.test_console);
         assert_eq!(l.profile.services.len(), 1);
         assert_eq!(l.lock_path, dir.join("demo.lock"));
-        std::fs::write(&child_path, "[image]\nextends = \"/nonexistent/x.toml\"\nname = \"kid\"\n").unwrap();
-        let e = format!("{:#}", Loaded::load(&root(), child_path.to_str().unwrap()).unwrap_err());
+        std::fs::write(
+            &child_path,
+            "[image]\nextends = \"/nonexistent/x.toml\"\nname = \"kid\"\n",
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            Loaded::load(&root(), child_path.to_str().unwrap()).unwrap_err()
+        );
         assert!(e.contains("extends") && e.contains("x.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
