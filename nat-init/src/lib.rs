@@ -4,3 +4,5 @@
 //! PID 1 duties; `init` owns those. The binary in `main.rs` wires these modules together.
 
 pub mod cidr;
+pub mod config;
+pub mod report;
