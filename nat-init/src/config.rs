@@ -422,6 +422,7 @@ fn key_spans(text: &str) -> Vec<(String, Range<usize>, Range<usize>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

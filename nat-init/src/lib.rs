@@ -5,4 +5,5 @@
 
 pub mod cidr;
 pub mod config;
+pub mod naming;
 pub mod report;
