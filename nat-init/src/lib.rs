@@ -5,5 +5,6 @@
 
 pub mod cidr;
 pub mod config;
+pub mod imds;
 pub mod naming;
 pub mod report;
