@@ -5,6 +5,7 @@
 
 pub mod cidr;
 pub mod config;
+pub mod dhcp;
 pub mod imds;
 pub mod naming;
 pub mod report;

@@ -1,0 +1,7 @@
+//! DHCPv4 client for the primary interface (RFC 2131): a pure state machine
+//! ([`machine`]), the IPv4/UDP framing it needs before it has an address ([`frame`]), and the
+//! sockets that carry it ([`socket`]).
+
+pub mod machine;
+
+pub use machine::{Action, Event, Lease, Machine, State, Transmit};
