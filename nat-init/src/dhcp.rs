@@ -2,6 +2,9 @@
 //! ([`machine`]), the IPv4/UDP framing it needs before it has an address ([`frame`]), and the
 //! sockets that carry it ([`socket`]).
 
+pub mod frame;
 pub mod machine;
+pub mod socket;
 
 pub use machine::{Action, Event, Lease, Machine, State, Transmit};
+pub use socket::{Client, DhcpError, LeaseChange, Step};
