@@ -410,6 +410,15 @@ impl Config {
     }
 }
 
+/// The baked file's text, `None` when there is none (an image built without one).
+pub fn read_baked(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn key_spans(text: &str) -> Vec<(String, Range<usize>, Range<usize>)> {
     DeTable::parse(text)
         .map(|t| {
@@ -682,6 +691,21 @@ dhcp_timeout = 10
         let l = Config::layered(None, None);
         assert_eq!(l.config, Config::default());
         assert!(l.errors.is_empty());
+    }
+
+    #[test]
+    fn baked_file_absent_is_none() {
+        let dir = std::env::temp_dir().join(format!("nat-init-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("nat-init.toml");
+        assert_eq!(read_baked(&f).unwrap(), None);
+        std::fs::write(&f, "rp_filter = 1\n").unwrap();
+        assert_eq!(read_baked(&f).unwrap().as_deref(), Some("rp_filter = 1\n"));
+        assert!(
+            read_baked(&dir).is_err(),
+            "a directory is an error, not absence"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -6,5 +6,5 @@ pub mod frame;
 pub mod machine;
 pub mod socket;
 
-pub use machine::{Action, Event, Lease, Machine, State, Transmit};
+pub use machine::{Action, Event, Lease, Machine, State, Transmit, seed};
 pub use socket::{Client, DhcpError, LeaseChange, Step};

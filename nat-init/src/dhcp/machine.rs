@@ -64,6 +64,15 @@ impl Rng {
     }
 }
 
+/// A seed for [`Machine::new`] from the MAC and something that differs between boots (the boot
+/// clock in nanoseconds, say), so xids differ between instances and between boots.
+pub fn seed(mac: [u8; 6], salt: u64) -> u64 {
+    let mut m = [0u8; 8];
+    m[..6].copy_from_slice(&mac);
+    let mut r = Rng::new(u64::from_le_bytes(m) ^ salt.rotate_left(17));
+    r.next_u64()
+}
+
 /// The client's states (RFC 2131 figure 5, without INIT-REBOOT/REBOOTING).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

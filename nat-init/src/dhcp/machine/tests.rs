@@ -584,3 +584,11 @@ fn recorded_replies_for_another_client_are_ignored() {
     assert!(feed_bytes(&mut m, 1, REC_OFFER).is_empty());
     assert_eq!(m.state(), State::Selecting);
 }
+
+#[test]
+fn seeds_differ_by_mac_and_salt() {
+    let a = seed(MAC, 1);
+    assert_ne!(a, seed(MAC, 2));
+    assert_ne!(a, seed([2, 0, 0, 0, 0, 8], 1));
+    assert_eq!(a, seed(MAC, 1));
+}
