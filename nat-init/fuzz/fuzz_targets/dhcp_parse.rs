@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     let Some(msg) = decode(data) else { return };
     // Drive a machine whose xid and chaddr match the message into each state and feed it.
     let mut mac = [0u8; 6];
-    mac.copy_from_slice(msg.chaddr().get(..6).unwrap_or(&[0; 6]));
+    if let Some(c) = msg.chaddr().get(..6) {
+        mac.copy_from_slice(c);
+    }
     for steps in 0..6u64 {
         let mut m = Machine::new(mac, u64::from(msg.xid()) | 1);
         let mut now = 0;

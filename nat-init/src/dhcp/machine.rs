@@ -188,9 +188,11 @@ pub struct Machine {
     deadline_ms: u64,
 }
 
-/// Decodes a DHCP message; `None` for anything dhcproto cannot read.
+/// Decodes a DHCP message; `None` for anything dhcproto cannot read, and for a hardware
+/// address length over 16, on which dhcproto 0.15's `Message::chaddr` would panic (found by the
+/// `dhcp_parse` fuzz target).
 pub fn decode(bytes: &[u8]) -> Option<Message> {
-    Message::from_bytes(bytes).ok()
+    Message::from_bytes(bytes).ok().filter(|m| m.hlen() <= 16)
 }
 
 impl Machine {
@@ -287,9 +289,11 @@ impl Machine {
     }
 
     fn on_packet(&mut self, now: u64, msg: &Message, out: &mut Vec<Action>) {
+        // hlen first: `chaddr()` panics on hlen > 16.
         if msg.opcode() != Opcode::BootReply
             || msg.xid() != self.xid
-            || msg.chaddr().get(..6) != Some(&self.mac[..])
+            || usize::from(msg.hlen()) != self.mac.len()
+            || msg.chaddr() != &self.mac[..]
         {
             return;
         }

@@ -592,3 +592,23 @@ fn seeds_differ_by_mac_and_salt() {
     assert_ne!(a, seed([2, 0, 0, 0, 0, 8], 1));
     assert_eq!(a, seed(MAC, 1));
 }
+
+#[test]
+fn oversized_hardware_length_does_not_panic() {
+    // Fuzz finding: dhcproto decodes hlen > 16 and then panics in `chaddr()`.
+    let mut bytes = REC_OFFER.to_vec();
+    bytes[2] = 200;
+    assert!(decode(&bytes).is_none());
+    let msg = Message::from_bytes(&bytes).unwrap();
+    let mut m = Machine::new(REC_MAC, REC_SEED);
+    m.handle(0, Event::Timer);
+    assert!(m.handle(1, Event::Packet(&msg)).is_empty());
+    // hlen 16 with our MAC in front is not ours either: Ethernet addresses are 6 bytes.
+    bytes[2] = 16;
+    assert!(feed_bytes(&mut m, 1, &bytes).is_empty());
+    bytes[2] = 6;
+    assert_eq!(
+        only_sent(&feed_bytes(&mut m, 1, &bytes)).opts().msg_type(),
+        Some(MessageType::Request)
+    );
+}
