@@ -4,7 +4,11 @@
 //! PID 1 duties; `init` owns those. The binary in `main.rs` wires these modules together.
 
 pub mod cidr;
+pub mod config;
+pub mod dhcp;
+pub mod imds;
+pub mod naming;
 pub mod netlink;
 pub mod nft;
-
+pub mod report;
 pub mod sysctl;

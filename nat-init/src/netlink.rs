@@ -338,12 +338,12 @@ fn addr_msg(index: u32, addr: Ipv4Addr, prefix_len: u8) -> AddressMessage {
 fn route_msg(dst: Ipv4Cidr) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = AddressFamily::Inet;
-    m.header.destination_prefix_length = dst.len();
+    m.header.destination_prefix_length = dst.prefix_len();
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::Static;
     m.header.kind = RouteType::Unicast;
     m.header.scope = RouteScope::Universe;
-    if dst.len() > 0 {
+    if dst.prefix_len() > 0 {
         m.attributes
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst.addr())));
     }

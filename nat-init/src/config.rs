@@ -1,0 +1,717 @@
+//! The nat-init configuration: a flat TOML document. The image builder bakes one at
+//! [`BAKED_PATH`]; IMDS user-data holding a nat-init TOML document overrides it key by key.
+//! Every key is optional. Errors name the document, the line and the key so the console line
+//! tells the operator exactly what to fix.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::de::DeTable;
+
+use crate::cidr::Ipv4Cidr;
+
+/// Where the image builder puts the rendered profile configuration.
+pub const BAKED_PATH: &str = "/etc/nat-init.toml";
+
+/// The effective configuration after defaults, the baked file and user-data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `interface`: pin the primary interface by name (its kernel name such as `eth0`, or its
+    /// udev-style name such as `ens5`). Default: the first Ethernet device in PCI address order.
+    pub interface: Option<String>,
+    /// `rename` (default `true`): rename the primary interface to its udev-style name
+    /// (`ens<slot>`, else `enp<bus>s<dev>`), the name AWS documentation and rules assume.
+    pub rename: bool,
+    /// `name`: rename the primary interface to this name instead of the udev-style one.
+    /// Needs `rename = true`. At most 15 bytes, no `/`, `:` or whitespace.
+    pub name: Option<String>,
+    /// `private_ranges`: the source ranges whose new flows are forwarded and masqueraded
+    /// (anything else is dropped: no open relay). Default: the VPC's IPv4 CIDR blocks from IMDS;
+    /// without IMDS, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and 100.64.0.0/10.
+    /// `0.0.0.0/0` is refused.
+    pub private_ranges: Option<Vec<Ipv4Cidr>>,
+    /// `health_interval` (default 60, 1..=86400): seconds between `nat-init: health` lines.
+    pub health_interval: u32,
+    /// `rp_filter` (default 0): reverse-path filter for `all` and the interface: 0 off, 1 strict,
+    /// 2 loose. Traffic enters and leaves one ENI, so 0 is right for a single interface.
+    pub rp_filter: u8,
+    /// `conntrack_max` (default 0): connection-tracking table size; 0 sizes it from RAM.
+    pub conntrack_max: u32,
+    /// `conntrack_buckets` (default 0): conntrack hash buckets; 0 derives them from the size.
+    pub conntrack_buckets: u32,
+    /// `tcp_established_timeout` (default 7440, 60..=432000): seconds an idle established TCP
+    /// flow keeps its mapping. RFC 5382 asks for at least 7440 (2 h 4 min); lower values are
+    /// accepted (NAT Gateway uses 350) because some operators want them, at their own risk.
+    pub tcp_established_timeout: u32,
+    /// `flowtable` (default `true`): offload established flows to the nftables flowtable fast
+    /// path when the kernel supports it. Offloaded packets skip the forward counters.
+    pub flowtable: bool,
+    /// `mss_clamp` (default `true`): clamp the MSS of forwarded SYNs to the route MTU so the
+    /// 9001-byte VPC MTU does not black-hole traffic over the 1500-byte internet path.
+    pub mss_clamp: bool,
+    /// `default_route_mtu` (default 1500, 576..=9001): MTU set on the default route, the
+    /// internet path's MTU.
+    pub default_route_mtu: u16,
+    /// `icmp_rate` (default 10, 1..=100000): ICMP packets per second accepted on input.
+    pub icmp_rate: u32,
+    /// `imds` (default `true`): ask IMDSv2 for the VPC ranges and user-data at boot. Only the
+    /// baked file can turn it off (user-data comes from IMDS).
+    pub imds: bool,
+    /// `dhcp_timeout` (default 30, 1..=3600): seconds without a lease after which nat-init
+    /// prints `nat-init: error dhcp ...`. It keeps trying afterwards.
+    pub dhcp_timeout: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interface: None,
+            rename: true,
+            name: None,
+            private_ranges: None,
+            health_interval: 60,
+            rp_filter: 0,
+            conntrack_max: 0,
+            conntrack_buckets: 0,
+            tcp_established_timeout: 7440,
+            flowtable: true,
+            mss_clamp: true,
+            default_route_mtu: 1500,
+            icmp_rate: 10,
+            imds: true,
+            dhcp_timeout: 30,
+        }
+    }
+}
+
+/// A configuration document that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    /// The document's name as given by the caller (`/etc/nat-init.toml`, `user-data`).
+    pub source_name: String,
+    /// 1-based line and column of the offending text, when known.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The key at fault, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        let mut s = self.source_name.clone();
+        if let Some(line) = self.line {
+            s.push_str(&format!(" line {line}"));
+        }
+        if let Some(key) = &self.key {
+            if self.line.is_some() {
+                s.push(',');
+            }
+            s.push_str(&format!(" key {key}"));
+        }
+        s.push_str(": ");
+        s.push_str(&self.message);
+        s
+    }
+}
+
+/// Every key as written; `None` when absent. Merging two documents is field-wise `or`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: Option<String>,
+    rename: Option<bool>,
+    name: Option<String>,
+    /// Kept as spanned text so an error points at the element, not the whole array.
+    private_ranges: Option<Vec<toml::Spanned<String>>>,
+    health_interval: Option<u32>,
+    rp_filter: Option<u8>,
+    conntrack_max: Option<u32>,
+    conntrack_buckets: Option<u32>,
+    tcp_established_timeout: Option<u32>,
+    flowtable: Option<bool>,
+    mss_clamp: Option<bool>,
+    default_route_mtu: Option<u16>,
+    icmp_rate: Option<u32>,
+    imds: Option<bool>,
+    dhcp_timeout: Option<u32>,
+}
+
+impl RawConfig {
+    /// `over`'s keys win.
+    fn overridden_by(self, over: RawConfig) -> RawConfig {
+        RawConfig {
+            interface: over.interface.or(self.interface),
+            rename: over.rename.or(self.rename),
+            name: over.name.or(self.name),
+            private_ranges: over.private_ranges.or(self.private_ranges),
+            health_interval: over.health_interval.or(self.health_interval),
+            rp_filter: over.rp_filter.or(self.rp_filter),
+            conntrack_max: over.conntrack_max.or(self.conntrack_max),
+            conntrack_buckets: over.conntrack_buckets.or(self.conntrack_buckets),
+            tcp_established_timeout: over
+                .tcp_established_timeout
+                .or(self.tcp_established_timeout),
+            flowtable: over.flowtable.or(self.flowtable),
+            mss_clamp: over.mss_clamp.or(self.mss_clamp),
+            default_route_mtu: over.default_route_mtu.or(self.default_route_mtu),
+            icmp_rate: over.icmp_rate.or(self.icmp_rate),
+            imds: over.imds.or(self.imds),
+            dhcp_timeout: over.dhcp_timeout.or(self.dhcp_timeout),
+        }
+    }
+
+    fn resolve(self) -> Config {
+        let d = Config::default();
+        Config {
+            interface: self.interface,
+            rename: self.rename.unwrap_or(d.rename),
+            name: self.name,
+            // Validated when parsed: nothing is dropped here.
+            private_ranges: self.private_ranges.map(|v| {
+                v.iter()
+                    .filter_map(|s| s.get_ref().parse::<Ipv4Cidr>().ok())
+                    .collect()
+            }),
+            health_interval: self.health_interval.unwrap_or(d.health_interval),
+            rp_filter: self.rp_filter.unwrap_or(d.rp_filter),
+            conntrack_max: self.conntrack_max.unwrap_or(d.conntrack_max),
+            conntrack_buckets: self.conntrack_buckets.unwrap_or(d.conntrack_buckets),
+            tcp_established_timeout: self
+                .tcp_established_timeout
+                .unwrap_or(d.tcp_established_timeout),
+            flowtable: self.flowtable.unwrap_or(d.flowtable),
+            mss_clamp: self.mss_clamp.unwrap_or(d.mss_clamp),
+            default_route_mtu: self.default_route_mtu.unwrap_or(d.default_route_mtu),
+            icmp_rate: self.icmp_rate.unwrap_or(d.icmp_rate),
+            imds: self.imds.unwrap_or(d.imds),
+            dhcp_timeout: self.dhcp_timeout.unwrap_or(d.dhcp_timeout),
+        }
+    }
+}
+
+/// A parsed document with what is needed to point at its keys.
+struct Document<'a> {
+    text: &'a str,
+    source_name: &'a str,
+    /// (key, key span, value span) for each top-level key.
+    keys: Vec<(String, Range<usize>, Range<usize>)>,
+}
+
+impl<'a> Document<'a> {
+    fn error(&self, span: Option<Range<usize>>, key: Option<&str>, message: String) -> ConfigError {
+        let key = key.map(str::to_string).or_else(|| {
+            let at = span.as_ref()?.start;
+            self.keys
+                .iter()
+                .find(|(_, k, v)| k.contains(&at) || v.contains(&at))
+                .map(|(name, _, _)| name.clone())
+        });
+        let (line, column) = match span {
+            Some(s) => {
+                let (l, c) = line_column(self.text, s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            source_name: self.source_name.to_string(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+
+    /// An error about `key`, located at its value.
+    fn key_error(&self, key: &str, message: String) -> ConfigError {
+        let span = self
+            .keys
+            .iter()
+            .find(|(name, _, _)| name == key)
+            .map(|(_, _, v)| v.clone());
+        self.error(span, Some(key), message)
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+fn parse_raw<'a>(text: &'a str, source_name: &'a str) -> Result<RawConfig, ConfigError> {
+    let mut doc = Document {
+        text,
+        source_name,
+        keys: Vec::new(),
+    };
+    let table = DeTable::parse(text)
+        .map_err(|e| doc.error(e.span(), None, e.message().trim().to_string()))?;
+    doc.keys = table
+        .get_ref()
+        .iter()
+        .map(|(k, v)| (k.get_ref().to_string(), k.span(), v.span()))
+        .collect();
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|e| doc.error(e.span(), None, e.message().trim().to_string()))?;
+    validate(&raw, &doc)?;
+    Ok(raw)
+}
+
+fn check_range(
+    doc: &Document<'_>,
+    key: &str,
+    value: Option<u64>,
+    min: u64,
+    max: u64,
+) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if v < min || v > max => {
+            Err(doc.key_error(key, format!("{v} is out of range: expected {min} to {max}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_ifname(doc: &Document<'_>, key: &str, name: Option<&String>) -> Result<(), ConfigError> {
+    let Some(name) = name else { return Ok(()) };
+    // The kernel's rules (dev_valid_name): 1..=15 bytes, not `.`/`..`, no `/`, `:` or space.
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(doc.key_error(
+            key,
+            format!(
+                "{name:?} is not a valid interface name: 1 to 15 bytes without '/', ':' or spaces"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    check_ifname(doc, "interface", raw.interface.as_ref())?;
+    check_ifname(doc, "name", raw.name.as_ref())?;
+    if raw.name.is_some() && raw.rename == Some(false) {
+        return Err(doc.key_error(
+            "name",
+            "conflicts with rename = false: drop one of them".to_string(),
+        ));
+    }
+    if let Some(texts) = &raw.private_ranges {
+        let mut ranges = Vec::new();
+        for text in texts {
+            let cidr = text
+                .get_ref()
+                .parse::<Ipv4Cidr>()
+                .map_err(|e| doc.error(Some(text.span()), Some("private_ranges"), e.to_string()))?;
+            ranges.push(cidr);
+        }
+        if ranges.is_empty() {
+            return Err(doc.key_error(
+                "private_ranges",
+                "is empty: nothing would be forwarded; omit the key to use the VPC ranges"
+                    .to_string(),
+            ));
+        }
+        if let Some(all) = ranges.iter().find(|c| c.prefix_len() == 0) {
+            return Err(doc.key_error(
+                "private_ranges",
+                format!("{all} would make an open relay: list the VPC ranges instead"),
+            ));
+        }
+    }
+    let num = |v: Option<u32>| v.map(u64::from);
+    check_range(doc, "health_interval", num(raw.health_interval), 1, 86400)?;
+    check_range(doc, "rp_filter", raw.rp_filter.map(u64::from), 0, 2)?;
+    check_range(
+        doc,
+        "tcp_established_timeout",
+        num(raw.tcp_established_timeout),
+        60,
+        432_000,
+    )?;
+    check_range(
+        doc,
+        "default_route_mtu",
+        raw.default_route_mtu.map(u64::from),
+        576,
+        9001,
+    )?;
+    check_range(doc, "icmp_rate", num(raw.icmp_rate), 1, 100_000)?;
+    check_range(doc, "dhcp_timeout", num(raw.dhcp_timeout), 1, 3600)?;
+    Ok(())
+}
+
+/// The result of layering user-data over the baked file: always a usable configuration, plus
+/// the errors of any document that was skipped (the caller logs them and carries on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layered {
+    pub config: Config,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Parses one document on its own over the defaults. `source_name` names it in errors.
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        parse_raw(text, source_name).map(RawConfig::resolve)
+    }
+
+    /// Layers `user_data` (a nat-init TOML document from IMDS, if any) over the baked document
+    /// (`(text, name)`, if any) over the defaults. An invalid baked document falls back to the
+    /// defaults; invalid user-data is skipped as a whole (no half-applied override). User-data
+    /// cannot turn `imds` off: it was fetched from IMDS, so the key there is refused.
+    pub fn layered(baked: Option<(&str, &str)>, user_data: Option<&str>) -> Layered {
+        let mut errors = Vec::new();
+        let base = match baked {
+            Some((text, name)) => parse_raw(text, name).unwrap_or_else(|e| {
+                errors.push(e);
+                RawConfig::default()
+            }),
+            None => RawConfig::default(),
+        };
+        let merged = match user_data {
+            Some(text) => match parse_raw(text, "user-data").and_then(|over| {
+                if over.imds.is_some() {
+                    let doc = Document {
+                        text,
+                        source_name: "user-data",
+                        keys: key_spans(text),
+                    };
+                    return Err(
+                        doc.key_error("imds", "can only be set in the baked file".to_string())
+                    );
+                }
+                Ok(over)
+            }) {
+                Ok(over) => base.overridden_by(over),
+                Err(e) => {
+                    errors.push(e);
+                    base
+                }
+            },
+            None => base,
+        };
+        Layered {
+            config: merged.resolve(),
+            errors,
+        }
+    }
+}
+
+/// The baked file's text, `None` when there is none (an image built without one).
+pub fn read_baked(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn key_spans(text: &str) -> Vec<(String, Range<usize>, Range<usize>)> {
+    DeTable::parse(text)
+        .map(|t| {
+            t.get_ref()
+                .iter()
+                .map(|(k, v)| (k.get_ref().to_string(), k.span(), v.span()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        Config::from_toml(text, "user-data").unwrap_err()
+    }
+
+    #[test]
+    fn empty_document_is_the_default() {
+        assert_eq!(Config::from_toml("", "x").unwrap(), Config::default());
+        assert_eq!(
+            Config::from_toml("# nothing\n\n", "x").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let text = r#"
+interface = "eth0"
+rename = true
+name = "wan0"
+private_ranges = ["10.0.0.0/16", "10.1.0.0/16"]
+health_interval = 5
+rp_filter = 2
+conntrack_max = 262144
+conntrack_buckets = 65536
+tcp_established_timeout = 350
+flowtable = false
+mss_clamp = false
+default_route_mtu = 1400
+icmp_rate = 100
+imds = false
+dhcp_timeout = 10
+"#;
+        let c = Config::from_toml(text, "baked").unwrap();
+        assert_eq!(
+            c,
+            Config {
+                interface: Some("eth0".into()),
+                rename: true,
+                name: Some("wan0".into()),
+                private_ranges: Some(vec![
+                    "10.0.0.0/16".parse().unwrap(),
+                    "10.1.0.0/16".parse().unwrap()
+                ]),
+                health_interval: 5,
+                rp_filter: 2,
+                conntrack_max: 262144,
+                conntrack_buckets: 65536,
+                tcp_established_timeout: 350,
+                flowtable: false,
+                mss_clamp: false,
+                default_route_mtu: 1400,
+                icmp_rate: 100,
+                imds: false,
+                dhcp_timeout: 10,
+            }
+        );
+    }
+
+    #[test]
+    fn host_bits_error_names_line_and_key() {
+        let e = err("health_interval = 5\n\nprivate_ranges = [\"10.0.0.1/16\"]\n");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("private_ranges"));
+        assert_eq!(
+            e.to_string(),
+            "user-data line 3, key private_ranges: `10.0.0.1/16` has host bits set: did you mean 10.0.0.0/16?"
+        );
+    }
+
+    #[test]
+    fn cidr_in_multiline_array_points_at_its_line() {
+        let e = err("private_ranges = [\n  \"10.0.0.0/16\",\n  \"10.1.0.0/33\",\n]\n");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("private_ranges"));
+        assert!(e.message.contains("prefix length"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = err("rename = true\nicmp_ratee = 5\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.column, Some(1));
+        assert_eq!(e.key.as_deref(), Some("icmp_ratee"));
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn tables_are_refused() {
+        let e = err("[dhcp]\ntimeout = 5\n");
+        assert_eq!(e.key.as_deref(), Some("dhcp"));
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        let e = err("health_interval = \"60\"\n");
+        assert_eq!(e.line, Some(1));
+        assert_eq!(e.key.as_deref(), Some("health_interval"));
+        assert!(e.message.contains("invalid type"), "{e}");
+        let e = err("rename = 1\n");
+        assert_eq!(e.key.as_deref(), Some("rename"));
+        let e = err("conntrack_max = -1\n");
+        assert_eq!(e.key.as_deref(), Some("conntrack_max"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = err("rename = true\nhealth_interval = = 3\n");
+        assert_eq!(e.line, Some(2));
+        assert!(e.to_string().starts_with("user-data line 2"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_key_is_refused() {
+        let e = err("rp_filter = 1\nrp_filter = 2\n");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        for (text, key) in [
+            ("health_interval = 0", "health_interval"),
+            ("health_interval = 86401", "health_interval"),
+            ("rp_filter = 3", "rp_filter"),
+            ("tcp_established_timeout = 59", "tcp_established_timeout"),
+            (
+                "tcp_established_timeout = 432001",
+                "tcp_established_timeout",
+            ),
+            ("default_route_mtu = 575", "default_route_mtu"),
+            ("default_route_mtu = 9002", "default_route_mtu"),
+            ("icmp_rate = 0", "icmp_rate"),
+            ("dhcp_timeout = 0", "dhcp_timeout"),
+            ("dhcp_timeout = 3601", "dhcp_timeout"),
+        ] {
+            let e = err(&format!("\n{text}\n"));
+            assert_eq!(e.key.as_deref(), Some(key), "{text}");
+            assert_eq!(e.line, Some(2), "{text}");
+            assert!(e.message.contains("out of range"), "{text}: {e}");
+        }
+        // Out of the type's range is caught by the type.
+        assert_eq!(err("rp_filter = 300").key.as_deref(), Some("rp_filter"));
+        assert_eq!(
+            err("default_route_mtu = 70000").key.as_deref(),
+            Some("default_route_mtu")
+        );
+    }
+
+    #[test]
+    fn bounds_are_inclusive() {
+        let c = Config::from_toml(
+            "health_interval = 1\nrp_filter = 2\ntcp_established_timeout = 60\ndefault_route_mtu = 9001\ndhcp_timeout = 3600\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.health_interval, 1);
+        assert_eq!(c.default_route_mtu, 9001);
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        for bad in [
+            "\"\"",
+            "\"averyveryverylong\"",
+            "\"a/b\"",
+            "\"a:b\"",
+            "\"a b\"",
+            "\"..\"",
+        ] {
+            let e = err(&format!("interface = {bad}"));
+            assert_eq!(e.key.as_deref(), Some("interface"), "{bad}");
+            let e = err(&format!("name = {bad}"));
+            assert_eq!(e.key.as_deref(), Some("name"), "{bad}");
+        }
+        assert!(Config::from_toml("name = \"fifteen-chars-x\"", "x").is_ok());
+    }
+
+    #[test]
+    fn name_conflicts_with_rename_false() {
+        let e = err("rename = false\nname = \"wan0\"\n");
+        assert_eq!(e.key.as_deref(), Some("name"));
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn private_ranges_must_not_be_empty_or_everything() {
+        let e = err("private_ranges = []");
+        assert!(e.message.contains("empty"), "{e}");
+        let e = err("private_ranges = [\"10.0.0.0/8\", \"0.0.0.0/0\"]");
+        assert!(e.message.contains("open relay"), "{e}");
+        let e = err("private_ranges = \"10.0.0.0/8\"");
+        assert_eq!(e.key.as_deref(), Some("private_ranges"));
+    }
+
+    #[test]
+    fn user_data_overrides_baked_keys() {
+        let baked = "health_interval = 30\nrp_filter = 1\nimds = true\n";
+        let l = Config::layered(
+            Some((baked, BAKED_PATH)),
+            Some("rp_filter = 2\nprivate_ranges = [\"10.9.0.0/16\"]\n"),
+        );
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.config.health_interval, 30);
+        assert_eq!(l.config.rp_filter, 2);
+        assert_eq!(
+            l.config.private_ranges,
+            Some(vec!["10.9.0.0/16".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn invalid_user_data_keeps_the_baked_config() {
+        let baked = "health_interval = 30\n";
+        let l = Config::layered(
+            Some((baked, BAKED_PATH)),
+            Some("rp_filter = 2\nbogus = 1\n"),
+        );
+        assert_eq!(l.config.health_interval, 30);
+        assert_eq!(l.config.rp_filter, 0, "no half-applied override");
+        assert_eq!(l.errors.len(), 1);
+        assert!(
+            l.errors[0]
+                .to_string()
+                .starts_with("user-data line 2, key bogus")
+        );
+    }
+
+    #[test]
+    fn user_data_cannot_disable_imds() {
+        let l = Config::layered(None, Some("\nimds = false\n"));
+        assert!(l.config.imds);
+        assert_eq!(l.errors.len(), 1);
+        assert_eq!(l.errors[0].key.as_deref(), Some("imds"));
+        assert_eq!(l.errors[0].line, Some(2));
+    }
+
+    #[test]
+    fn invalid_baked_falls_back_to_defaults_and_still_takes_user_data() {
+        let l = Config::layered(
+            Some(("rp_filter = 9\n", BAKED_PATH)),
+            Some("health_interval = 7\n"),
+        );
+        assert_eq!(l.errors.len(), 1);
+        assert!(
+            l.errors[0]
+                .to_string()
+                .starts_with("/etc/nat-init.toml line 1, key rp_filter")
+        );
+        assert_eq!(l.config.rp_filter, 0);
+        assert_eq!(l.config.health_interval, 7);
+    }
+
+    #[test]
+    fn nothing_given_is_the_default() {
+        let l = Config::layered(None, None);
+        assert_eq!(l.config, Config::default());
+        assert!(l.errors.is_empty());
+    }
+
+    #[test]
+    fn baked_file_absent_is_none() {
+        let dir = std::env::temp_dir().join(format!("nat-init-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("nat-init.toml");
+        assert_eq!(read_baked(&f).unwrap(), None);
+        std::fs::write(&f, "rp_filter = 1\n").unwrap();
+        assert_eq!(read_baked(&f).unwrap().as_deref(), Some("rp_filter = 1\n"));
+        assert!(
+            read_baked(&dir).is_err(),
+            "a directory is an error, not absence"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_column("", 0), (1, 1));
+        assert_eq!(line_column("x", 99), (1, 2));
+    }
+}

@@ -1,0 +1,559 @@
+//! The DHCPv4 client state machine (RFC 2131 section 4.4), pure: time comes in as milliseconds
+//! from a monotonic clock, packets come in decoded, and what to do goes out as [`Action`]s plus
+//! the next deadline. No sockets, no clock reads, no randomness beyond the seeded [`Rng`].
+//!
+//! Deliberate departures from the RFC, for an appliance that wants its address fast:
+//! - no random 1-10 s wait before the first DISCOVER (one client per link, nothing to spread);
+//! - the first OFFER is taken at once instead of collecting offers;
+//! - retransmission starts at 0.5 s and doubles to a 4 s cap (RFC: 4 s doubling to 64 s), with
+//!   +-25 % jitter instead of +-1 s;
+//! - INIT-REBOOT is not implemented (the appliance has no storage for a previous lease);
+//! - no ARP probe / DECLINE: in a VPC the address is the ENI's, assigned by AWS.
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Encodable};
+
+/// First retransmission delay.
+const RETRANSMIT_BASE_MS: u64 = 500;
+/// Retransmission delay cap.
+const RETRANSMIT_CAP_MS: u64 = 4000;
+/// REQUESTs sent in REQUESTING before starting over with DISCOVER.
+const REQUEST_ATTEMPTS: u32 = 4;
+/// Shortest wait between REQUESTs in RENEWING/REBINDING (RFC: 60 s; leases here can be 2 min).
+const RENEW_RETRY_MIN_MS: u64 = 1000;
+/// Cap of the back-off after repeated NAKs, so a confused server cannot make us spin.
+const NAK_BACKOFF_CAP_MS: u64 = 8000;
+/// The lease time value meaning "infinite".
+const INFINITE: u32 = u32::MAX;
+/// Largest DHCP message we accept (our receive buffers are bigger).
+const MAX_MESSAGE_SIZE: u16 = 1500;
+
+/// A small xorshift64* generator: jitter and transaction ids need no more, and the caller seeds
+/// it (MAC and boot time) so tests are deterministic.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        // Zero is xorshift's fixed point.
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// `ms` scaled by a random factor in [0.75, 1.25].
+    fn jitter(&mut self, ms: u64) -> u64 {
+        let quarter = ms / 4;
+        if quarter == 0 {
+            return ms;
+        }
+        ms - quarter + self.next_u64() % (2 * quarter + 1)
+    }
+}
+
+/// A seed for [`Machine::new`] from the MAC and something that differs between boots (the boot
+/// clock in nanoseconds, say), so xids differ between instances and between boots.
+pub fn seed(mac: [u8; 6], salt: u64) -> u64 {
+    let mut m = [0u8; 8];
+    m[..6].copy_from_slice(&mac);
+    let mut r = Rng::new(u64::from_le_bytes(m) ^ salt.rotate_left(17));
+    r.next_u64()
+}
+
+/// The client's states (RFC 2131 figure 5, without INIT-REBOOT/REBOOTING).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Init,
+    Selecting,
+    Requesting,
+    Bound,
+    Renewing,
+    Rebinding,
+}
+
+/// A lease as the rest of nat-init needs it. Times are absolute, in the caller's clock (ms);
+/// `u64::MAX` means never (infinite lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Option 3, first router; `None` when the server sent none.
+    pub router: Option<Ipv4Addr>,
+    /// Option 26.
+    pub mtu: Option<u16>,
+    /// Option 54.
+    pub server: Ipv4Addr,
+    /// Lease time, T1 and T2 in seconds as granted (T1/T2 defaulted when absent).
+    pub lease_s: u32,
+    pub t1_s: u32,
+    pub t2_s: u32,
+    /// When the REQUEST that got this lease was sent: the lease counts from there.
+    pub start_ms: u64,
+}
+
+impl Lease {
+    fn at(&self, secs: u32) -> u64 {
+        if self.lease_s == INFINITE {
+            return u64::MAX;
+        }
+        self.start_ms.saturating_add(u64::from(secs) * 1000)
+    }
+
+    pub fn renew_at_ms(&self) -> u64 {
+        self.at(self.t1_s)
+    }
+
+    pub fn rebind_at_ms(&self) -> u64 {
+        self.at(self.t2_s)
+    }
+
+    pub fn expires_at_ms(&self) -> u64 {
+        self.at(self.lease_s)
+    }
+
+    /// Whole seconds left at `now_ms` (`u64::MAX` for an infinite lease).
+    pub fn left_s(&self, now_ms: u64) -> u64 {
+        match self.expires_at_ms() {
+            u64::MAX => u64::MAX,
+            e => e.saturating_sub(now_ms) / 1000,
+        }
+    }
+}
+
+/// How a message leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// From 0.0.0.0:68 to 255.255.255.255:67 in a link-layer broadcast (raw socket): the client
+    /// has no address yet.
+    Raw(Vec<u8>),
+    /// From the leased address :68 to `dst`:67 over an ordinary UDP socket; `dst` is the
+    /// server (RENEWING) or 255.255.255.255 (REBINDING).
+    Udp { dst: Ipv4Addr, payload: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Transmit),
+    /// Configure this lease (address, prefix, router, MTU). Sent on BOUND and on every
+    /// successful renewal (times move; address normally unchanged).
+    Apply(Lease),
+    /// Remove this lease's address: it expired, or the server refused it (NAK).
+    Drop(Lease),
+}
+
+/// What is pending: the event that wakes the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A DHCP message received on port 68 (already decoded).
+    Packet(&'a Message),
+    /// The deadline given by [`Machine::deadline_ms`] may have passed.
+    Timer,
+}
+
+/// The offer being requested.
+#[derive(Debug, Clone)]
+struct Offer {
+    addr: Ipv4Addr,
+    server: Ipv4Addr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    mac: [u8; 6],
+    rng: Rng,
+    state: State,
+    xid: u32,
+    /// When the current exchange began, for the `secs` field.
+    exchange_start_ms: u64,
+    /// When the last REQUEST went out: the start of the lease it may bring.
+    request_sent_ms: u64,
+    retransmit_ms: u64,
+    attempts: u32,
+    naks: u32,
+    offer: Option<Offer>,
+    lease: Option<Lease>,
+    deadline_ms: u64,
+}
+
+/// Decodes a DHCP message; `None` for anything dhcproto cannot read, and for a hardware
+/// address length over 16, on which dhcproto 0.15's `Message::chaddr` would panic (found by the
+/// `dhcp_parse` fuzz target).
+pub fn decode(bytes: &[u8]) -> Option<Message> {
+    Message::from_bytes(bytes).ok().filter(|m| m.hlen() <= 16)
+}
+
+impl Machine {
+    /// A client in INIT whose first DISCOVER is due at once.
+    pub fn new(mac: [u8; 6], seed: u64) -> Self {
+        Machine {
+            mac,
+            rng: Rng::new(seed),
+            state: State::Init,
+            xid: 0,
+            exchange_start_ms: 0,
+            request_sent_ms: 0,
+            retransmit_ms: RETRANSMIT_BASE_MS,
+            attempts: 0,
+            naks: 0,
+            offer: None,
+            lease: None,
+            deadline_ms: 0,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The lease in force (BOUND, RENEWING, REBINDING).
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// The transaction id of the exchange in progress.
+    pub fn xid(&self) -> u32 {
+        self.xid
+    }
+
+    /// When to deliver [`Event::Timer`] next (same clock as `now_ms`).
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms
+    }
+
+    /// Feeds one event. Timer events before the deadline and packets that do not belong to the
+    /// exchange in progress do nothing.
+    pub fn handle(&mut self, now_ms: u64, event: Event<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Timer if now_ms >= self.deadline_ms => self.on_timer(now_ms, &mut out),
+            Event::Timer => {}
+            Event::Packet(msg) => self.on_packet(now_ms, msg, &mut out),
+        }
+        out
+    }
+
+    /// Starts a renewal now (for example after the link came back), if bound.
+    pub fn renew_now(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state == State::Bound {
+            self.enter_renewing(now_ms, &mut out);
+        }
+        out
+    }
+
+    fn on_timer(&mut self, now: u64, out: &mut Vec<Action>) {
+        match self.state {
+            State::Init => self.discover(now, out),
+            State::Selecting => {
+                self.bump_retransmit();
+                self.send_discover(now, out);
+            }
+            State::Requesting => {
+                if self.attempts >= REQUEST_ATTEMPTS {
+                    self.discover(now, out);
+                } else {
+                    self.bump_retransmit();
+                    self.send_request(now, out);
+                }
+            }
+            State::Bound => self.enter_renewing(now, out),
+            State::Renewing | State::Rebinding => {
+                let Some(lease) = self.lease.clone() else {
+                    self.discover(now, out);
+                    return;
+                };
+                if now >= lease.expires_at_ms() {
+                    self.expire(now, out);
+                } else if self.state == State::Renewing && now >= lease.rebind_at_ms() {
+                    self.state = State::Rebinding;
+                    self.new_exchange(now);
+                    self.send_request(now, out);
+                } else {
+                    self.send_request(now, out);
+                }
+            }
+        }
+    }
+
+    fn on_packet(&mut self, now: u64, msg: &Message, out: &mut Vec<Action>) {
+        // hlen first: `chaddr()` panics on hlen > 16.
+        if msg.opcode() != Opcode::BootReply
+            || msg.xid() != self.xid
+            || usize::from(msg.hlen()) != self.mac.len()
+            || msg.chaddr() != &self.mac[..]
+        {
+            return;
+        }
+        let Some(kind) = msg.opts().msg_type() else {
+            return;
+        };
+        match (self.state, kind) {
+            (State::Selecting, MessageType::Offer) => {
+                let addr = msg.yiaddr();
+                let Some(server) = server_id(msg) else { return };
+                if !usable_addr(addr) {
+                    return;
+                }
+                self.offer = Some(Offer { addr, server });
+                self.state = State::Requesting;
+                self.retransmit_ms = RETRANSMIT_BASE_MS;
+                self.attempts = 0;
+                self.send_request(now, out);
+            }
+            (State::Requesting | State::Renewing | State::Rebinding, MessageType::Ack) => {
+                if self.state == State::Requesting {
+                    let expected = self.offer.as_ref().map(|o| o.server);
+                    if server_id(msg).is_some_and(|s| Some(s) != expected) {
+                        return;
+                    }
+                }
+                let Some(lease) = lease_from_ack(msg, self.request_sent_ms) else {
+                    return;
+                };
+                if let Some(old) = self.lease.take()
+                    && old.addr != lease.addr
+                {
+                    out.push(Action::Drop(old));
+                }
+                self.deadline_ms = lease.renew_at_ms();
+                self.state = State::Bound;
+                self.naks = 0;
+                self.offer = None;
+                self.lease = Some(lease.clone());
+                out.push(Action::Apply(lease));
+            }
+            (State::Requesting | State::Renewing | State::Rebinding, MessageType::Nak) => {
+                if self.state == State::Requesting {
+                    let expected = self.offer.as_ref().map(|o| o.server);
+                    if server_id(msg).is_some_and(|s| Some(s) != expected) {
+                        return;
+                    }
+                }
+                if let Some(old) = self.lease.take() {
+                    out.push(Action::Drop(old));
+                }
+                // RFC 2131 3.1.5: restart at INIT. Back off only when NAKs repeat.
+                let backoff = if self.naks == 0 {
+                    0
+                } else {
+                    (RETRANSMIT_BASE_MS << self.naks.min(8)).min(NAK_BACKOFF_CAP_MS)
+                };
+                self.naks = self.naks.saturating_add(1);
+                self.state = State::Init;
+                self.offer = None;
+                if backoff == 0 {
+                    self.discover(now, out);
+                } else {
+                    self.deadline_ms = now + self.rng.jitter(backoff);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn expire(&mut self, now: u64, out: &mut Vec<Action>) {
+        if let Some(old) = self.lease.take() {
+            out.push(Action::Drop(old));
+        }
+        self.discover(now, out);
+    }
+
+    fn new_exchange(&mut self, now: u64) {
+        self.xid = self.rng.next_u64() as u32;
+        self.exchange_start_ms = now;
+        self.retransmit_ms = RETRANSMIT_BASE_MS;
+        self.attempts = 0;
+    }
+
+    /// INIT -> SELECTING with a new exchange.
+    fn discover(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.state = State::Selecting;
+        self.offer = None;
+        self.new_exchange(now);
+        self.send_discover(now, out);
+    }
+
+    fn enter_renewing(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.state = State::Renewing;
+        self.new_exchange(now);
+        self.send_request(now, out);
+    }
+
+    fn bump_retransmit(&mut self) {
+        self.retransmit_ms = (self.retransmit_ms * 2).min(RETRANSMIT_CAP_MS);
+    }
+
+    fn base_message(&self, now: u64, kind: MessageType) -> Message {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_xid(self.xid)
+            .set_chaddr(&self.mac)
+            .set_flags(Flags::default())
+            .set_secs(
+                u16::try_from(now.saturating_sub(self.exchange_start_ms) / 1000)
+                    .unwrap_or(u16::MAX),
+            );
+        let opts = m.opts_mut();
+        opts.insert(DhcpOption::MessageType(kind));
+        let mut client_id = vec![1u8];
+        client_id.extend_from_slice(&self.mac);
+        opts.insert(DhcpOption::ClientIdentifier(client_id));
+        opts.insert(DhcpOption::MaxMessageSize(MAX_MESSAGE_SIZE));
+        opts.insert(DhcpOption::ParameterRequestList(vec![
+            OptionCode::SubnetMask,
+            OptionCode::Router,
+            OptionCode::InterfaceMtu,
+            OptionCode::Renewal,
+            OptionCode::Rebinding,
+        ]));
+        m
+    }
+
+    fn send_discover(&mut self, now: u64, out: &mut Vec<Action>) {
+        let m = self.base_message(now, MessageType::Discover);
+        if let Ok(bytes) = m.to_vec() {
+            out.push(Action::Send(Transmit::Raw(bytes)));
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        self.deadline_ms = now + self.rng.jitter(self.retransmit_ms);
+    }
+
+    fn send_request(&mut self, now: u64, out: &mut Vec<Action>) {
+        let mut m = self.base_message(now, MessageType::Request);
+        self.request_sent_ms = now;
+        self.attempts = self.attempts.saturating_add(1);
+        match self.state {
+            State::Requesting => {
+                let Some(offer) = &self.offer else { return };
+                m.opts_mut()
+                    .insert(DhcpOption::RequestedIpAddress(offer.addr));
+                m.opts_mut()
+                    .insert(DhcpOption::ServerIdentifier(offer.server));
+                if let Ok(bytes) = m.to_vec() {
+                    out.push(Action::Send(Transmit::Raw(bytes)));
+                }
+                self.deadline_ms = now + self.rng.jitter(self.retransmit_ms);
+            }
+            State::Renewing | State::Rebinding => {
+                let Some(lease) = &self.lease else { return };
+                // RFC 2131 table 5: ciaddr set, no requested address or server identifier.
+                m.set_ciaddr(lease.addr);
+                let (dst, until) = if self.state == State::Renewing {
+                    (lease.server, lease.rebind_at_ms())
+                } else {
+                    (Ipv4Addr::BROADCAST, lease.expires_at_ms())
+                };
+                if let Ok(payload) = m.to_vec() {
+                    out.push(Action::Send(Transmit::Udp { dst, payload }));
+                }
+                // RFC 2131 4.4.5: wait half the time left to T2 (or expiry), at least a moment.
+                let half = until.saturating_sub(now) / 2;
+                self.deadline_ms = (now + half.max(RENEW_RETRY_MIN_MS)).min(until);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn server_id(msg: &Message) -> Option<Ipv4Addr> {
+    match msg.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) if usable_addr(*s) => Some(*s),
+        _ => None,
+    }
+}
+
+fn usable_addr(a: Ipv4Addr) -> bool {
+    !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
+}
+
+/// Prefix length of a contiguous netmask.
+fn prefix_of_mask(mask: Ipv4Addr) -> Option<u8> {
+    let m = u32::from(mask);
+    let len = m.leading_ones();
+    (m.checked_shl(len).unwrap_or(0) == 0).then_some(len as u8)
+}
+
+/// The classful prefix, RFC 2131's fallback when no subnet mask is given.
+fn classful_prefix(a: Ipv4Addr) -> u8 {
+    match a.octets()[0] {
+        0..=127 => 8,
+        128..=191 => 16,
+        _ => 24,
+    }
+}
+
+fn lease_from_ack(msg: &Message, start_ms: u64) -> Option<Lease> {
+    let addr = msg.yiaddr();
+    if !usable_addr(addr) {
+        return None;
+    }
+    let opts = msg.opts();
+    let prefix_len = match opts.get(OptionCode::SubnetMask) {
+        Some(DhcpOption::SubnetMask(m)) => prefix_of_mask(*m)?,
+        _ => classful_prefix(addr),
+    };
+    let router = match opts.get(OptionCode::Router) {
+        Some(DhcpOption::Router(r)) => r.iter().copied().find(|r| usable_addr(*r)),
+        _ => None,
+    };
+    let mtu = match opts.get(OptionCode::InterfaceMtu) {
+        // RFC 2132: at least 68.
+        Some(DhcpOption::InterfaceMtu(m)) if *m >= 68 => Some(*m),
+        _ => None,
+    };
+    let server = server_id(msg)?;
+    let lease_s = match opts.get(OptionCode::AddressLeaseTime) {
+        Some(DhcpOption::AddressLeaseTime(t)) if *t > 0 => *t,
+        // An ACK must carry it (RFC 2131 table 3); without it the ACK is unusable.
+        _ => return None,
+    };
+    let t1 = match opts.get(OptionCode::Renewal) {
+        Some(DhcpOption::Renewal(t)) => Some(*t),
+        _ => None,
+    };
+    let t2 = match opts.get(OptionCode::Rebinding) {
+        Some(DhcpOption::Rebinding(t)) => Some(*t),
+        _ => None,
+    };
+    let (t1_s, t2_s) = lease_times(lease_s, t1, t2);
+    Some(Lease {
+        addr,
+        prefix_len,
+        router,
+        mtu,
+        server,
+        lease_s,
+        t1_s,
+        t2_s,
+        start_ms,
+    })
+}
+
+/// T1 and T2: as given when 0 < T1 < T2 < lease, else 0.5 and 0.875 of the lease.
+fn lease_times(lease_s: u32, t1: Option<u32>, t2: Option<u32>) -> (u32, u32) {
+    if lease_s == INFINITE {
+        return (INFINITE, INFINITE);
+    }
+    let d1 = lease_s / 2;
+    let d2 = (u64::from(lease_s) * 7 / 8) as u32;
+    let t2 = t2.filter(|t| *t > 0 && *t < lease_s).unwrap_or(d2);
+    let t1 = t1.filter(|t| *t > 0 && *t < t2).unwrap_or(d1.min(t2));
+    (t1, t2)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,713 @@
+//! IMDSv2 client: the VPC's CIDR blocks, the instance id and the user-data, read once at boot.
+//!
+//! Written on a plain `TcpStream` rather than with an HTTP crate: IMDS is a link-local plain
+//! HTTP/1.1 endpoint with no TLS, redirects or chunking, and five small requests do not justify
+//! an HTTP stack in a static PID-1-supervised binary. Every request carries a deadline so a boot
+//! without IMDS costs at most [`Endpoint::budget`].
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::cidr::Ipv4Cidr;
+
+/// Largest response accepted (headers and body). User-data is at most 16 KiB on EC2.
+pub const MAX_RESPONSE: usize = 64 * 1024;
+/// Token lifetime asked for: the maximum, six hours; nat-init only uses it at boot.
+const TOKEN_TTL_S: u32 = 21600;
+
+/// Where and how patiently to ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Per connection attempt.
+    pub connect_timeout: Duration,
+    /// Per request attempt, from connect to the last byte.
+    pub request_timeout: Duration,
+    /// Attempts per request (connection errors, timeouts and 5xx are retried).
+    pub attempts: u32,
+    /// Bound on the whole [`fetch`].
+    pub budget: Duration,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 80)),
+            connect_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_millis(500),
+            attempts: 3,
+            budget: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What nat-init uses from IMDS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImdsData {
+    /// The primary interface's MAC, `0a:1b:2c:3d:4e:5f`.
+    pub mac: String,
+    pub vpc_cidrs: Vec<Ipv4Cidr>,
+    pub instance_id: String,
+    /// `None` when the instance has no user-data (404). Invalid UTF-8 is replaced (U+FFFD) so
+    /// the config parser reports it with a location.
+    pub user_data: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImdsError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: no complete answer in time (budget {budget:?})")]
+    Budget { what: String, budget: Duration },
+    #[error("{what}: HTTP status {status}")]
+    Status { what: String, status: u16 },
+    #[error("{what}: bad response: {source}")]
+    Response {
+        what: String,
+        #[source]
+        source: ResponseError,
+    },
+    #[error("{what}: unexpected content: {detail}")]
+    Content { what: String, detail: String },
+}
+
+/// Why a response could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("incomplete")]
+    Incomplete,
+    #[error("larger than {MAX_RESPONSE} bytes")]
+    TooLarge,
+    #[error("bad status line")]
+    StatusLine,
+    #[error("bad header line")]
+    Header,
+    #[error("bad or conflicting Content-Length")]
+    ContentLength,
+    #[error("Transfer-Encoding is not supported")]
+    TransferEncoding,
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP/1.1 request with `Connection: close` (one request per connection keeps the reader
+/// simple: the body ends at Content-Length or at EOF).
+pub fn build_request(method: &str, path: &str, host: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "PUT" {
+        r.push_str("Content-Length: 0\r\n");
+    }
+    r.push_str("Connection: close\r\n\r\n");
+    r.into_bytes()
+}
+
+/// Parses `bytes` received so far. `eof`: the peer closed, so a body without Content-Length
+/// ends here. Returns [`ResponseError::Incomplete`] when more bytes are needed.
+pub fn parse_response(bytes: &[u8], eof: bool) -> Result<Response, ResponseError> {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if bytes.len() > MAX_RESPONSE {
+            return Err(ResponseError::TooLarge);
+        }
+        return Err(ResponseError::Incomplete);
+    };
+    let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ResponseError::Header)?;
+    let body = &bytes[head_end + 4..];
+    let mut lines = head.split("\r\n");
+    let status = parse_status_line(lines.next().unwrap_or(""))?;
+    let mut length: Option<usize> = None;
+    for line in lines {
+        let (name, value) = line.split_once(':').ok_or(ResponseError::Header)?;
+        if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(ResponseError::Header);
+        }
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ResponseError::ContentLength);
+            }
+            let n: usize = value.parse().map_err(|_| ResponseError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ResponseError::ContentLength);
+            }
+            if n > MAX_RESPONSE {
+                return Err(ResponseError::TooLarge);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ResponseError::TransferEncoding);
+        }
+    }
+    if head_end + 4 + length.unwrap_or(body.len()) > MAX_RESPONSE {
+        return Err(ResponseError::TooLarge);
+    }
+    match length {
+        Some(n) if body.len() >= n => Ok(Response {
+            status,
+            body: body[..n].to_vec(),
+        }),
+        Some(_) => Err(ResponseError::Incomplete),
+        None if eof => Ok(Response {
+            status,
+            body: body.to_vec(),
+        }),
+        None => Err(ResponseError::Incomplete),
+    }
+}
+
+fn parse_status_line(line: &str) -> Result<u16, ResponseError> {
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let code = parts.next().unwrap_or("");
+    if !(version == "HTTP/1.1" || version == "HTTP/1.0")
+        || code.len() != 3
+        || !code.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(ResponseError::StatusLine);
+    }
+    let status: u16 = code.parse().map_err(|_| ResponseError::StatusLine)?;
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::StatusLine);
+    }
+    Ok(status)
+}
+
+/// `0a:1b:2c:3d:4e:5f`; it goes into a URL path, so nothing else is accepted.
+pub fn parse_mac(body: &str) -> Option<String> {
+    let mac = body.trim();
+    let ok = mac.len() == 17
+        && mac.split(':').count() == 6
+        && mac
+            .split(':')
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| mac.to_ascii_lowercase())
+}
+
+/// The `vpc-ipv4-cidr-blocks` document: one CIDR a line.
+pub fn parse_cidr_lines(body: &str) -> Result<Vec<Ipv4Cidr>, String> {
+    let mut out = Vec::new();
+    for line in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        out.push(line.parse::<Ipv4Cidr>().map_err(|e| e.to_string())?);
+    }
+    if out.is_empty() {
+        return Err("no CIDR blocks".to_string());
+    }
+    Ok(out)
+}
+
+/// One request with retries, within `deadline`.
+fn request(
+    ep: &Endpoint,
+    deadline: Instant,
+    what: &str,
+    raw: &[u8],
+) -> Result<Response, ImdsError> {
+    let mut last: Option<ImdsError> = None;
+    for attempt in 0..ep.attempts.max(1) {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if attempt > 0 {
+            // A short pause so a refused connection does not spin through the attempts.
+            std::thread::sleep(Duration::from_millis(50).min(deadline - now));
+        }
+        match request_once(ep, deadline, what, raw) {
+            Ok(r) if r.status >= 500 => {
+                last = Some(ImdsError::Status {
+                    what: what.to_string(),
+                    status: r.status,
+                })
+            }
+            Ok(r) => return Ok(r),
+            Err(e @ (ImdsError::Io { .. } | ImdsError::Budget { .. })) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(ImdsError::Budget {
+        what: what.to_string(),
+        budget: ep.budget,
+    }))
+}
+
+fn request_once(
+    ep: &Endpoint,
+    deadline: Instant,
+    what: &str,
+    raw: &[u8],
+) -> Result<Response, ImdsError> {
+    let io = |source: std::io::Error| ImdsError::Io {
+        what: what.to_string(),
+        source,
+    };
+    let budget = || ImdsError::Budget {
+        what: what.to_string(),
+        budget: ep.budget,
+    };
+    let start = Instant::now();
+    let attempt_deadline = deadline.min(start + ep.request_timeout);
+    let left = |at: Instant| {
+        attempt_deadline
+            .checked_duration_since(at)
+            .filter(|d| !d.is_zero())
+    };
+    let connect_for = left(start).ok_or_else(budget)?.min(ep.connect_timeout);
+    let mut stream = TcpStream::connect_timeout(&ep.addr, connect_for).map_err(io)?;
+    stream
+        .set_write_timeout(Some(left(Instant::now()).ok_or_else(budget)?))
+        .map_err(io)?;
+    stream.write_all(raw).map_err(io)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let wait = left(Instant::now()).ok_or_else(budget)?;
+        stream.set_read_timeout(Some(wait)).map_err(io)?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return Err(budget());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_response(&buf, n == 0) {
+            Ok(r) => return Ok(r),
+            Err(ResponseError::Incomplete) if n > 0 => continue,
+            Err(source) => {
+                return Err(ImdsError::Response {
+                    what: what.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Reads the token, then the MAC, the VPC CIDR blocks, the instance id and the user-data.
+/// The whole exchange is bounded by `ep.budget`.
+pub fn fetch(ep: &Endpoint) -> Result<ImdsData, ImdsError> {
+    let deadline = Instant::now() + ep.budget;
+    let host = ep.addr.ip().to_string();
+    let ttl = TOKEN_TTL_S.to_string();
+    let put = build_request(
+        "PUT",
+        "/latest/api/token",
+        &host,
+        &[("X-aws-ec2-metadata-token-ttl-seconds", &ttl)],
+    );
+    let r = request(ep, deadline, "token", &put)?;
+    let token = ok_text("token", r)?;
+    let token = token.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ImdsError::Content {
+            what: "token".to_string(),
+            detail: "empty or not printable".to_string(),
+        });
+    }
+    let get = |what: &str, path: &str| -> Result<Response, ImdsError> {
+        let raw = build_request(
+            "GET",
+            &format!("/latest/{path}"),
+            &host,
+            &[("X-aws-ec2-metadata-token", token)],
+        );
+        request(ep, deadline, what, &raw)
+    };
+
+    let mac_text = ok_text("mac", get("mac", "meta-data/mac")?)?;
+    let mac = parse_mac(&mac_text).ok_or_else(|| ImdsError::Content {
+        what: "mac".to_string(),
+        detail: format!("{:?} is not a MAC address", truncate(&mac_text)),
+    })?;
+    let cidrs_path = format!("meta-data/network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks");
+    let cidrs_text = ok_text(
+        "vpc-ipv4-cidr-blocks",
+        get("vpc-ipv4-cidr-blocks", &cidrs_path)?,
+    )?;
+    let vpc_cidrs = parse_cidr_lines(&cidrs_text).map_err(|detail| ImdsError::Content {
+        what: "vpc-ipv4-cidr-blocks".to_string(),
+        detail,
+    })?;
+    let id_text = ok_text("instance-id", get("instance-id", "meta-data/instance-id")?)?;
+    let instance_id = id_text.trim().to_string();
+    if instance_id.is_empty() || !instance_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ImdsError::Content {
+            what: "instance-id".to_string(),
+            detail: format!("{:?} is not an instance id", truncate(&instance_id)),
+        });
+    }
+    let ud = get("user-data", "user-data")?;
+    let user_data = match ud.status {
+        404 => None,
+        200 => Some(String::from_utf8_lossy(&ud.body).into_owned()),
+        status => {
+            return Err(ImdsError::Status {
+                what: "user-data".to_string(),
+                status,
+            });
+        }
+    };
+    Ok(ImdsData {
+        mac,
+        vpc_cidrs,
+        instance_id,
+        user_data,
+    })
+}
+
+fn ok_text(what: &str, r: Response) -> Result<String, ImdsError> {
+    if r.status != 200 {
+        return Err(ImdsError::Status {
+            what: what.to_string(),
+            status: r.status,
+        });
+    }
+    String::from_utf8(r.body).map_err(|_| ImdsError::Content {
+        what: what.to_string(),
+        detail: "not UTF-8".to_string(),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn request_bytes() {
+        assert_eq!(
+            String::from_utf8(build_request(
+                "PUT",
+                "/latest/api/token",
+                "169.254.169.254",
+                &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")]
+            ))
+            .unwrap(),
+            "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn parses_content_length_body() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ncontent-length: 5\r\n\r\nhelloEXTRA",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello");
+    }
+
+    #[test]
+    fn incomplete_until_enough_bytes() {
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", false),
+            Err(ResponseError::Incomplete)
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", false),
+            Err(ResponseError::Incomplete)
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", true),
+            Err(ResponseError::Incomplete)
+        );
+        // Without Content-Length the body ends at EOF.
+        assert_eq!(
+            parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nnope", false),
+            Err(ResponseError::Incomplete)
+        );
+        let r = parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nnope", true).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"nope"[..]));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for (bytes, err) in [
+            (&b"SSH-2.0-OpenSSH\r\n\r\n"[..], ResponseError::StatusLine),
+            (b"HTTP/1.1 20 OK\r\n\r\n", ResponseError::StatusLine),
+            (b"HTTP/1.1 999 OK\r\n\r\n", ResponseError::StatusLine),
+            (b"HTTP/2 200\r\n\r\n", ResponseError::StatusLine),
+            (
+                b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                ResponseError::Header,
+            ),
+            (b"HTTP/1.1 200 OK\r\n: v\r\n\r\n", ResponseError::Header),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                ResponseError::ContentLength,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                ResponseError::ContentLength,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
+                ResponseError::TooLarge,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                ResponseError::TransferEncoding,
+            ),
+            (b"HTTP/1.1 200 OK\r\nX: \xff\r\n\r\n", ResponseError::Header),
+        ] {
+            assert_eq!(
+                parse_response(bytes, true),
+                Err(err.clone()),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let huge = vec![b'a'; MAX_RESPONSE + 1];
+        assert_eq!(parse_response(&huge, false), Err(ResponseError::TooLarge));
+        let mut big = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        big.extend(vec![b'a'; MAX_RESPONSE]);
+        assert_eq!(parse_response(&big, true), Err(ResponseError::TooLarge));
+    }
+
+    #[test]
+    fn mac_and_cidr_documents() {
+        assert_eq!(
+            parse_mac("0A:1b:2c:3d:4e:5f\n").as_deref(),
+            Some("0a:1b:2c:3d:4e:5f")
+        );
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5g",
+            "0a:1b:2c:3d:4e:5f/../x",
+            "0a-1b-2c-3d-4e-5f",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_cidr_lines("10.0.0.0/16\n100.64.0.0/16\n").unwrap(),
+            vec![
+                "10.0.0.0/16".parse().unwrap(),
+                "100.64.0.0/16".parse().unwrap()
+            ]
+        );
+        assert!(parse_cidr_lines("").is_err());
+        assert!(parse_cidr_lines("10.0.0.1/16").is_err());
+    }
+
+    /// How the fake IMDS answers one request.
+    #[derive(Clone)]
+    enum Reply {
+        Bytes(Vec<u8>),
+        /// Accept, read, never answer (until the test ends).
+        Silent,
+    }
+
+    fn http(status: &str, body: &str) -> Reply {
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: EC2ws\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    }
+
+    /// A fake IMDS on 127.0.0.1: `route(request_head)` decides each reply. Returns the
+    /// endpoint and the log of request heads.
+    fn serve(
+        route: impl Fn(&str) -> Reply + Send + 'static,
+    ) -> (Endpoint, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                log2.lock().unwrap().push(head.clone());
+                match route(&head) {
+                    Reply::Bytes(b) => {
+                        let _ = conn.write_all(&b);
+                    }
+                    Reply::Silent => held.push(conn),
+                }
+            }
+        });
+        let ep = Endpoint {
+            addr,
+            ..Endpoint::default()
+        };
+        (ep, log)
+    }
+
+    const TOKEN: &str = "AQAEAFakeToken==";
+
+    fn imds(head: &str, user_data: Option<&str>) -> Reply {
+        let first = head.lines().next().unwrap_or("");
+        if first.starts_with("PUT /latest/api/token ") {
+            if head.contains("X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n") {
+                return http("200 OK", TOKEN);
+            }
+            return http("400 Bad Request", "");
+        }
+        if !head.contains(&format!("X-aws-ec2-metadata-token: {TOKEN}\r\n")) {
+            return http("401 Unauthorized", "");
+        }
+        match first.split(' ').nth(1).unwrap_or("") {
+            "/latest/meta-data/mac" => http("200 OK", "0a:1b:2c:3d:4e:5f"),
+            "/latest/meta-data/network/interfaces/macs/0a:1b:2c:3d:4e:5f/vpc-ipv4-cidr-blocks" => {
+                http("200 OK", "10.0.0.0/16\n10.1.0.0/16")
+            }
+            "/latest/meta-data/instance-id" => http("200 OK", "i-0123456789abcdef0"),
+            "/latest/user-data" => match user_data {
+                Some(u) => http("200 OK", u),
+                None => http("404 Not Found", ""),
+            },
+            _ => http("404 Not Found", ""),
+        }
+    }
+
+    #[test]
+    fn fetches_everything() {
+        let (ep, log) = serve(|h| imds(h, Some("rp_filter = 2\n")));
+        let d = fetch(&ep).unwrap();
+        assert_eq!(
+            d,
+            ImdsData {
+                mac: "0a:1b:2c:3d:4e:5f".into(),
+                vpc_cidrs: vec![
+                    "10.0.0.0/16".parse().unwrap(),
+                    "10.1.0.0/16".parse().unwrap()
+                ],
+                instance_id: "i-0123456789abcdef0".into(),
+                user_data: Some("rp_filter = 2\n".into()),
+            }
+        );
+        assert_eq!(log.lock().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn missing_user_data_is_none() {
+        let (ep, _) = serve(|h| imds(h, None));
+        assert_eq!(fetch(&ep).unwrap().user_data, None);
+    }
+
+    #[test]
+    fn token_refused_is_status_401() {
+        // A server that hands out a different token than it checks.
+        let (ep, _) = serve(|h| {
+            if h.starts_with("PUT") {
+                http("200 OK", "other-token")
+            } else {
+                imds(h, None)
+            }
+        });
+        match fetch(&ep) {
+            Err(ImdsError::Status { what, status: 401 }) => assert_eq!(what, "mac"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn silent_server_times_out_within_budget() {
+        let (ep, log) = serve(|_| Reply::Silent);
+        let start = Instant::now();
+        let e = fetch(&ep).unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(e, ImdsError::Budget { .. }), "{e:?}");
+        assert!(took < ep.budget + Duration::from_millis(300), "{took:?}");
+        // Retried: one connection per attempt.
+        assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn nothing_listening_fails_fast() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let ep = Endpoint {
+            addr,
+            ..Endpoint::default()
+        };
+        let start = Instant::now();
+        assert!(matches!(fetch(&ep), Err(ImdsError::Io { .. })));
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn garbage_is_a_response_error() {
+        let (ep, _) = serve(|_| Reply::Bytes(b"garbage\r\n\r\n".to_vec()));
+        assert!(matches!(
+            fetch(&ep),
+            Err(ImdsError::Response {
+                source: ResponseError::StatusLine,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn server_errors_are_retried() {
+        let count = Arc::new(Mutex::new(0));
+        let c2 = count.clone();
+        let (ep, _) = serve(move |h| {
+            let mut n = c2.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                http("503 Service Unavailable", "")
+            } else {
+                imds(h, None)
+            }
+        });
+        assert_eq!(fetch(&ep).unwrap().instance_id, "i-0123456789abcdef0");
+        assert_eq!(*count.lock().unwrap(), 6);
+    }
+
+    #[test]
+    fn bad_documents_are_content_errors() {
+        let (ep, _) = serve(|h| {
+            if h.contains("/vpc-ipv4-cidr-blocks") {
+                http("200 OK", "10.0.0.1/16")
+            } else {
+                imds(h, None)
+            }
+        });
+        match fetch(&ep) {
+            Err(ImdsError::Content { what, detail }) => {
+                assert_eq!(what, "vpc-ipv4-cidr-blocks");
+                assert!(detail.contains("host bits"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

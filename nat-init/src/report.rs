@@ -1,0 +1,214 @@
+//! The console lines nat-init prints: `ready`, `error` and `health`. Tests and operators grep
+//! them (`aws ec2 get-console-output`), so their shape is fixed here: one line each, a fixed
+//! prefix, then `key=value` fields in a fixed order.
+
+use std::fmt::{self, Display};
+use std::net::Ipv4Addr;
+
+use crate::cidr::Ipv4Cidr;
+
+/// Every line starts with this.
+pub const PREFIX: &str = "nat-init:";
+
+/// What the `ready` line reports: the NAT is forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready<'a> {
+    pub iface: &'a str,
+    /// The leased address and its prefix length, as in `10.0.1.23/24`.
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// The interface MTU (DHCP option 26, else 1500).
+    pub mtu: u32,
+    pub private: &'a [Ipv4Cidr],
+    /// [`boot_elapsed_ms`] when the line is printed.
+    pub elapsed_ms: u64,
+}
+
+impl Display for Ready<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{PREFIX} ready iface={} addr={}/{} gw={} mtu={} private=",
+            one_token(self.iface),
+            self.addr,
+            self.prefix_len,
+            self.gateway,
+            self.mtu
+        )?;
+        for (i, c) in self.private.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{c}")?;
+        }
+        write!(f, " elapsed_ms={}", self.elapsed_ms)
+    }
+}
+
+/// What a `health` line reports, every `health_interval` seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Packets and bytes counted by the forward chain's accept rule (offloaded packets skip it).
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    /// Packets counted by the forward chain's drop rule (not from a private range, invalid).
+    pub dropped: u64,
+    /// Tracked connections now, and the table's limit.
+    pub conntrack: u64,
+    pub conntrack_max: u64,
+    /// Seconds until the DHCP lease expires; 0 when there is no lease.
+    pub lease_left_s: u64,
+    /// Flows handed to the flowtable (the `flow add` rule's counter).
+    pub offloaded: u64,
+}
+
+impl Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{PREFIX} health forwarded_packets={} forwarded_bytes={} dropped={} conntrack={}/{} lease_left_s={} offloaded={}",
+            self.forwarded_packets,
+            self.forwarded_bytes,
+            self.dropped,
+            self.conntrack,
+            self.conntrack_max,
+            self.lease_left_s,
+            self.offloaded
+        )
+    }
+}
+
+/// `nat-init: error <what> <why>`: `what` is one word naming the capability (`dhcp`, `nft`,
+/// `sysctl`, `imds`, `config`, `link`); `why` is flattened onto the one line.
+pub fn error_line(what: &str, why: &dyn Display) -> String {
+    let why = why.to_string();
+    let why: Vec<&str> = why.split_whitespace().collect();
+    format!("{PREFIX} error {} {}", one_token(what), why.join(" "))
+}
+
+/// An `anyhow`-style chain (`outer: inner: root`) as one `error` line.
+pub fn error_chain_line(what: &str, err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    error_line(what, &text)
+}
+
+/// Keeps a field one token so the line stays splittable on spaces.
+fn one_token(s: &str) -> String {
+    if s.is_empty() {
+        return "-".to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Milliseconds since the kernel started, suspend included (CLOCK_BOOTTIME).
+pub fn boot_elapsed_ms() -> Result<u64, nix::Error> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+    let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
+    Ok(secs.saturating_mul(1000).saturating_add(nanos / 1_000_000))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_exact() {
+        let private = [
+            "10.0.0.0/16".parse().unwrap(),
+            "100.64.0.0/10".parse().unwrap(),
+        ];
+        let r = Ready {
+            iface: "ens5",
+            addr: Ipv4Addr::new(10, 0, 1, 23),
+            prefix_len: 24,
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            mtu: 9001,
+            private: &private,
+            elapsed_ms: 1834,
+        };
+        assert_eq!(
+            r.to_string(),
+            "nat-init: ready iface=ens5 addr=10.0.1.23/24 gw=10.0.1.1 mtu=9001 private=10.0.0.0/16,100.64.0.0/10 elapsed_ms=1834"
+        );
+    }
+
+    #[test]
+    fn ready_line_keeps_fields_single_tokens() {
+        let r = Ready {
+            iface: "",
+            addr: Ipv4Addr::new(192, 0, 2, 2),
+            prefix_len: 32,
+            gateway: Ipv4Addr::new(192, 0, 2, 1),
+            mtu: 1500,
+            private: &[],
+            elapsed_ms: 0,
+        };
+        assert_eq!(
+            r.to_string(),
+            "nat-init: ready iface=- addr=192.0.2.2/32 gw=192.0.2.1 mtu=1500 private= elapsed_ms=0"
+        );
+    }
+
+    #[test]
+    fn health_line_exact() {
+        let h = Health {
+            forwarded_packets: 10,
+            forwarded_bytes: 15000,
+            dropped: 2,
+            conntrack: 7,
+            conntrack_max: 65536,
+            lease_left_s: 3500,
+            offloaded: 3,
+        };
+        assert_eq!(
+            h.to_string(),
+            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3"
+        );
+    }
+
+    #[test]
+    fn error_line_is_one_line() {
+        assert_eq!(
+            error_line("dhcp", &"no offer\n after  30 s"),
+            "nat-init: error dhcp no offer after 30 s"
+        );
+        assert_eq!(error_line("bad word", &"x"), "nat-init: error bad_word x");
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("installing the ruleset")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("permission denied"));
+        assert_eq!(
+            error_chain_line("nft", &e),
+            "nat-init: error nft installing the ruleset: permission denied"
+        );
+    }
+
+    #[test]
+    fn boot_clock_moves_forward() {
+        let a = boot_elapsed_ms().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let b = boot_elapsed_ms().unwrap();
+        assert!(a > 0 && b >= a + 20, "{a} {b}");
+    }
+}
