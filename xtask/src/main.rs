@@ -12,16 +12,19 @@ mod buildinfo;
 mod deb;
 mod digest;
 mod disk;
+mod e2e;
 mod formats;
 mod hostdeps;
 mod image;
 mod initramfs;
 mod modules;
+mod netns;
 mod packages;
 mod profile;
 mod qemu;
 mod rootfs;
 mod testsuite;
+mod vpc;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,7 +40,7 @@ commands:
         build target/images/<profile>/ (default profile: nat-t4g)
   qemu  [--profile NAME] [--net user|tap:IFNAME|none] [--mem MIB] [--build]
         boot the built disk under UEFI firmware with the serial console on stdio
-  test  [--only host|image|boot]
+  test  [--only host|image|boot|e2e]
         run every test (host tests, image checks, boot tests in QEMU)
 ";
 

@@ -321,6 +321,18 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Types a line on the guest's serial console.
+    pub fn send(&mut self, text: &str) -> Result<()> {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .context("QEMU's stdin is closed")?;
+        stdin.write_all(text.as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    }
 }
 
 impl Drop for Vm {

@@ -17,6 +17,7 @@ pub enum Part {
     Host,
     Image,
     Boot,
+    E2e,
 }
 
 impl Part {
@@ -25,19 +26,20 @@ impl Part {
             "host" => Self::Host,
             "image" => Self::Image,
             "boot" => Self::Boot,
-            _ => bail!("--only {s:?}: expected host, image or boot"),
+            "e2e" => Self::E2e,
+            _ => bail!("--only {s:?}: expected host, image, boot or e2e"),
         })
     }
 }
 
 /// Named checks with their outcomes.
 #[derive(Default)]
-struct Report {
+pub struct Report {
     results: Vec<(String, Result<(), String>, f64)>,
 }
 
 impl Report {
-    fn check(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
+    pub fn check(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
         say(&format!("test {name} ..."));
         let t = Instant::now();
         let r = f().map_err(|e| format!("{e:#}"));
@@ -83,6 +85,11 @@ pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
     if want(Part::Boot) {
         hostdeps::ensure(hostdeps::QEMU)?;
         boot_checks(root, &mut report)?;
+    }
+    if want(Part::E2e) {
+        hostdeps::ensure(hostdeps::QEMU)?;
+        hostdeps::ensure(hostdeps::NET)?;
+        crate::e2e::run(root, &mut report)?;
     }
     report.finish()
 }

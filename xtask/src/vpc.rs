@@ -1,0 +1,562 @@
+//! An emulated VPC made of network namespaces, for the end-to-end test of the NAT instance.
+//! It follows AWS's routing model; nothing outside these namespaces is ever contacted.
+//!
+//! ```text
+//!  private (10.0.1.10/24) --veth-- vpc --veth 1500-- internet (192.0.2.2, server 203.0.113.10)
+//!                                   |
+//!                      bridge br0 10.0.0.1/24 (public subnet, MTU 9001)
+//!                       |            |              |
+//!                  tap (NAT VM)   pubhost        fwd (plain Linux forwarder)
+//! ```
+//! - vpc: the VPC router. dnsmasq serves DHCP on the bridge (router 10.0.0.1, MTU 9001); an
+//!   IMDSv2 double listens on 169.254.169.254:80. The private subnet's route table sends
+//!   0.0.0.0/0 to the NAT instance (policy routing on packets from the private veth); the
+//!   public subnet's default route goes to the internet.
+//! - Internet gateway, in vpc: only public-subnet sources leave; the NAT's private address is
+//!   translated 1:1 to its public address 198.51.100.10. The link to the internet has MTU 1500
+//!   and ICMP "fragmentation needed" is dropped, a path-MTU black hole.
+//! - internet: an HTTP server that records client addresses, and a UDP echo service.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::netns::{Namespaces, run_in, spawn_in};
+
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const NAT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+pub const NAT_PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const NAT_MAC: &str = "52:54:00:0a:00:0a";
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+pub const PUBHOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
+pub const FORWARDER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 30);
+pub const PUBHOST2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const VPC_CIDR: &str = "10.0.0.0/16";
+pub const IMDS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+pub const INSTANCE_ID: &str = "i-0e2e0e2e0e2e0e2e0";
+pub const TAP: &str = "tapnat";
+pub const HTTP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 7;
+
+/// What the servers in the internet namespace saw.
+#[derive(Default, Debug)]
+pub struct Seen {
+    pub http_clients: Vec<Ipv4Addr>,
+    pub udp_clients: Vec<Ipv4Addr>,
+    pub uploads: Vec<u64>,
+}
+
+/// The IMDS double's state: what it serves and what it was asked.
+#[derive(Default, Debug)]
+pub struct ImdsState {
+    pub user_data: Option<String>,
+    pub requests: Vec<String>,
+}
+
+pub struct Vpc {
+    pub ns: Namespaces,
+    pub seen: Arc<Mutex<Seen>>,
+    pub imds: Arc<Mutex<ImdsState>>,
+    stop: Arc<AtomicBool>,
+    dnsmasq: Option<Child>,
+    dnsmasq_args: Vec<String>,
+    pub dnsmasq_log: PathBuf,
+    dir: crate::qemu::TempDir,
+}
+
+impl Vpc {
+    /// Builds the namespaces, links, routes and filters, and starts the services.
+    pub fn build(lease_secs: u32, user_data: Option<String>) -> Result<Self> {
+        let mut ns = Namespaces::new("vpc");
+        for n in ["vpc", "private", "internet", "pubhost", "pubhost2", "fwd"] {
+            ns.add(n)?;
+        }
+        let dir = crate::qemu::TempDir::new("vpc")?;
+        // public subnet bridge and the NAT's tap
+        ns.ip("vpc", "link add br0 type bridge")?;
+        ns.ip("vpc", "link set br0 mtu 9001")?;
+        ns.ip("vpc", "addr add 10.0.0.1/24 dev br0")?;
+        ns.ip("vpc", &format!("tuntap add dev {TAP} mode tap"))?;
+        ns.ip("vpc", &format!("link set {TAP} mtu 9001 master br0 up"))?;
+        ns.ip("vpc", "link set br0 up")?;
+        // (the CI kernel has no dummy interfaces; a /32 on lo serves just as well)
+        ns.ip("vpc", &format!("addr add {IMDS}/32 dev lo"))?;
+        // hosts on the public subnet
+        for (host, addr, gw) in [
+            ("pubhost", PUBHOST, NAT_ADDR),
+            ("pubhost2", PUBHOST2, FORWARDER),
+            ("fwd", FORWARDER, ROUTER),
+        ] {
+            ns.veth(host, "eth0", "vpc", &format!("p-{host}"))?;
+            ns.ip("vpc", &format!("link set p-{host} mtu 9001 master br0 up"))?;
+            ns.ip(host, "link set eth0 mtu 9001 up")?;
+            ns.ip(host, &format!("addr add {addr}/24 dev eth0"))?;
+            ns.ip(host, &format!("route add default via {gw}"))?;
+        }
+        // private subnet
+        ns.veth("private", "eth0", "vpc", "v-priv")?;
+        ns.ip("vpc", "link set v-priv mtu 9001 up")?;
+        ns.ip("vpc", "addr add 10.0.1.1/24 dev v-priv")?;
+        ns.ip("private", "link set eth0 mtu 9001 up")?;
+        ns.ip("private", &format!("addr add {CLIENT}/24 dev eth0"))?;
+        ns.ip("private", "route add default via 10.0.1.1")?;
+        // internet: the vpc side of the link is the 1500-byte segment; the server's side is 9001
+        ns.veth("internet", "eth0", "vpc", "v-inet")?;
+        ns.ip("vpc", "link set v-inet mtu 1500 up")?;
+        ns.ip("vpc", "addr add 192.0.2.1/24 dev v-inet")?;
+        ns.ip("internet", "link set eth0 mtu 9001 up")?;
+        ns.ip("internet", "addr add 192.0.2.2/24 dev eth0")?;
+        ns.ip("internet", &format!("addr add {SERVER}/32 dev lo"))?;
+        ns.ip("internet", "route add 198.51.100.0/24 via 192.0.2.1")?;
+        ns.ip("vpc", "route add default via 192.0.2.2")?;
+        // the private subnet's route table: 0.0.0.0/0 -> the NAT instance
+        ns.ip("vpc", "route add 10.0.0.0/24 dev br0 table 100")?;
+        ns.ip("vpc", "route add 10.0.1.0/24 dev v-priv table 100")?;
+        ns.ip(
+            "vpc",
+            &format!("route add default via {NAT_ADDR} dev br0 table 100"),
+        )?;
+        ns.ip("vpc", "rule add iif v-priv lookup 100 priority 100")?;
+        // an attacker on the internet that sends to private addresses through the NAT
+        ns.ip("internet", "route add 10.0.1.0/24 via 192.0.2.1")?;
+        ns.ip(
+            "vpc",
+            "route add 10.0.1.0/24 via 10.0.0.10 dev br0 table 101",
+        )?;
+        ns.ip(
+            "vpc",
+            "rule add iif v-inet to 10.0.1.0/24 lookup 101 priority 101",
+        )?;
+        for n in ["vpc", "fwd"] {
+            ns.sysctl(n, "net.ipv4.ip_forward", "1")?;
+        }
+        for key in ["all", "default", "br0", "v-priv", "v-inet"] {
+            ns.sysctl("vpc", &format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+            ns.sysctl("vpc", &format!("net.ipv4.conf.{key}.send_redirects"), "0")?;
+        }
+        // the control forwarder sends redirects, as Linux does by default
+        ns.sysctl("fwd", "net.ipv4.conf.all.send_redirects", "1")?;
+        ns.sysctl("fwd", "net.ipv4.conf.eth0.send_redirects", "1")?;
+        // the NAT subnet's own hosts route the private subnet through the router
+        ns.nft("vpc", &igw_rules())?;
+        for host in ["pubhost", "pubhost2"] {
+            ns.nft(host, "table ip redirects { chain input { type filter hook input priority 0; icmp type redirect counter; }; }")?;
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let imds = Arc::new(Mutex::new(ImdsState {
+            user_data,
+            requests: Vec::new(),
+        }));
+        start_internet_servers(&ns.name("internet"), Arc::clone(&seen), Arc::clone(&stop))?;
+        start_imds(&ns.name("vpc"), Arc::clone(&imds), Arc::clone(&stop))?;
+        let dnsmasq_log = dir.0.join("dnsmasq.log");
+        let dnsmasq_args = vec![
+            "--no-daemon".to_string(),
+            "--conf-file=/dev/null".into(),
+            "--port=0".into(),
+            "--interface=br0".into(),
+            "--bind-interfaces".into(),
+            "--log-dhcp".into(),
+            format!("--log-facility={}", dnsmasq_log.display()),
+            format!("--dhcp-leasefile={}", dir.0.join("leases").display()),
+            format!("--dhcp-range=10.0.0.100,10.0.0.200,{lease_secs}"),
+            format!("--dhcp-host={NAT_MAC},{NAT_ADDR}"),
+            format!("--dhcp-option=option:router,{ROUTER}"),
+            "--dhcp-option=option:mtu,9001".into(),
+            format!("--pid-file={}", dir.0.join("dnsmasq.pid").display()),
+        ];
+        let mut vpc = Self {
+            ns,
+            seen,
+            imds,
+            stop,
+            dnsmasq: None,
+            dnsmasq_args,
+            dnsmasq_log,
+            dir,
+        };
+        vpc.start_dnsmasq()?;
+        Ok(vpc)
+    }
+
+    pub fn start_dnsmasq(&mut self) -> Result<()> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name("vpc"), "dnsmasq"])
+            .args(&self.dnsmasq_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq (package dnsmasq-base)")?;
+        self.dnsmasq = Some(child);
+        Ok(())
+    }
+
+    /// Restarts the DHCP server (the lease file survives, as a real VPC's state does).
+    pub fn restart_dnsmasq(&mut self) -> Result<()> {
+        self.stop_dnsmasq();
+        std::thread::sleep(Duration::from_millis(200));
+        self.start_dnsmasq()
+    }
+
+    fn stop_dnsmasq(&mut self) {
+        if let Some(mut c) = self.dnsmasq.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn dnsmasq_log(&self) -> String {
+        std::fs::read_to_string(&self.dnsmasq_log).unwrap_or_default()
+    }
+
+    pub fn set_user_data(&self, data: Option<String>) {
+        if let Ok(mut s) = self.imds.lock() {
+            s.user_data = data;
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+
+    /// Redirects counted by the nftables counter in a host's namespace.
+    pub fn redirects(&self, host: &str) -> Result<u64> {
+        let out = self
+            .ns
+            .exec(host, "nft", &["list", "table", "ip", "redirects"])?;
+        counter_packets(&out).with_context(|| format!("no counter in {out}"))
+    }
+
+    pub fn dump(&self) -> String {
+        self.ns.dump()
+    }
+}
+
+impl Drop for Vpc {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stop_dnsmasq();
+    }
+}
+
+/// The internet gateway in the vpc namespace, and the path-MTU black hole.
+fn igw_rules() -> String {
+    format!(
+        "table ip igw {{
+  chain pre {{ type nat hook prerouting priority dstnat; iifname \"v-inet\" ip daddr {NAT_PUBLIC} dnat to {NAT_ADDR}; }}
+  chain post {{ type nat hook postrouting priority srcnat; oifname \"v-inet\" ip saddr {NAT_ADDR} snat to {NAT_PUBLIC}; }}
+  chain forward_filter {{ type filter hook forward priority 0;
+    icmp type destination-unreachable icmp code frag-needed counter drop
+    oifname \"v-inet\" ip saddr != 10.0.0.0/24 counter drop
+  }}
+  chain output_filter {{ type filter hook output priority 0;
+    icmp type destination-unreachable icmp code frag-needed counter drop
+  }}
+}}"
+    )
+}
+
+/// The packet count of the first `counter packets N` in nft output.
+pub fn counter_packets(nft_text: &str) -> Option<u64> {
+    let i = nft_text.find("counter packets ")?;
+    nft_text[i + 16..].split_whitespace().next()?.parse().ok()
+}
+
+fn peer_v4(addr: SocketAddr) -> Option<Ipv4Addr> {
+    match addr {
+        SocketAddr::V4(a) => Some(*a.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+fn start_internet_servers(ns: &str, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seen2 = Arc::clone(&seen);
+    let stop2 = Arc::clone(&stop);
+    let tx2 = tx.clone();
+    spawn_in(ns, move || {
+        let l = match TcpListener::bind((SERVER, HTTP_PORT)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx2.send(Err(format!("http bind: {e}")));
+                return;
+            }
+        };
+        let _ = l.set_nonblocking(true);
+        let _ = tx2.send(Ok(()));
+        while !stop2.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, peer)) => {
+                    let seen = Arc::clone(&seen2);
+                    std::thread::spawn(move || {
+                        if let (Some(ip), Ok(mut g)) = (peer_v4(peer), seen.lock()) {
+                            g.http_clients.push(ip);
+                        }
+                        let _ = serve_http(s, &seen);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })?;
+    spawn_in(ns, move || {
+        let s = match UdpSocket::bind((SERVER, UDP_PORT)) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(format!("udp bind: {e}")));
+                return;
+            }
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        let _ = tx.send(Ok(()));
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = s.recv_from(&mut buf) {
+                if let (Some(ip), Ok(mut g)) = (peer_v4(peer), seen.lock()) {
+                    g.udp_clients.push(ip);
+                }
+                let _ = s.send_to(&buf[..n], peer);
+            }
+        }
+    })?;
+    for _ in 0..2 {
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("internet servers did not start")?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 server: `GET /bytes/N` sends N bytes; `POST /upload` reads the body and
+/// answers with its length. One request per connection.
+fn serve_http(s: TcpStream, seen: &Arc<Mutex<Seen>>) -> Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let mut request = String::new();
+    r.read_line(&mut request)?;
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let body: Vec<u8> = if method == "GET" && path.starts_with("/bytes/") {
+        let n: usize = path[7..].parse().unwrap_or(0).min(64 << 20);
+        vec![b'x'; n]
+    } else if method == "POST" && path == "/upload" {
+        let len: u64 = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if headers
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let got = std::io::copy(&mut (&mut r).take(len), &mut std::io::sink())?;
+        if let Ok(mut g) = seen.lock() {
+            g.uploads.push(got);
+        }
+        format!("{got}\n").into_bytes()
+    } else {
+        b"hello from the internet\n".to_vec()
+    };
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    w.write_all(&body)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// The IMDSv2 double: token PUT, then GETs that require the token.
+fn start_imds(ns: &str, state: Arc<Mutex<ImdsState>>, stop: Arc<AtomicBool>) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let l = match TcpListener::bind((IMDS, 80)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(format!("imds bind: {e}")));
+                return;
+            }
+        };
+        let _ = l.set_nonblocking(true);
+        let _ = tx.send(Ok(()));
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = serve_imds(s, &state);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(5))
+        .context("IMDS double did not start")?
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+const TOKEN: &str = "e2e-token-AQAEAHyz";
+
+fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let mut request = String::new();
+    r.read_line(&mut request)?;
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let user_data = {
+        let mut g = state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("imds state poisoned"))?;
+        g.requests.push(format!("{method} {path}"));
+        g.user_data.clone()
+    };
+    let authorised = headers
+        .get("x-aws-ec2-metadata-token")
+        .is_some_and(|t| t == TOKEN);
+    let mac_prefix = format!("/latest/meta-data/network/interfaces/macs/{NAT_MAC}/");
+    let (status, body) = match (method.as_str(), path.as_str()) {
+        ("PUT", "/latest/api/token")
+            if headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds") =>
+        {
+            ("200 OK", TOKEN.to_string())
+        }
+        ("PUT", _) => ("400 Bad Request", String::new()),
+        ("GET", _) if !authorised => ("401 Unauthorized", String::new()),
+        ("GET", "/latest/meta-data/mac") => ("200 OK", NAT_MAC.to_string()),
+        ("GET", "/latest/meta-data/instance-id") => ("200 OK", INSTANCE_ID.to_string()),
+        ("GET", "/latest/user-data") => match user_data {
+            Some(u) => ("200 OK", u),
+            None => ("404 Not Found", String::new()),
+        },
+        ("GET", p) if p.strip_prefix(&mac_prefix) == Some("vpc-ipv4-cidr-blocks") => {
+            ("200 OK", VPC_CIDR.to_string())
+        }
+        ("GET", p) if p.strip_prefix(&mac_prefix) == Some("vpc-ipv4-cidr-block") => {
+            ("200 OK", VPC_CIDR.to_string())
+        }
+        _ => ("404 Not Found", String::new()),
+    };
+    write!(
+        w,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Sends UDP datagrams from namespace `ns` to the echo service and counts the replies.
+pub fn udp_echo(ns: &str, count: usize) -> Result<usize> {
+    run_in(ns, move || -> Result<usize> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        let mut ok = 0;
+        let mut buf = [0u8; 64];
+        for i in 0..count {
+            let msg = format!("echo-{i}");
+            s.send_to(msg.as_bytes(), (SERVER, UDP_PORT))?;
+            if let Ok((n, _)) = s.recv_from(&mut buf)
+                && &buf[..n] == msg.as_bytes()
+            {
+                ok += 1;
+            }
+        }
+        Ok(ok)
+    })?
+}
+
+/// Tries TCP connections from namespace `ns` to `addr` on each port; returns the ports that
+/// accepted.
+pub fn open_ports(ns: &str, addr: Ipv4Addr, ports: &[u16]) -> Result<Vec<u16>> {
+    let ports = ports.to_vec();
+    run_in(ns, move || {
+        let handles: Vec<_> = ports
+            .into_iter()
+            .map(|p| {
+                std::thread::spawn(move || {
+                    TcpStream::connect_timeout(
+                        &SocketAddr::from((addr, p)),
+                        Duration::from_millis(1500),
+                    )
+                    .is_ok()
+                    .then_some(p)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect()
+    })
+}
+
+/// A TCP listener in namespace `ns`; returns a flag set when anything connects.
+pub fn listen_flag(
+    ns: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> Result<Arc<AtomicBool>> {
+    let hit = Arc::new(AtomicBool::new(false));
+    let hit2 = Arc::clone(&hit);
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let l = match TcpListener::bind((addr, port)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = l.set_nonblocking(true);
+        let _ = tx.send(Ok(()));
+        while !stop.load(Ordering::Relaxed) {
+            if l.accept().is_ok() {
+                hit2.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(5))?
+        .map_err(anyhow::Error::msg)?;
+    Ok(hit)
+}
