@@ -99,33 +99,37 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
     ));
 
     // 1. binaries
-    binaries::ensure_target(&mut |m| say(m))?;
-    let mut pkgs: Vec<&str> = vec!["init"];
-    for s in &profile.services {
-        if !pkgs.contains(&s.package.as_str()) {
-            pkgs.push(&s.package);
-        }
-    }
-    say(&format!(
-        "compiling {} for {}",
-        pkgs.join(", "),
-        binaries::TARGET
-    ));
-    let bin_dir = binaries::build(root, &pkgs, args.locked)?;
-    let read_bin = |name: &str| -> Result<Vec<u8>> {
-        let p = bin_dir.join(name);
-        std::fs::read(&p).with_context(|| format!("reading built binary {}", p.display()))
-    };
-    let init_bin = read_bin("init")?;
+    // A profile whose PID 1 is a script (the bench baseline) has no Rust binaries at all.
+    let mut init_bin = None;
     let mut service_bins = Vec::new();
-    for s in &profile.services {
-        service_bins.push((s.clone(), read_bin(s.binary())?));
+    if profile.init.script.is_none() {
+        binaries::ensure_target(&mut |m| say(m))?;
+        let mut pkgs: Vec<&str> = vec!["init"];
+        for s in &profile.services {
+            if !pkgs.contains(&s.package.as_str()) {
+                pkgs.push(&s.package);
+            }
+        }
+        say(&format!(
+            "compiling {} for {}",
+            pkgs.join(", "),
+            binaries::TARGET
+        ));
+        let bin_dir = binaries::build(root, &pkgs, args.locked)?;
+        let read_bin = |name: &str| -> Result<Vec<u8>> {
+            let p = bin_dir.join(name);
+            std::fs::read(&p).with_context(|| format!("reading built binary {}", p.display()))
+        };
+        init_bin = Some(read_bin("init")?);
+        for s in &profile.services {
+            service_bins.push((s.clone(), read_bin(s.binary())?));
+        }
     }
     st.done("binaries");
 
     // 2. packages
     let cache_dir = crate::target_dir(root).join("cache");
-    let requests = vec![
+    let mut requests = vec![
         packages::Request {
             role: "kernel".into(),
             name: profile.packages.kernel.clone(),
@@ -135,6 +139,12 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
             name: profile.packages.bootloader.clone(),
         },
     ];
+    for name in &profile.packages.extra {
+        requests.push(packages::Request {
+            role: format!("extra:{name}"),
+            name: name.clone(),
+        });
+    }
     let opts = packages::Options {
         lock_path: loaded.lock_path.clone(),
         cache_dir: cache_dir.clone(),
@@ -207,8 +217,34 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
         "init": profile.init,
     });
     tree.add_skeleton(&root.join("rootfs"), &template_facts)?;
-    tree.file("sbin/init", 0o755, init_bin);
-    tree.symlink("init", "sbin/init");
+    match (init_bin, &profile.init.script) {
+        (Some(bin), _) => {
+            tree.file("sbin/init", 0o755, bin);
+            tree.symlink("init", "sbin/init");
+        }
+        (None, Some(script)) => {
+            let dir = loaded.path.parent().unwrap_or(Path::new("."));
+            let p = dir.join(script);
+            let text = std::fs::read(&p)
+                .with_context(|| format!("reading [init] script {}", p.display()))?;
+            if !text.starts_with(b"#!") {
+                bail!("[init] script {} has no #! line", p.display());
+            }
+            tree.file("init", 0o755, text);
+            // The Rust init's config would only mislead whoever inspects this image.
+            tree.remove("etc/init.toml");
+        }
+        (None, None) => bail!("no init binary and no [init] script"),
+    }
+    let extras: Vec<&packages::Resolved> = resolved
+        .iter()
+        .filter(|r| r.role.starts_with("extra:"))
+        .collect();
+    for f in &profile.packages.extra_files {
+        let data =
+            extra_file(&extras, f).with_context(|| format!("[packages] extra_files {f:?}"))?;
+        tree.file(f, 0o755, data);
+    }
     for (s, bin) in service_bins {
         tree.file(&format!("sbin/{}", s.binary()), 0o755, bin);
         if let Some(cfg) = &s.config {
@@ -413,6 +449,65 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
     })
 }
 
+/// The bytes of `path` from the first extra package that has it, following symlinks (relative
+/// or absolute, resolved inside the extra packages: an soname link may point into another
+/// package of the closure). Every extra file is installed 0755: libraries and programs alike.
+fn extra_file(extras: &[&packages::Resolved], path: &str) -> Result<Vec<u8>> {
+    let mut path = path.trim_start_matches('/').to_string();
+    for _ in 0..8 {
+        let mut found = None;
+        for r in extras {
+            let p = r.root.join(&path);
+            if let Ok(meta) = std::fs::symlink_metadata(&p) {
+                found = Some((p, meta));
+                break;
+            }
+        }
+        let Some((p, meta)) = found else {
+            bail!(
+                "/{path} is in none of the extra packages ({})",
+                extras
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if meta.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&p).with_context(|| format!("reading link {}", p.display()))?;
+            let target = target.to_string_lossy();
+            path = if let Some(abs) = target.strip_prefix('/') {
+                abs.to_string()
+            } else {
+                let parent = path.rsplit_once('/').map_or("", |(d, _)| d);
+                normalise(&format!("{parent}/{target}"))
+            };
+            continue;
+        }
+        if !meta.is_file() {
+            bail!("{} is not a regular file", p.display());
+        }
+        return std::fs::read(&p).with_context(|| format!("reading {}", p.display()));
+    }
+    bail!("too many symlinks")
+}
+
+/// Resolves `.` and `..` in a relative '/'-separated path.
+fn normalise(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
 fn size_of_raw(raw: &Path) -> Result<u64> {
     Ok(std::fs::metadata(raw)
         .with_context(|| format!("stat {}", raw.display()))?
@@ -602,6 +697,32 @@ mod tests {
         assert!(e.contains("options console=ttyS0 panic=10\n"));
         assert!(loader_conf("nat-t4g").starts_with("timeout 0\n"));
         assert!(loader_conf("nat-t4g").contains("editor no"));
+    }
+
+    #[test]
+    fn extra_files_follow_symlinks_across_packages() {
+        let base = std::env::temp_dir().join(format!("xtask-extra-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (a, b) = (base.join("a"), base.join("b"));
+        std::fs::create_dir_all(a.join("lib/x")).unwrap();
+        std::fs::create_dir_all(b.join("lib/x")).unwrap();
+        std::fs::write(b.join("lib/x/libq.so.1.2"), b"ELF").unwrap();
+        std::os::unix::fs::symlink("libq.so.1.2", a.join("lib/x/libq.so.1")).unwrap();
+        std::os::unix::fs::symlink("x/../x/libq.so.1", a.join("lib/ld.so")).unwrap();
+        let pkg = |root: &Path| packages::Resolved {
+            role: "extra:p".into(),
+            name: "p".into(),
+            version: "1".into(),
+            sha256: String::new(),
+            deb: PathBuf::new(),
+            root: root.to_path_buf(),
+        };
+        let (pa, pb) = (pkg(&a), pkg(&b));
+        let extras = [&pa, &pb];
+        assert_eq!(extra_file(&extras, "/lib/ld.so").unwrap(), b"ELF");
+        let e = extra_file(&extras, "/lib/nope").unwrap_err().to_string();
+        assert!(e.contains("none of the extra packages"), "{e}");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct InitSection {
     /// Test images only: init obeys `init-test kill <service>` on the serial console.
     #[serde(default)]
     pub test_console: bool,
+    /// Bench baseline only: PID 1 is this script (a file beside the profile, with a `#!` line)
+    /// installed as `/init`, instead of the Rust init; the image then has no services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
 }
 
 fn default_disk_size() -> u64 {
@@ -52,6 +56,14 @@ pub struct PackagesSection {
     pub bootloader: String,
     /// Lock file beside the profile; profiles that must boot the very same kernel share one.
     pub lock: Option<String>,
+    /// More Debian arm64 packages (locked as `extra:<name>`); only `extra_files` of them are
+    /// installed. No dependency resolution: list the closure.
+    #[serde(default)]
+    pub extra: Vec<String>,
+    /// Absolute paths inside the extra packages to install at the same path. A symlink is
+    /// followed (within the extra packages) and its target's bytes installed as a file.
+    #[serde(default)]
+    pub extra_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +257,24 @@ fn validate(p: &Profile, stem: &str, root: &Path) -> Result<()> {
             bail!("[kernel] cmdline entry {arg:?} must be one word without quotes");
         }
     }
+    if p.packages.extra.is_empty() != p.packages.extra_files.is_empty() {
+        bail!("[packages] extra and extra_files go together: files are taken from those packages");
+    }
+    for f in &p.packages.extra_files {
+        if !f.starts_with('/') || f.split('/').any(|c| c == "..") || f.ends_with('/') {
+            bail!("[packages] extra_files entry {f:?} must be an absolute file path without ..");
+        }
+    }
+    if let Some(script) = &p.init.script {
+        if script.is_empty() || script.contains('/') || script.starts_with('.') {
+            bail!("[init] script = {script:?} must name a file beside the profile");
+        }
+        if !p.services.is_empty() {
+            bail!(
+                "[init] script replaces the Rust init, which is what starts [[service]]s; remove one"
+            );
+        }
+    }
     let mut names = BTreeSet::new();
     for s in &p.services {
         if s.name.is_empty()
@@ -347,6 +377,25 @@ health_interval = 5
             (
                 GOOD.replace("cmdline = [\"quiet\"]", "cmdline = [\"a b\"]"),
                 "one word",
+            ),
+            (
+                GOOD.replace("[kernel]", "extra = [\"busybox-static\"]\n[kernel]"),
+                "go together",
+            ),
+            (
+                GOOD.replace(
+                    "[kernel]",
+                    "extra = [\"x\"]\nextra_files = [\"bin/x\"]\n[kernel]",
+                ),
+                "absolute file path",
+            ),
+            (
+                GOOD.replace("[[service]]", "[init]\nscript = \"x.sh\"\n[[service]]"),
+                "remove one",
+            ),
+            (
+                GOOD.replace("[[service]]", "[init]\nscript = \"../x.sh\"\n[[service]]"),
+                "beside the profile",
             ),
         ];
         for (text, want) in cases {

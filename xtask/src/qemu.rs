@@ -45,6 +45,56 @@ pub struct VmConfig {
     pub mac: String,
     /// Run QEMU inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
+    /// Boot this kernel directly instead of the disk through UEFI firmware.
+    pub direct: Option<DirectBoot>,
+}
+
+/// Direct kernel boot: QEMU loads the kernel and initramfs itself (device tree, no firmware,
+/// no disk), with this command line.
+#[derive(Debug, Clone)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+impl DirectBoot {
+    /// The kernel, initramfs and command line of a built image: the kernel from the unpacked
+    /// kernel package in `cache_dir` (the very file on the ESP), the rest from the image.
+    pub fn from_image(image_dir: &Path, cache_dir: &Path) -> Result<Self> {
+        let mpath = image_dir.join("manifest.json");
+        let text = std::fs::read_to_string(&mpath)
+            .with_context(|| format!("reading {}", mpath.display()))?;
+        let m: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", mpath.display()))?;
+        let sha = m["inputs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["role"] == "kernel"))
+            .and_then(|i| i["sha256"].as_str())
+            .with_context(|| format!("{} names no kernel input", mpath.display()))?;
+        let release = m["kernel_release"]
+            .as_str()
+            .with_context(|| format!("{} has no kernel_release", mpath.display()))?;
+        let kernel = cache_dir
+            .join("unpacked")
+            .join(sha)
+            .join("boot")
+            .join(format!("vmlinuz-{release}"));
+        if !kernel.is_file() {
+            bail!(
+                "{} is missing: build the image again to unpack its kernel",
+                kernel.display()
+            );
+        }
+        Ok(Self {
+            kernel,
+            initrd: image_dir.join("initramfs.cpio.gz"),
+            cmdline: m["cmdline"]
+                .as_str()
+                .with_context(|| format!("{} has no cmdline", mpath.display()))?
+                .to_string(),
+        })
+    }
 }
 
 impl VmConfig {
@@ -55,6 +105,7 @@ impl VmConfig {
             net: Net::None,
             mac: "52:54:00:12:34:56".into(),
             netns: None,
+            direct: None,
         }
     }
 }
@@ -79,23 +130,34 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     a.extend(["-m".into(), cfg.mem_mib.to_string()]);
-    a.extend([
-        "-drive".into(),
-        format!("if=pflash,format=raw,readonly=on,file={FIRMWARE_CODE}"),
-    ]);
-    a.extend([
-        "-drive".into(),
-        format!("if=pflash,format=raw,file={}", vars.display()),
-    ]);
-    a.extend([
-        "-drive".into(),
-        format!(
-            "if=none,id=d0,format=raw,snapshot=on,file={}",
-            cfg.disk.display()
-        ),
-        "-device".into(),
-        "nvme,drive=d0,serial=vol0".into(),
-    ]);
+    if let Some(d) = &cfg.direct {
+        a.extend([
+            "-kernel".into(),
+            d.kernel.display().to_string(),
+            "-initrd".into(),
+            d.initrd.display().to_string(),
+            "-append".into(),
+            d.cmdline.clone(),
+        ]);
+    } else {
+        a.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={FIRMWARE_CODE}"),
+        ]);
+        a.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", vars.display()),
+        ]);
+        a.extend([
+            "-drive".into(),
+            format!(
+                "if=none,id=d0,format=raw,snapshot=on,file={}",
+                cfg.disk.display()
+            ),
+            "-device".into(),
+            "nvme,drive=d0,serial=vol0".into(),
+        ]);
+    }
     let nic = |netdev: String| {
         vec![
             "-device".to_string(),
@@ -381,6 +443,22 @@ mod tests {
         assert!(s.contains("snapshot=on,file=/x/disk.raw"));
         assert!(s.contains("readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
         assert!(s.contains("-no-reboot"));
+    }
+
+    #[test]
+    fn direct_boot_has_no_firmware_or_disk() {
+        let mut cfg = VmConfig::new("/x/disk.raw".into());
+        cfg.direct = Some(DirectBoot {
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/i/initramfs.cpio.gz".into(),
+            cmdline: "console=ttyAMA0 panic=10".into(),
+        });
+        let a = args(&cfg, Path::new("/v"), None);
+        let s = a.join(" ");
+        assert!(s.contains("-kernel /k/vmlinuz -initrd /i/initramfs.cpio.gz"));
+        let i = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[i + 1], "console=ttyAMA0 panic=10");
+        assert!(!s.contains("pflash") && !s.contains("nvme"));
     }
 
     #[test]

@@ -91,6 +91,11 @@ impl Tree {
         );
     }
 
+    /// Removes a node (not its children); returns whether it was there.
+    pub fn remove(&mut self, path: &str) -> bool {
+        self.nodes.remove(path.trim_matches('/')).is_some()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Node)> {
         self.nodes.iter()
     }
