@@ -1,6 +1,8 @@
 //! The test console: with `test_console = true` in /etc/init.toml (test images only), init
 //! reads lines from the serial console and obeys `init-test kill <service>`, which SIGKILLs a
-//! running service so that tests can prove supervision on the real boot path. Production
+//! running service so that tests can prove supervision on the real boot path, and
+//! `init-test meminfo`, which prints MemAvailable and the RSS of init and each service for
+//! `cargo xtask bench`. Production
 //! profiles leave it off, and then init never reads the console.
 
 use std::fs::File;
@@ -12,6 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Kill(String),
+    Meminfo,
 }
 
 /// Parses one console line; anything that is not an `init-test` command is ignored, so a
@@ -23,8 +26,32 @@ pub fn parse(line: &str) -> Option<Command> {
     }
     match (words.next()?, words.next(), words.next()) {
         ("kill", Some(name), None) => Some(Command::Kill(name.to_string())),
+        ("meminfo", None, None) => Some(Command::Meminfo),
         _ => None,
     }
+}
+
+/// A `kB` field of a /proc meminfo or status text, e.g. `MemAvailable` or `VmRSS`.
+pub fn kb_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The `meminfo` answer: `meminfo MemTotal_kb=.. MemAvailable_kb=.. rss_kb_<name>=..`, with
+/// `?` for what could not be read.
+pub fn meminfo_line(meminfo: &str, rss: &[(String, Option<u64>)]) -> String {
+    let show = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
+    let mut line = format!(
+        "meminfo MemTotal_kb={} MemAvailable_kb={}",
+        show(kb_field(meminfo, "MemTotal")),
+        show(kb_field(meminfo, "MemAvailable"))
+    );
+    for (name, kb) in rss {
+        line.push_str(&format!(" rss_kb_{name}={}", show(*kb)));
+    }
+    line
 }
 
 /// Splits complete lines off `buf`, keeping a partial last line for the next read.
@@ -97,6 +124,7 @@ mod tests {
             parse("  init-test   kill  x  "),
             Some(Command::Kill("x".into()))
         );
+        assert_eq!(parse("init-test meminfo"), Some(Command::Meminfo));
         for ignored in [
             "",
             "kill nat-init",
@@ -104,9 +132,28 @@ mod tests {
             "init-test kill",
             "init-test kill a b",
             "init-test reboot",
+            "init-test meminfo now",
         ] {
             assert_eq!(parse(ignored), None, "{ignored:?}");
         }
+    }
+
+    #[test]
+    fn meminfo_line_reads_kb_fields() {
+        let meminfo = "MemTotal:         490240 kB\nMemFree:  1 kB\nMemAvailable:     459952 kB\n";
+        let status = "Name:\tinit\nVmRSS:\t    1376 kB\n";
+        assert_eq!(kb_field(status, "VmRSS"), Some(1376));
+        assert_eq!(kb_field(meminfo, "Mem"), None);
+        assert_eq!(
+            meminfo_line(
+                meminfo,
+                &[
+                    ("init".into(), kb_field(status, "VmRSS")),
+                    ("nat-init".into(), None)
+                ]
+            ),
+            "meminfo MemTotal_kb=490240 MemAvailable_kb=459952 rss_kb_init=1376 rss_kb_nat-init=?"
+        );
     }
 
     #[test]

@@ -164,7 +164,9 @@ fn boot() -> Init {
     log!("up in {} ms", now_ms());
     let console = if config.test_console {
         step("opening the test console", || {
-            log!("test console enabled: `init-test kill <service>` is obeyed");
+            log!(
+                "test console enabled: `init-test kill <service>` and `init-test meminfo` are obeyed"
+            );
             console::Console::open().context("opening /dev/console for reading")
         })
     } else {
@@ -181,6 +183,36 @@ fn boot() -> Init {
 }
 
 impl Init {
+    fn test_kill(&self, name: &str) {
+        match self
+            .supervisor
+            .running()
+            .into_iter()
+            .find(|(n, _)| n == name)
+        {
+            Some((_, pid)) => {
+                log!("test console: sending SIGKILL to {name} pid={pid}");
+                if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                    log!("test console: kill {name}: {e}");
+                }
+            }
+            None => log!("test console: no running service {name:?}"),
+        }
+    }
+
+    fn test_meminfo(&self) {
+        let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+        let rss = |pid: i32| console::kb_field(&read(format!("/proc/{pid}/status")), "VmRSS");
+        let mut all = vec![("init".to_string(), rss(1))];
+        for (name, pid) in self.supervisor.running() {
+            all.push((name, rss(pid)));
+        }
+        log!(
+            "test console: {}",
+            console::meminfo_line(&read("/proc/meminfo".into()), &all)
+        );
+    }
+
     /// One pass of the main loop: wait for a signal, a key or a deadline, then act.
     fn iterate(&mut self) -> anyhow::Result<()> {
         let now = now_ms();
@@ -225,20 +257,10 @@ impl Init {
             )
         };
         if console_ready && let Some(c) = &mut self.console {
-            for console::Command::Kill(name) in c.read_commands() {
-                match self
-                    .supervisor
-                    .running()
-                    .into_iter()
-                    .find(|(n, _)| *n == name)
-                {
-                    Some((_, pid)) => {
-                        log!("test console: sending SIGKILL to {name} pid={pid}");
-                        if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
-                            log!("test console: kill {name}: {e}");
-                        }
-                    }
-                    None => log!("test console: no running service {name:?}"),
+            for command in c.read_commands() {
+                match command {
+                    console::Command::Kill(name) => self.test_kill(&name),
+                    console::Command::Meminfo => self.test_meminfo(),
                 }
             }
         }
