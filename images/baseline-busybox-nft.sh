@@ -52,5 +52,5 @@ rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 log "mem $(awk '/^(MemTotal|MemAvailable):/ { sub(":", "", $1); printf "%s_kb=%s ", $1, $2 }' /proc/meminfo)rss_kb_init=$(rss 1) rss_kb_udhcpc=$(rss "$(pidof udhcpc)")"
 while :; do
     sleep 2
-    log "health conntrack=$(cat /proc/sys/net/netfilter/nf_conntrack_count)/$(cat /proc/sys/net/netfilter/nf_conntrack_max)"
+    log "health conntrack=$(cat /proc/sys/net/netfilter/nf_conntrack_count)/$(cat /proc/sys/net/netfilter/nf_conntrack_max) MemAvailable_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)"
 done

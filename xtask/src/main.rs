@@ -7,6 +7,7 @@
 //! - `qemu` boots that disk the way EC2 does: UEFI firmware, NVMe disk, a PCIe NIC in slot 5.
 //! - `test` runs every test: the workspace's unit and namespace tests, then boot tests.
 
+mod bench;
 mod binaries;
 mod buildinfo;
 mod deb;
@@ -40,8 +41,11 @@ commands:
         build target/images/<profile>/ (default profile: nat-t4g)
   qemu  [--profile NAME] [--net user|tap:IFNAME|none] [--mem MIB] [--build]
         boot the built disk under UEFI firmware with the serial console on stdio
-  test  [--only host|image|boot|e2e]
-        run every test (host tests, image checks, boot tests in QEMU)
+  test  [--only host|image|boot|e2e|bench]
+        run every test (host tests, image checks, boot tests in QEMU); bench: the bench's
+        smoke test, only when asked for
+  bench [--quick] [--runs N] [--only sizes,build,boot,memory,capacity,throughput]
+        measure ours against the by-hand baseline; writes target/bench/report.{md,json}
 ";
 
 fn main() -> ExitCode {
@@ -130,6 +134,10 @@ fn run() -> Result<()> {
                 }
             }
             testsuite::run(&root, only)?;
+        }
+        "bench" => {
+            let opts = bench::parse_args(&root, &mut parser)?;
+            bench::run(&root, &opts)?;
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }

@@ -18,6 +18,8 @@ pub enum Part {
     Image,
     Boot,
     E2e,
+    /// The bench's smoke test: only with `--only bench`, never in the default run.
+    Bench,
 }
 
 impl Part {
@@ -27,7 +29,8 @@ impl Part {
             "image" => Self::Image,
             "boot" => Self::Boot,
             "e2e" => Self::E2e,
-            _ => bail!("--only {s:?}: expected host, image, boot or e2e"),
+            "bench" => Self::Bench,
+            _ => bail!("--only {s:?}: expected host, image, boot, e2e or bench"),
         })
     }
 }
@@ -69,7 +72,7 @@ impl Report {
 }
 
 pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
-    let want = |p: Part| only.is_none_or(|o| o == p);
+    let want = |p: Part| only.is_none_or(|o| o == p) && (p != Part::Bench || only.is_some());
     let mut report = Report::default();
     if want(Part::Host) {
         hostdeps::ensure(hostdeps::QEMU)?;
@@ -90,6 +93,9 @@ pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
         hostdeps::ensure(hostdeps::QEMU)?;
         hostdeps::ensure(hostdeps::NET)?;
         crate::e2e::run(root, &mut report)?;
+    }
+    if want(Part::Bench) {
+        crate::bench::smoke(root, &mut report)?;
     }
     report.finish()
 }
