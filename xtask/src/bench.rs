@@ -547,7 +547,7 @@ fn boot(vpc: &Vpc, img: &Img, how: BootPath, extra_cmdline: &str) -> Result<Gues
         bail!("a kernel command line can only be added under direct kernel boot");
     }
     let vm = Vm::start(&cfg)?;
-    let timeout = Duration::from_secs(if how == BootPath::Uefi { 300 } else { 150 });
+    let timeout = Duration::from_secs(if how == BootPath::Uefi { 240 } else { 60 });
     let needle = img.ready_needle();
     let waited = vm.wait_for_from(0, needle, timeout);
     let wall_s = vm.elapsed().as_secs_f64();
@@ -958,7 +958,7 @@ fn bench_rules(vpc: &Vpc) -> Result<()> {
     vpc.ns.nft(
         "vpc",
         &format!(
-            "table ip benchraw {{ chain pre {{ type filter hook prerouting priority raw; iifname \"v-priv\" udp dport {}-{} notrack; }} }}",
+            "table ip benchraw {{ chain pre {{ type filter hook prerouting priority raw; iifname \"v-priv\" udp dport {}-{} notrack; }}; }}",
             flows::FIRST_PORT,
             flows::LAST_PORT
         ),
@@ -966,7 +966,7 @@ fn bench_rules(vpc: &Vpc) -> Result<()> {
     vpc.ns.nft(
         "internet",
         &format!(
-            "table ip benchsink {{ chain input {{ type filter hook input priority 0; udp dport {}-{} counter drop; }} }}",
+            "table ip benchsink {{ chain input {{ type filter hook input priority 0; udp dport {}-{} counter drop; }}; }}",
             flows::FIRST_PORT,
             flows::LAST_PORT
         ),
