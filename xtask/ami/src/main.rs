@@ -98,6 +98,7 @@ fn dry_run(args: &Args, image: &Image, identity: &Identity) -> Result<()> {
     );
     let scan;
     let raw_text = raw.display().to_string();
+    let upload_text = image.dir.join(args.format.file()).display().to_string();
     let route = match args.via {
         Via::EbsDirect => {
             scan = blocks::scan(&raw, blocks::AWS_BLOCK_SIZE)?;
@@ -113,6 +114,7 @@ fn dry_run(args: &Args, image: &Image, identity: &Identity) -> Result<()> {
         }
         Via::S3 => {
             let file = args.format.file();
+            let upload = upload_text.as_str();
             let art = match args.format {
                 cli::Format::Vmdk => image.vmdk.as_ref(),
                 cli::Format::Raw => Some(&image.raw),
@@ -127,7 +129,7 @@ fn dry_run(args: &Args, image: &Image, identity: &Identity) -> Result<()> {
                 bucket: args.bucket.as_deref().context("--via s3 needs --bucket")?,
                 key: plan::s3_key(identity, args.format),
                 format: args.format,
-                file,
+                file: upload,
                 size: art.size,
             }
         }

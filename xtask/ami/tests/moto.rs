@@ -433,6 +433,11 @@ fn ebs_direct_upload_and_register_against_moto() {
     // RegisterImage carries exactly these flags.
     let regs: Vec<BTreeMap<String, String>> = rec
         .iter()
+        .filter(|r| {
+            r.headers
+                .get("content-type")
+                .is_some_and(|c| c.contains("x-www-form-urlencoded"))
+        })
         .map(|r| form(&r.body))
         .filter(|f| f.get("Action").map(String::as_str) == Some("RegisterImage"))
         .collect();
