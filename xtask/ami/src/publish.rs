@@ -183,21 +183,13 @@ fn ec2_tags(identity: &Identity) -> Vec<Tag> {
 }
 
 /// A fresh idempotency token for StartSnapshot, so our own retries cannot start two snapshots.
-fn client_token(identity: &Identity) -> String {
-    let nonce = (retry::jitter() * 1e15) as u64;
-    let secs = std::time::SystemTime::now()
+fn client_token() -> String {
+    let nonce = (retry::jitter() * (1u64 << 53) as f64) as u64;
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let token = format!("{}-{secs}-{nonce:x}", identity.name);
-    token
-        .chars()
-        .rev()
-        .take(64)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
+    format!("xtask-ami-{nanos:016x}-{nonce:014x}")
 }
 
 async fn snapshot_ebs_direct(
@@ -209,7 +201,7 @@ async fn snapshot_ebs_direct(
     eprintln!("scanning {}", image.raw_path().display());
     let mut scan = scan_checked(image, blocks::AWS_BLOCK_SIZE)?;
     let size = blocks::volume_size_gib(scan.image_bytes);
-    let token = client_token(identity);
+    let token = client_token();
     let started = call("StartSnapshot", || {
         c.ebs
             .start_snapshot()
@@ -324,6 +316,7 @@ async fn upload_blocks(
                 let Some(b) = scan.blocks.get(i) else {
                     return Ok::<(), anyhow::Error>(());
                 };
+                // A blocking read, but of one block from the page cache: not worth spawn_blocking.
                 let data = blocks::read_block_at(&file, b.index, scan.block_size)
                     .with_context(|| format!("reading block {}", b.index))?;
                 if checksum::block_digest(&data) != b.digest {

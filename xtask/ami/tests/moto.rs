@@ -626,3 +626,107 @@ fn missing_image_names_the_command_that_builds_it() {
     );
     std::fs::remove_dir_all(&scratch).unwrap();
 }
+
+#[test]
+fn interrupted_upload_deletes_its_snapshot() {
+    use std::io::BufRead;
+    let moto = Moto::start("interrupt");
+    // Enough 512-byte blocks that one-at-a-time uploading takes seconds.
+    let dir = moto.dir.join("images").join("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = vec![0x5au8; 8 * 1024 * 1024];
+    std::fs::write(dir.join("disk.raw"), &data).unwrap();
+    let manifest = format!(
+        r#"{{"profile": {{"name": "big"}}, "version": "0.1.0", "commit": "unknown",
+            "artifacts": [{{"file": "disk.raw", "size": {}, "sha256": "{}"}}]}}"#,
+        data.len(),
+        hex(&Sha256::digest(&data))
+    );
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask-ami"));
+    c.args([
+        "--image-dir",
+        dir.to_str().unwrap(),
+        "--profile",
+        "big",
+        "--region",
+        "us-east-1",
+    ])
+    .args(["--endpoint-url", &moto.endpoint(), "--jobs", "1"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    let mut child = c
+        .env("AWS_CONFIG_FILE", moto.dir.join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            moto.dir.join("no-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut snap = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if let Some(rest) = line.strip_prefix("snapshot ") {
+            snap = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.starts_with("uploading ") {
+            break;
+        }
+    }
+    let snap = snap.unwrap_or_else(|| panic!("no snapshot started:\n{}", seen.join("\n")));
+    // Let a few blocks go, then press Ctrl-C.
+    std::thread::sleep(Duration::from_millis(500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    let err = seen.join("\n");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains(&format!("deleted {snap}")), "{err}");
+    assert!(
+        !err.contains("upload: 16384/16384"),
+        "the upload finished before the interrupt:\n{err}"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(aws_sdk_ebs::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await;
+        let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let found = ec2.describe_snapshots().snapshot_ids(&snap).send().await;
+        let code = found
+            .as_ref()
+            .err()
+            .and_then(aws_sdk_ec2::error::ProvideErrorMetadata::code);
+        assert_eq!(
+            code,
+            Some("InvalidSnapshot.NotFound"),
+            "{snap} still exists: {found:?}"
+        );
+    });
+}
