@@ -13,6 +13,13 @@ fn cargo() -> OsString {
 
 /// Runs `xtask-ami` with `args` (everything after `cargo xtask ami`).
 pub fn run(root: &Path, args: Vec<OsString>) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    if !target.join("debug").join("xtask-ami").exists() {
+        // `cargo run -q` shows no progress, and the first build compiles the AWS SDK.
+        eprintln!("building xtask-ami (the AWS SDK): the first build takes several minutes");
+    }
     let status = Command::new(cargo())
         .current_dir(root)
         .args(["run", "-q", "-p", "xtask-ami", "--"])

@@ -23,8 +23,13 @@ const MOTO: &str = "moto[server]==5.2.5";
 const MOTO_VERSION: &str = "5.2.5";
 const MOTO_BLOCK: usize = 512;
 
-/// Installs the pinned moto when it is missing or another version.
+/// Installs the pinned moto when it is missing or another version, once per test process.
 fn ensure_moto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_moto);
+}
+
+fn install_moto() {
     let version = Command::new("python3")
         .args(["-c", "import moto; print(moto.__version__)"])
         .output()
@@ -688,8 +693,9 @@ fn interrupted_upload_deletes_its_snapshot() {
     let snap = snap.unwrap_or_else(|| panic!("no snapshot started:\n{}", seen.join("\n")));
     // Let a few blocks go, then press Ctrl-C.
     std::thread::sleep(Duration::from_millis(500));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // The shell's builtin `kill`: no unsafe libc call, and no procps needed.
+    let kill = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .unwrap();
     assert!(kill.success());
