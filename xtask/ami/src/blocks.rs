@@ -23,6 +23,21 @@ pub fn volume_size_gib(image_bytes: u64) -> u64 {
     image_bytes.div_ceil(GIB).max(1)
 }
 
+/// Bytes for progress lines: `512 B`, `1.5 KiB`, `61.2 MiB`, `2.0 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// One non-zero block, padded with zeros to the block size when the image ends inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
@@ -244,6 +259,15 @@ mod tests {
         let mut it = NonZeroBlocks::new(Broken, 4);
         assert!(it.next().unwrap().is_err());
         assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn human_bytes_picks_a_unit() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(61 * 1024 * 1024 + 200 * 1024), "61.2 MiB");
+        assert_eq!(human_bytes(2 * GIB), "2.0 GiB");
     }
 
     #[test]

@@ -34,15 +34,18 @@ impl Failure {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        let status = e.raw_response().map(|r| r.status().as_u16());
         let kind = match e {
             SdkError::ServiceError(_) => Kind::Service,
             SdkError::ConstructionFailure(_) => Kind::Local,
+            // An answer whose error body did not parse still has a status worth judging by.
+            _ if status.is_some() => Kind::Service,
             _ => Kind::NoAnswer,
         };
         Failure {
             operation: operation.to_string(),
             kind,
-            status: e.raw_response().map(|r| r.status().as_u16()),
+            status,
             code: e.code().map(str::to_string),
             message: e.message().map(str::to_string),
             detail: DisplayErrorContext(e).to_string(),

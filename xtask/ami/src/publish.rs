@@ -23,7 +23,7 @@ use aws_sdk_ec2::types::{
     VolumeType,
 };
 
-use crate::blocks::{self, Scan};
+use crate::blocks::{self, Scan, human_bytes};
 use crate::checksum;
 use crate::cli::{Args, Format, Via};
 use crate::diagnose::{self, Failure};
@@ -105,7 +105,12 @@ where
         |_| f(),
         |e| Failure::of(op, e).class(),
         |attempt, e, wait| {
-            let code = e.code().unwrap_or("no answer");
+            let f = Failure::of(op, e);
+            let code = match (f.code, f.status) {
+                (Some(c), _) => c,
+                (None, Some(s)) => format!("HTTP {s}"),
+                (None, None) => "no answer".to_string(),
+            };
             eprintln!(
                 "{op}: attempt {attempt} failed ({code}); retrying in {:.1}s",
                 wait.as_secs_f64()
@@ -294,9 +299,9 @@ async fn upload_blocks(
         bytes: AtomicU64::new(0),
     });
     let total = scan.blocks.len();
-    let total_mib = scan.bytes_to_send() as f64 / 1048576.0;
+    let total_bytes = human_bytes(scan.bytes_to_send());
     eprintln!(
-        "uploading {total} non-zero blocks of {} ({total_mib:.1} MiB), {jobs} at a time",
+        "uploading {total} non-zero blocks of {} ({total_bytes}), {jobs} at a time",
         scan.total_blocks
     );
 
@@ -350,12 +355,13 @@ async fn upload_blocks(
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
     ticker.tick().await;
     let report = |p: &Progress| {
-        let mib = p.bytes.load(Ordering::Relaxed) as f64 / 1048576.0;
+        let bytes = p.bytes.load(Ordering::Relaxed);
         let secs = start.elapsed().as_secs_f64().max(0.001);
         eprintln!(
-            "upload: {}/{total} blocks, {mib:.1}/{total_mib:.1} MiB, {:.1} MiB/s",
+            "upload: {}/{total} blocks, {}/{total_bytes}, {}/s",
             p.blocks.load(Ordering::Relaxed),
-            mib / secs
+            human_bytes(bytes),
+            human_bytes((bytes as f64 / secs) as u64)
         );
     };
     loop {

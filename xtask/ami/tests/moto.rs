@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 const MOTO: &str = "moto[server]==5.2.5";
 const MOTO_VERSION: &str = "5.2.5";
 const MOTO_BLOCK: usize = 512;
+/// Any key works with moto unless IAM enforcement is on.
+const TEST_CREDS: (&str, &str) = ("testing", "testing");
 
 /// Installs the pinned moto when it is missing or another version, once per test process.
 fn ensure_moto() {
@@ -76,6 +78,10 @@ fn free_port() -> u16 {
 
 impl Moto {
     fn start(name: &str) -> Moto {
+        Moto::start_with_env(name, &[])
+    }
+
+    fn start_with_env(name: &str, env: &[(&str, &str)]) -> Moto {
         ensure_moto();
         let dir = std::env::temp_dir().join(format!("xtask-ami-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -85,6 +91,7 @@ impl Moto {
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_RECORDER_FILEPATH", dir.join("recording.jsonl"))
+            .envs(env.iter().copied())
             .current_dir(&dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -199,7 +206,7 @@ fn block(data: &[u8], i: usize) -> Vec<u8> {
 }
 
 /// Runs xtask-ami with static test credentials and nothing from the user's AWS setup.
-fn xtask_ami(args: &[&str], creds: bool, scratch: &Path) -> Output {
+fn xtask_ami(args: &[&str], creds: Option<(&str, &str)>, scratch: &Path) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xtask-ami"));
     c.args(args);
     for (k, _) in std::env::vars() {
@@ -214,9 +221,9 @@ fn xtask_ami(args: &[&str], creds: bool, scratch: &Path) -> Output {
         )
         // Never ask the instance metadata service (a non-loopback address) for credentials.
         .env("AWS_EC2_METADATA_DISABLED", "true");
-    if creds {
-        c.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing");
+    if let Some((key, secret)) = creds {
+        c.env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret);
     }
     c.output().unwrap()
 }
@@ -328,7 +335,7 @@ fn ebs_direct_upload_and_register_against_moto() {
             "--jobs",
             "3",
         ],
-        true,
+        Some(TEST_CREDS),
         &moto.dir,
     );
     moto.recorder("stop-recording");
@@ -558,7 +565,7 @@ fn missing_credentials_are_named_with_the_fix() {
             "--endpoint-url",
             &moto.endpoint(),
         ],
-        false,
+        None,
         &moto.dir,
     );
     assert!(!out.status.success(), "{}", text(&out));
@@ -583,7 +590,7 @@ fn dry_run_prints_every_call_without_credentials() {
             "--dry-run",
             "--public",
         ],
-        false,
+        None,
         &scratch,
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -620,7 +627,7 @@ fn missing_image_names_the_command_that_builds_it() {
             "p9",
             "--dry-run",
         ],
-        false,
+        None,
         &scratch,
     );
     assert!(!out.status.success());
@@ -735,4 +742,51 @@ fn interrupted_upload_deletes_its_snapshot() {
             "{snap} still exists: {found:?}"
         );
     });
+}
+
+/// Creates, through moto's IAM, a user allowed `ec2:*` only, and returns its access key.
+/// boto3 comes with moto; IAM enforcement starts after these three unauthenticated calls.
+const IAM_SETUP: &str = r#"
+import boto3, json, sys
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+iam.create_user(UserName="ec2-only")
+key = iam.create_access_key(UserName="ec2-only")["AccessKey"]
+iam.put_user_policy(UserName="ec2-only", PolicyName="ec2-only", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["ec2:*"], "Resource": "*"}]}))
+print(key["AccessKeyId"], key["SecretAccessKey"])
+"#;
+
+#[test]
+fn missing_permission_is_named_and_not_retried() {
+    let moto = Moto::start_with_env("denied", &[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+    let img = test_image(&moto.dir);
+    let setup = Command::new("python3")
+        .args(["-c", IAM_SETUP, &moto.endpoint()])
+        .output()
+        .unwrap();
+    assert!(setup.status.success(), "{}", text(&setup));
+    let keys = String::from_utf8(setup.stdout).unwrap();
+    let (key, secret) = keys.trim().split_once(' ').unwrap();
+    let out = xtask_ami(
+        &[
+            "--image-dir",
+            img.dir.to_str().unwrap(),
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &moto.endpoint(),
+        ],
+        Some((key, secret)),
+        &moto.dir,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing permission ebs:StartSnapshot"),
+        "{err}"
+    );
+    assert!(err.contains("--print-policy"), "{err}");
+    // A denial is final: no retries.
+    assert!(!err.contains("retrying"), "{err}");
 }
