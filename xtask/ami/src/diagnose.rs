@@ -94,6 +94,14 @@ impl Failure {
             "an AMI with this name exists in the region: pass --name NAME, or deregister the old one \
              (`aws ec2 describe-images --owners self --filters Name=name,Values=NAME`)"
                 .to_string()
+        } else if code == "NoSuchBucket" {
+            "the bucket does not exist in this region: create it (`aws s3 mb s3://BUCKET --region R`) \
+             or pass another --bucket"
+                .to_string()
+        } else if self.operation == "ImportSnapshot" {
+            "ImportSnapshot runs as the `vmimport` service role: check that it exists with the trust and \
+             permission policies `cargo xtask ami --print-policy --bucket BUCKET` prints"
+                .to_string()
         } else if self.kind == Kind::NoAnswer {
             "no answer from AWS: check the network, the region and the endpoint".to_string()
         } else {
@@ -188,6 +196,10 @@ mod tests {
         assert!(m.contains("quota"), "{m}");
         let m = f("DescribeImages", 401, "AuthFailure").explain();
         assert!(m.contains("credentials were rejected"), "{m}");
+        let m = f("PutObject", 404, "NoSuchBucket").explain();
+        assert!(m.contains("aws s3 mb"), "{m}");
+        let m = f("ImportSnapshot", 400, "InvalidParameter").explain();
+        assert!(m.contains("vmimport"), "{m}");
         let m = f("RegisterImage", 400, "InvalidAMIName.Duplicate").explain();
         assert!(m.contains("--name"), "{m}");
         // Throttling is not a quota problem: it is retried.

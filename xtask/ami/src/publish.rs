@@ -84,6 +84,12 @@ async fn clients(args: &Args) -> Result<Clients> {
     let s3_conf = aws_sdk_s3::config::Builder::from(&config)
         // A local stand-in serves every bucket on one host.
         .force_path_style(args.endpoint_url.is_some())
+        // One PutObject carries the whole disk: no per-attempt time limit.
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build(),
+        )
         .build();
     Ok(Clients {
         ebs: aws_sdk_ebs::Client::new(&config),
@@ -467,8 +473,7 @@ async fn snapshot_s3(
             .role_name("vmimport")
             .send()
     })
-    .await
-    .context("ImportSnapshot needs the `vmimport` service role: `cargo xtask ami --print-policy` prints it")?;
+    .await?;
     let task_id = task
         .import_task_id()
         .context("ImportSnapshot answered without a task id")?
