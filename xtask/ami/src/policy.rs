@@ -1,5 +1,5 @@
 //! IAM policies `cargo xtask ami` needs: the caller's, per route, and the `vmimport` service
-//! role that ImportSnapshot (`--via s3`) assumes. Printed by `--print-policy`; PUBLISHING.md
+//! role that ImportSnapshot (`--via s3`) assumes. Printed by `--print-policy`; README.md ("Publishing an AMI")
 //! shows the same text.
 
 /// Caller permissions for the default route (EBS direct APIs).
