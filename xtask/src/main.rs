@@ -7,6 +7,7 @@
 //! - `qemu` boots that disk the way EC2 does: UEFI firmware, NVMe disk, a PCIe NIC in slot 5.
 //! - `test` runs every test: the workspace's unit and namespace tests, then boot tests.
 
+mod ami;
 mod bench;
 mod binaries;
 mod buildinfo;
@@ -41,6 +42,8 @@ commands:
         build target/images/<profile>/ (default profile: nat-t4g)
   qemu  [--profile NAME] [--net user|tap:IFNAME|none] [--mem MIB] [--build]
         boot the built disk under UEFI firmware with the serial console on stdio
+  ami   [--profile NAME] [--region R] [--name NAME] [--via ebs-direct|s3 --bucket B] [--public] [--dry-run]
+        publish target/images/<profile>/disk.raw as an arm64 AMI (`cargo xtask ami --help`)
   test  [--only host|image|boot|e2e|bench]
         run every test (host tests, image checks, boot tests in QEMU); bench: the bench's
         smoke test, only when asked for
@@ -139,6 +142,7 @@ fn run() -> Result<()> {
             let opts = bench::parse_args(&root, &mut parser)?;
             bench::run(&root, &opts)?;
         }
+        "ami" => ami::run(&root, parser.raw_args()?.collect())?,
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }
     Ok(())

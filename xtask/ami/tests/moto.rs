@@ -1,0 +1,792 @@
+//! End-to-end tests of `xtask-ami` against moto, a local stand-in for AWS, run by this test as
+//! `moto_server` on 127.0.0.1 at a free port. Nothing here contacts anything but 127.0.0.1
+//! (IMDS is disabled and the endpoint is overridden).
+//!
+//! moto is not AWS: it stores few of RegisterImage's parameters (so the request is checked
+//! through its recorder, `/moto-api/recorder/*`, which keeps every request verbatim), it does
+//! not verify checksums, and its EBS block size is 512 bytes where AWS's is 512 KiB. The
+//! uploader takes the block size from StartSnapshot's answer, so here it sends 512-byte blocks.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const MOTO: &str = "moto[server]==5.2.5";
+const MOTO_VERSION: &str = "5.2.5";
+const MOTO_BLOCK: usize = 512;
+/// Any key works with moto unless IAM enforcement is on.
+const TEST_CREDS: (&str, &str) = ("testing", "testing");
+
+/// Installs the pinned moto when it is missing or another version, once per test process.
+fn ensure_moto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_moto);
+}
+
+fn install_moto() {
+    let version = Command::new("python3")
+        .args(["-c", "import moto; print(moto.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let has_server = Command::new("moto_server")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if version.as_deref() == Some(MOTO_VERSION) && has_server.is_ok_and(|s| s.success()) {
+        return;
+    }
+    let status = Command::new("pip")
+        .args(["install", "--quiet", MOTO])
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("`pip install '{MOTO}'` failed ({s}); run it by hand"),
+        Err(e) => panic!("pip is unavailable ({e}): install moto with: pip install '{MOTO}'"),
+    }
+}
+
+/// moto_server on loopback; killed when dropped.
+struct Moto {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Moto {
+    fn start(name: &str) -> Moto {
+        Moto::start_with_env(name, &[])
+    }
+
+    fn start_with_env(name: &str, env: &[(&str, &str)]) -> Moto {
+        ensure_moto();
+        let dir = std::env::temp_dir().join(format!("xtask-ami-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_RECORDER_FILEPATH", dir.join("recording.jsonl"))
+            .envs(env.iter().copied())
+            .current_dir(&dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting moto_server");
+        let moto = Moto { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = moto.http("GET", "/moto-api/data.json") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not come up; log:\n{}",
+                moto.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        moto
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("moto.log")).unwrap_or_default()
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A minimal HTTP/1.1 exchange for moto's own API; an HTTP client crate is not worth a
+    /// dependency for three GETs to loopback.
+    fn http(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
+    }
+
+    fn recorder(&self, action: &str) -> String {
+        let (status, body) = self
+            .http("GET", &format!("/moto-api/recorder/{action}"))
+            .unwrap();
+        assert_eq!(status, 200, "recorder {action}: {body}");
+        body
+    }
+}
+
+/// A small raw image whose non-zero 512-byte blocks are known; the last block is partial.
+struct TestImage {
+    dir: PathBuf,
+    data: Vec<u8>,
+    sha256: String,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn b64(b: &[u8]) -> String {
+    aws_smithy_types::base64::encode(b)
+}
+
+const NONZERO: &[usize] = &[0, 1, 7, 64, 100, 136];
+
+fn test_image(root: &Path) -> TestImage {
+    let dir = root.join("images").join("t1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut data = vec![0u8; 136 * MOTO_BLOCK + 100];
+    for &i in NONZERO {
+        let start = i * MOTO_BLOCK;
+        let end = (start + MOTO_BLOCK).min(data.len());
+        for (k, b) in data[start..end].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31).wrapping_add(k as u8) | 1;
+        }
+    }
+    std::fs::write(dir.join("disk.raw"), &data).unwrap();
+    let sha256 = hex(&Sha256::digest(&data));
+    let manifest = format!(
+        r#"{{
+  "profile": {{ "name": "t1", "path": "images/t1.toml", "sha256": "00", "description": "test" }},
+  "version": "0.1.0",
+  "commit": "0123456789abcdef0123456789abcdef01234567",
+  "artifacts": [
+    {{ "file": "disk.raw", "size": {}, "sha256": "{sha256}" }}
+  ]
+}}
+"#,
+        data.len()
+    );
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+    TestImage { dir, data, sha256 }
+}
+
+/// The block as AWS and moto receive it: zero-padded to the block size.
+fn block(data: &[u8], i: usize) -> Vec<u8> {
+    let mut b = data[i * MOTO_BLOCK..((i + 1) * MOTO_BLOCK).min(data.len())].to_vec();
+    b.resize(MOTO_BLOCK, 0);
+    b
+}
+
+/// Runs xtask-ami with static test credentials and nothing from the user's AWS setup.
+fn xtask_ami(args: &[&str], creds: Option<(&str, &str)>, scratch: &Path) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask-ami"));
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_CONFIG_FILE", scratch.join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            scratch.join("no-credentials"),
+        )
+        // Never ask the instance metadata service (a non-loopback address) for credentials.
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    if let Some((key, secret)) = creds {
+        c.env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[derive(Debug)]
+struct Recorded {
+    method: String,
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn parse_recording(text: &str) -> Vec<Recorded> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let url = v["url"].as_str().unwrap_or_default();
+            let path = url
+                .splitn(4, '/')
+                .nth(3)
+                .map(|p| format!("/{p}"))
+                .unwrap_or_default();
+            let headers = v["headers"]
+                .as_object()
+                .map(|h| {
+                    h.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_ascii_lowercase(),
+                                v.as_str().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let body = v["body"].as_str().unwrap_or_default();
+            let body = if v["body_encoded"].as_bool() == Some(true) {
+                aws_smithy_types::base64::decode(body).unwrap()
+            } else {
+                body.as_bytes().to_vec()
+            };
+            Recorded {
+                method: v["method"].as_str().unwrap_or_default().to_string(),
+                path,
+                headers,
+                body,
+            }
+        })
+        .collect()
+}
+
+/// Decodes an application/x-www-form-urlencoded body.
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    fn unescape(s: &str) -> String {
+        let s = s.replace('+', " ");
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                let h = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(h, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect()
+}
+
+#[test]
+fn ebs_direct_upload_and_register_against_moto() {
+    let moto = Moto::start("ebs");
+    let img = test_image(&moto.dir);
+    moto.recorder("reset-recording");
+    moto.recorder("start-recording");
+
+    let started = Instant::now();
+    let out = xtask_ami(
+        &[
+            "--image-dir",
+            img.dir.to_str().unwrap(),
+            "--profile",
+            "t1",
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &moto.endpoint(),
+            "--jobs",
+            "3",
+        ],
+        Some(TEST_CREDS),
+        &moto.dir,
+    );
+    moto.recorder("stop-recording");
+    assert!(
+        out.status.success(),
+        "{}\nmoto log:\n{}",
+        text(&out),
+        moto.log()
+    );
+    eprintln!("publish took {:?}", started.elapsed());
+
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let ami = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("AMI: "))
+        .unwrap_or_else(|| panic!("no AMI line\n{}", text(&out)))
+        .to_string();
+    assert!(ami.starts_with("ami-"), "{ami}");
+    assert!(
+        stdout.contains(&format!("--image-id {ami} --instance-type t4g.nano")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--no-source-dest-check"), "{stdout}");
+    assert!(stdout.contains("aws ec2 create-route"), "{stdout}");
+    assert!(stdout.contains("aws ec2 replace-route"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains(&format!("upload: {n}/{n} blocks", n = NONZERO.len())),
+        "{stderr}"
+    );
+
+    let rec = parse_recording(&moto.recorder("download-recording"));
+
+    // StartSnapshot: 1 GiB (the smallest EBS volume) for a 68 KiB image.
+    let start = rec
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/snapshots")
+        .expect("StartSnapshot recorded");
+    let start: serde_json::Value = serde_json::from_slice(&start.body).unwrap();
+    assert_eq!(start["VolumeSize"], 1);
+    assert_eq!(start["Timeout"], 60);
+
+    // Only the non-zero blocks were sent, each once, with its data and SHA-256.
+    let puts: Vec<&Recorded> = rec
+        .iter()
+        .filter(|r| {
+            r.method == "PUT" && r.path.starts_with("/snapshots/") && r.path.contains("/blocks/")
+        })
+        .collect();
+    let mut sent = BTreeSet::new();
+    let snap = puts
+        .first()
+        .expect("no PutSnapshotBlock")
+        .path
+        .split('/')
+        .nth(2)
+        .unwrap()
+        .to_string();
+    for p in &puts {
+        let idx: usize = p.path.rsplit('/').next().unwrap().parse().unwrap();
+        assert!(sent.insert(idx), "block {idx} sent twice");
+        let want = block(&img.data, idx);
+        assert_eq!(p.body, want, "block {idx} data");
+        assert_eq!(
+            p.headers.get("x-amz-checksum"),
+            Some(&b64(&Sha256::digest(&want))),
+            "block {idx}"
+        );
+        assert_eq!(
+            p.headers
+                .get("x-amz-checksum-algorithm")
+                .map(String::as_str),
+            Some("SHA256")
+        );
+        assert_eq!(
+            p.headers.get("x-amz-data-length"),
+            Some(&MOTO_BLOCK.to_string())
+        );
+    }
+    assert_eq!(sent, NONZERO.iter().copied().collect::<BTreeSet<_>>());
+
+    // CompleteSnapshot carries the LINEAR checksum, computed here independently.
+    let complete = rec
+        .iter()
+        .find(|r| r.method == "POST" && r.path.starts_with("/snapshots/completion/"))
+        .expect("CompleteSnapshot recorded");
+    let mut concat = Vec::new();
+    for &i in NONZERO {
+        concat.extend_from_slice(&Sha256::digest(block(&img.data, i)));
+    }
+    assert_eq!(
+        complete.headers.get("x-amz-checksum"),
+        Some(&b64(&Sha256::digest(&concat)))
+    );
+    assert_eq!(
+        complete
+            .headers
+            .get("x-amz-checksum-aggregation-method")
+            .map(String::as_str),
+        Some("LINEAR")
+    );
+    assert_eq!(
+        complete.headers.get("x-amz-changedblockscount"),
+        Some(&NONZERO.len().to_string())
+    );
+
+    // RegisterImage carries exactly these flags.
+    let regs: Vec<BTreeMap<String, String>> = rec
+        .iter()
+        .filter(|r| {
+            r.headers
+                .get("content-type")
+                .is_some_and(|c| c.contains("x-www-form-urlencoded"))
+        })
+        .map(|r| form(&r.body))
+        .filter(|f| f.get("Action").map(String::as_str) == Some("RegisterImage"))
+        .collect();
+    assert_eq!(regs.len(), 1, "one RegisterImage");
+    let name = format!("t1-0.1.0-0123456789ab-{}", &img.sha256[..12]);
+    let description = format!(
+        "t1 0.1.0 commit 0123456789abcdef0123456789abcdef01234567 disk.raw sha256 {}",
+        img.sha256
+    );
+    let mut want: BTreeMap<String, String> = [
+        ("Action", "RegisterImage"),
+        ("Version", "2016-11-15"),
+        ("Name", name.as_str()),
+        ("Description", description.as_str()),
+        ("Architecture", "arm64"),
+        ("BootMode", "uefi"),
+        ("VirtualizationType", "hvm"),
+        ("EnaSupport", "true"),
+        ("ImdsSupport", "v2.0"),
+        ("RootDeviceName", "/dev/xvda"),
+        ("BlockDeviceMapping.1.DeviceName", "/dev/xvda"),
+        ("BlockDeviceMapping.1.Ebs.SnapshotId", snap.as_str()),
+        ("BlockDeviceMapping.1.Ebs.VolumeType", "gp3"),
+        ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
+        ("TagSpecification.1.ResourceType", "image"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let tags = [
+        ("Name", name.as_str()),
+        ("appliance:profile", "t1"),
+        ("appliance:version", "0.1.0"),
+        (
+            "appliance:commit",
+            "0123456789abcdef0123456789abcdef01234567",
+        ),
+        ("appliance:disk-sha256", img.sha256.as_str()),
+    ];
+    for (i, (k, v)) in tags.iter().enumerate() {
+        want.insert(
+            format!("TagSpecification.1.Tag.{}.Key", i + 1),
+            k.to_string(),
+        );
+        want.insert(
+            format!("TagSpecification.1.Tag.{}.Value", i + 1),
+            v.to_string(),
+        );
+    }
+    assert_eq!(regs[0], want);
+
+    // moto's own state: the snapshot completed and holds exactly the non-zero blocks.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(aws_sdk_ebs::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await;
+        let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let snaps = ec2
+            .describe_snapshots()
+            .snapshot_ids(&snap)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            snaps.snapshots()[0].state(),
+            Some(&aws_sdk_ec2::types::SnapshotState::Completed)
+        );
+        let ebs = aws_sdk_ebs::Client::new(&conf);
+        let listed = ebs
+            .list_snapshot_blocks()
+            .snapshot_id(&snap)
+            .send()
+            .await
+            .unwrap();
+        let idx: BTreeSet<usize> = listed
+            .blocks()
+            .iter()
+            .filter_map(|b| b.block_index())
+            .map(|i| i as usize)
+            .collect();
+        assert_eq!(idx, NONZERO.iter().copied().collect::<BTreeSet<_>>());
+        let images = ec2.describe_images().image_ids(&ami).send().await.unwrap();
+        let image = &images.images()[0];
+        assert_eq!(
+            image.state(),
+            Some(&aws_sdk_ec2::types::ImageState::Available)
+        );
+        assert_eq!(image.name(), Some(name.as_str()));
+    });
+}
+
+#[test]
+fn missing_credentials_are_named_with_the_fix() {
+    let moto = Moto::start("nocreds");
+    let img = test_image(&moto.dir);
+    let out = xtask_ami(
+        &[
+            "--image-dir",
+            img.dir.to_str().unwrap(),
+            "--profile",
+            "t1",
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &moto.endpoint(),
+        ],
+        None,
+        &moto.dir,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no AWS credentials found"), "{err}");
+    assert!(err.contains("aws sso login"), "{err}");
+    // Nothing reached the service.
+    assert!(!moto.log().contains("POST /snapshots"), "{}", moto.log());
+}
+
+#[test]
+fn dry_run_prints_every_call_without_credentials() {
+    let scratch = std::env::temp_dir().join(format!("xtask-ami-dry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let img = test_image(&scratch);
+    let out = xtask_ami(
+        &[
+            "--image-dir",
+            img.dir.to_str().unwrap(),
+            "--profile",
+            "t1",
+            "--dry-run",
+            "--public",
+        ],
+        None,
+        &scratch,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    for api in [
+        "ebs:StartSnapshot",
+        "ebs:PutSnapshotBlock",
+        "ebs:CompleteSnapshot",
+        "ec2:DescribeSnapshots",
+        "ec2:RegisterImage",
+        "ec2:DescribeImages",
+        "ec2:ModifyImageAttribute",
+    ] {
+        assert!(s.contains(&format!(". {api}\n")), "{api} missing:\n{s}");
+    }
+    // At AWS's 512 KiB the whole 68 KiB test image is one non-zero block.
+    assert_eq!(s.matches(". ebs:PutSnapshotBlock\n").count(), 1, "{s}");
+    assert!(s.contains("$ SNAP=$(aws ebs start-snapshot"), "{s}");
+    assert!(s.contains("--checksum-aggregation-method LINEAR"), "{s}");
+    assert!(s.contains("--architecture arm64 --boot-mode uefi"), "{s}");
+    assert!(s.contains("aws ec2 run-instances"), "{s}");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+#[test]
+fn missing_image_names_the_command_that_builds_it() {
+    let scratch = std::env::temp_dir().join(format!("xtask-ami-noimg-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let out = xtask_ami(
+        &[
+            "--image-dir",
+            scratch.join("none").to_str().unwrap(),
+            "--profile",
+            "p9",
+            "--dry-run",
+        ],
+        None,
+        &scratch,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run `cargo xtask image --profile p9` first"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+#[test]
+fn interrupted_upload_deletes_its_snapshot() {
+    use std::io::BufRead;
+    let moto = Moto::start("interrupt");
+    // Enough 512-byte blocks that one-at-a-time uploading takes seconds.
+    let dir = moto.dir.join("images").join("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = vec![0x5au8; 8 * 1024 * 1024];
+    std::fs::write(dir.join("disk.raw"), &data).unwrap();
+    let manifest = format!(
+        r#"{{"profile": {{"name": "big"}}, "version": "0.1.0", "commit": "unknown",
+            "artifacts": [{{"file": "disk.raw", "size": {}, "sha256": "{}"}}]}}"#,
+        data.len(),
+        hex(&Sha256::digest(&data))
+    );
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask-ami"));
+    c.args([
+        "--image-dir",
+        dir.to_str().unwrap(),
+        "--profile",
+        "big",
+        "--region",
+        "us-east-1",
+    ])
+    .args(["--endpoint-url", &moto.endpoint(), "--jobs", "1"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    let mut child = c
+        .env("AWS_CONFIG_FILE", moto.dir.join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            moto.dir.join("no-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut snap = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if let Some(rest) = line.strip_prefix("snapshot ") {
+            snap = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.starts_with("uploading ") {
+            break;
+        }
+    }
+    let snap = snap.unwrap_or_else(|| panic!("no snapshot started:\n{}", seen.join("\n")));
+    // Let a few blocks go, then press Ctrl-C.
+    std::thread::sleep(Duration::from_millis(500));
+    // The shell's builtin `kill`: no unsafe libc call, and no procps needed.
+    let kill = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    let err = seen.join("\n");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains(&format!("deleted {snap}")), "{err}");
+    assert!(
+        !err.contains("upload: 16384/16384"),
+        "the upload finished before the interrupt:\n{err}"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(aws_sdk_ebs::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await;
+        let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let found = ec2.describe_snapshots().snapshot_ids(&snap).send().await;
+        let code = found
+            .as_ref()
+            .err()
+            .and_then(aws_sdk_ec2::error::ProvideErrorMetadata::code);
+        assert_eq!(
+            code,
+            Some("InvalidSnapshot.NotFound"),
+            "{snap} still exists: {found:?}"
+        );
+    });
+}
+
+/// Creates, through moto's IAM, a user allowed `ec2:*` only, and returns its access key.
+/// boto3 comes with moto; IAM enforcement starts after these three unauthenticated calls.
+const IAM_SETUP: &str = r#"
+import boto3, json, sys
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+iam.create_user(UserName="ec2-only")
+key = iam.create_access_key(UserName="ec2-only")["AccessKey"]
+iam.put_user_policy(UserName="ec2-only", PolicyName="ec2-only", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["ec2:*"], "Resource": "*"}]}))
+print(key["AccessKeyId"], key["SecretAccessKey"])
+"#;
+
+#[test]
+fn missing_permission_is_named_and_not_retried() {
+    let moto = Moto::start_with_env("denied", &[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+    let img = test_image(&moto.dir);
+    let setup = Command::new("python3")
+        .args(["-c", IAM_SETUP, &moto.endpoint()])
+        .output()
+        .unwrap();
+    assert!(setup.status.success(), "{}", text(&setup));
+    let keys = String::from_utf8(setup.stdout).unwrap();
+    let (key, secret) = keys.trim().split_once(' ').unwrap();
+    let out = xtask_ami(
+        &[
+            "--image-dir",
+            img.dir.to_str().unwrap(),
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &moto.endpoint(),
+        ],
+        Some((key, secret)),
+        &moto.dir,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing permission ebs:StartSnapshot"),
+        "{err}"
+    );
+    assert!(err.contains("--print-policy"), "{err}");
+    // A denial is final: no retries.
+    assert!(!err.contains("retrying"), "{err}");
+}
