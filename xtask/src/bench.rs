@@ -420,23 +420,25 @@ fn build_speed(root: &Path, opts: &Options) -> Result<Value> {
             timed_image_build(root, profile)?;
         } else {
             // Cold: inputs cached and dependencies compiled, but our crates, the output
-            // directory and its stamp are gone.
+            // directory and its stamp are gone. (The baseline compiles nothing.)
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            netns::sh(
-                &cargo,
-                &[
-                    "clean",
-                    "--manifest-path",
-                    &root.join("Cargo.toml").display().to_string(),
-                    "--release",
-                    "--target",
-                    crate::binaries::TARGET,
-                    "-p",
-                    "init",
-                    "-p",
-                    "nat-init",
-                ],
-            )?;
+            if profile == OURS {
+                netns::sh(
+                    &cargo,
+                    &[
+                        "clean",
+                        "--manifest-path",
+                        &root.join("Cargo.toml").display().to_string(),
+                        "--release",
+                        "--target",
+                        crate::binaries::TARGET,
+                        "-p",
+                        "init",
+                        "-p",
+                        "nat-init",
+                    ],
+                )?;
+            }
             let dir = image::default_out(root, profile);
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_file(dir.with_file_name(format!(".{profile}.stamp")));

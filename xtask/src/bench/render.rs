@@ -8,7 +8,9 @@ fn num(v: &Value) -> String {
     match v {
         Value::Number(n) => {
             let f = n.as_f64().unwrap_or(0.0);
-            if n.is_f64() {
+            if n.is_f64() && f.abs() < 10.0 {
+                format!("{f:.2}")
+            } else if n.is_f64() {
                 format!("{f:.1}")
             } else {
                 n.to_string()
