@@ -92,6 +92,8 @@ pub struct Options {
     pub parts: Vec<Part>,
     /// Where report.md and report.json go.
     pub out: PathBuf,
+    /// Capacity: this many flows for both images instead of the guest's configured maximum.
+    pub flows: Option<u64>,
 }
 
 impl Options {
@@ -101,6 +103,7 @@ impl Options {
             runs: if quick { 1 } else { 3 },
             parts: Part::ALL.to_vec(),
             out: crate::target_dir(root).join("bench"),
+            flows: None,
         }
     }
 
@@ -109,14 +112,15 @@ impl Options {
     }
 }
 
-/// `cargo xtask bench [--quick] [--runs N] [--only LIST]`.
+/// `cargo xtask bench [--quick] [--runs N] [--only LIST] [--flows N]`.
 pub fn parse_args(root: &Path, parser: &mut lexopt::Parser) -> Result<Options> {
     use lexopt::prelude::*;
-    let (mut quick, mut runs, mut only) = (false, None, None);
+    let (mut quick, mut runs, mut only, mut flows) = (false, None, None, None);
     while let Some(arg) = parser.next()? {
         match arg {
             Long("quick") => quick = true,
             Long("runs") => runs = Some(parser.value()?.parse::<usize>()?),
+            Long("flows") => flows = Some(parser.value()?.parse::<u64>()?),
             Long("only") => {
                 let list: String = parser.value()?.string()?;
                 only = Some(
@@ -138,6 +142,7 @@ pub fn parse_args(root: &Path, parser: &mut lexopt::Parser) -> Result<Options> {
     if let Some(p) = only {
         o.parts = p;
     }
+    o.flows = flows;
     Ok(o)
 }
 
@@ -732,7 +737,7 @@ fn sessions(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Vec<(String,
             if opts.wants(Part::Capacity) {
                 capacity.insert(
                     "ours".into(),
-                    flows::capacity(vpc, &mut g, Kind::Ours, opts.quick, None)
+                    flows::capacity(vpc, &mut g, Kind::Ours, opts.quick, opts.flows)
                         .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
                 );
             }
@@ -787,8 +792,14 @@ fn sessions(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Vec<(String,
             if opts.wants(Part::Capacity) {
                 capacity.insert(
                     "baseline".into(),
-                    flows::capacity(vpc, &mut g, Kind::Baseline, opts.quick, ours_target)
-                        .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
+                    flows::capacity(
+                        vpc,
+                        &mut g,
+                        Kind::Baseline,
+                        opts.quick,
+                        opts.flows.or(ours_target),
+                    )
+                    .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
                 );
             }
         }

@@ -47,7 +47,7 @@ commands:
   test  [--only host|image|boot|e2e|bench]
         run every test (host tests, image checks, boot tests in QEMU); bench: the bench's
         smoke test, only when asked for
-  bench [--quick] [--runs N] [--only sizes,build,boot,memory,capacity,throughput]
+  bench [--quick] [--runs N] [--only sizes,build,boot,memory,capacity,throughput] [--flows N]
         measure ours against the by-hand baseline; writes target/bench/report.{md,json}
 ";
 

@@ -198,7 +198,7 @@ pub fn capacity(
         .copied()
         .with_context(|| format!("no conntrack=N/MAX in {line:?}"))?;
     let mut flows = target.unwrap_or(max).min(MAX_FLOWS);
-    if quick {
+    if quick && target.is_none() {
         flows = flows.min(QUICK_FLOWS);
     }
     let sink_ns = vpc.ns.name("internet");
