@@ -1,18 +1,26 @@
-//! Root tests of the real nat-init binary, end to end, in network namespaces made here: a "vpc"
-//! namespace runs dnsmasq as the VPC's DHCP server (router, MTU 9001, 2-minute leases) on one end
-//! of a veth pair; nat-init runs in a "nat" namespace on the other end, with a test config file.
-//! The tests read its console lines and check what it configured with `ip` and `nft`. All traffic
-//! stays between the two namespaces; both are removed in `Drop`, also when a test fails.
+//! Root tests of the real nat-init binary, end to end, in network namespaces made here. A "vpc"
+//! namespace plays the VPC router: a bridge with dnsmasq as the DHCP server (router, MTU 9001,
+//! 2-minute leases) and an "internet" server address on its loopback. nat-init runs in a "nat"
+//! namespace on the bridge with a test config file, and a "client" namespace on the same bridge
+//! routes through it, as a private subnet routes through a NAT instance's single ENI. The tests
+//! read nat-init's console lines, check what it configured with `ip` and `nft`, and send TCP
+//! through it. All traffic stays between these namespaces; they are removed in `Drop`, also when
+//! a test fails.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 const VPC_ROUTER: &str = "10.77.0.1";
+const CLIENT_IP: &str = "10.77.0.10";
+/// A public address the vpc namespace owns: the "internet" behind the VPC router.
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn tool_hint(tool: &str) -> &'static str {
@@ -50,6 +58,7 @@ static SERIAL: AtomicU32 = AtomicU32::new(0);
 struct Fixture {
     vpc: String,
     nat: String,
+    client: String,
     dir: PathBuf,
     dnsmasq: Option<Child>,
     nat_init: Option<NatInit>,
@@ -63,7 +72,8 @@ struct NatInit {
 }
 
 impl Fixture {
-    /// vpc0 10.77.0.1/24 [vpc, dnsmasq when `dhcp`] <-> eth0 [nat].
+    /// [vpc] br0 10.77.0.1/24 (dnsmasq when `dhcp`), lo 198.51.100.2/32; on the bridge:
+    /// eth0 [nat] and eth0 10.77.0.10/24 [client].
     fn new(dhcp: bool) -> Fixture {
         let n = SERIAL.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -73,33 +83,73 @@ impl Fixture {
         let mut f = Fixture {
             vpc: format!("natsvc-v-{pid}-{n}"),
             nat: format!("natsvc-n-{pid}-{n}"),
+            client: format!("natsvc-c-{pid}-{n}"),
             dir,
             dnsmasq: None,
             nat_init: None,
         };
-        sh("ip", &["netns", "add", &f.vpc]);
-        sh("ip", &["netns", "add", &f.nat]);
+        for ns in [&f.vpc, &f.nat, &f.client] {
+            sh("ip", &["netns", "add", ns]);
+        }
+        let v = f.vpc.clone();
         sh(
             "ip",
             &[
-                "-n", &f.vpc, "link", "add", "vpc0", "mtu", "9001", "type", "veth", "peer", "name",
-                "eth0", "netns", &f.nat,
+                "-n", &v, "link", "add", "br0", "mtu", "9001", "type", "bridge",
+            ],
+        );
+        for (port, ns) in [("vpc0", &f.nat), ("cl0", &f.client)] {
+            sh(
+                "ip",
+                &[
+                    "-n", &v, "link", "add", port, "mtu", "9001", "type", "veth", "peer", "name",
+                    "eth0", "netns", ns,
+                ],
+            );
+            sh("ip", &["-n", &v, "link", "set", port, "master", "br0"]);
+            sh("ip", &["-n", &v, "link", "set", port, "up"]);
+        }
+        sh(
+            "ip",
+            &[
+                "-n",
+                &v,
+                "addr",
+                "add",
+                &format!("{VPC_ROUTER}/24"),
+                "dev",
+                "br0",
             ],
         );
         sh(
             "ip",
             &[
                 "-n",
-                &f.vpc,
+                &v,
                 "addr",
                 "add",
-                &format!("{VPC_ROUTER}/24"),
+                &format!("{SERVER_IP}/32"),
                 "dev",
-                "vpc0",
+                "lo",
             ],
         );
-        sh("ip", &["-n", &f.vpc, "link", "set", "lo", "up"]);
-        sh("ip", &["-n", &f.vpc, "link", "set", "vpc0", "up"]);
+        sh("ip", &["-n", &v, "link", "set", "lo", "up"]);
+        sh("ip", &["-n", &v, "link", "set", "br0", "up"]);
+        let c = f.client.clone();
+        sh(
+            "ip",
+            &[
+                "-n",
+                &c,
+                "addr",
+                "add",
+                &format!("{CLIENT_IP}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        sh("ip", &["-n", &c, "link", "set", "lo", "up"]);
+        sh("ip", &["-n", &c, "link", "set", "eth0", "up"]);
         if dhcp {
             let leases = f.dir.join("leases");
             let log = f.dir.join("dnsmasq.log");
@@ -110,7 +160,7 @@ impl Fixture {
                     "--no-hosts",
                     "--no-resolv",
                     "--port=0",
-                    "--interface=vpc0",
+                    "--interface=br0",
                     "--bind-interfaces",
                     "--pid-file=",
                     // dnsmasq's shortest lease: renewals come after a minute.
@@ -248,11 +298,71 @@ impl Drop for Fixture {
             let _ = d.kill();
             let _ = d.wait();
         }
-        for ns in [&self.nat, &self.vpc] {
+        for ns in [&self.nat, &self.client, &self.vpc] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = Path::new("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let fd = File::open(path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+/// One TCP exchange from the client namespace to the server address in the vpc namespace;
+/// returns the source address the server saw, or the client's error.
+fn tcp_through_nat(f: &Fixture, port: u16) -> Result<SocketAddr, String> {
+    let (tx, rx) = mpsc::channel();
+    let server = spawn_in_ns(&f.vpc, move || {
+        let l = TcpListener::bind((SERVER_IP, port)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.write_all(b"hello").unwrap();
+                    return Some(peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > end {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    rx.recv().unwrap();
+    let client = spawn_in_ns(&f.client, move || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((SERVER_IP, port)),
+            Duration::from_secs(3),
+        )
+        .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+        if buf != b"hello" {
+            return Err(format!("got {buf:?}"));
+        }
+        Ok(())
+    });
+    let client = client.join().unwrap();
+    let seen = server.join().unwrap();
+    client?;
+    seen.ok_or_else(|| "the server saw no connection".to_string())
 }
 
 /// `key=value` of a console line.
@@ -336,6 +446,27 @@ fn leases_configures_verifies_survives_sigkill_renews_and_stops_on_sigterm() {
         f.ns(&["cat", "/proc/sys/net/ipv4/conf/all/send_redirects"])
             .trim(),
         "0"
+    );
+
+    // The client's default route points at the NAT instance, as a private subnet's does.
+    let nat_ip = addr.split('/').next().unwrap().to_string();
+    sh(
+        "ip",
+        &["-n", &f.client, "route", "add", "default", "via", &nat_ip],
+    );
+    let seen = tcp_through_nat(&f, 8080).unwrap();
+    assert_eq!(
+        seen.ip().to_string(),
+        nat_ip,
+        "the server must see the NAT's address (masquerade)"
+    );
+    let n = f.nat_init();
+    let health = n.wait_for("health after traffic", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: health ")
+    });
+    assert!(
+        field(&health, "forwarded_packets").parse::<u64>().unwrap() >= 3,
+        "{health}"
     );
 
     // Drift: someone turns forwarding off; the next health tick puts it back.
