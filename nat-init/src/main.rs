@@ -611,6 +611,13 @@ impl Service {
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
                 .unwrap_or(0);
+        let offloaded = if self.flowtable_active {
+            std::fs::File::open(service::PROC_CONNTRACK)
+                .and_then(|f| service::count_offloaded(std::io::BufReader::new(f)))
+                .ok()
+        } else {
+            None
+        };
         let mut sock = match Nfnl::open() {
             Ok(s) => s,
             Err(e) => {
@@ -622,6 +629,7 @@ impl Service {
             Ok(c) => say(service::health(
                 &c,
                 self.flowtable_active,
+                offloaded,
                 conntrack,
                 conntrack_max,
                 lease_left,
