@@ -71,6 +71,13 @@ fn human(d: Duration) -> String {
     }
 }
 
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn join(ranges: &[Ipv4Cidr]) -> String {
     ranges
         .iter()
@@ -386,9 +393,14 @@ impl Service {
             .find(|l| l.index == index)
             .ok_or_else(|| anyhow!("interface {} is gone", self.iface.name))?;
         let existing = rtnl.addresses(index)?;
-        let plan = service::plan_lease(&lease, now_ms(), &existing, self.cfg.default_route_mtu)?;
-        if link.mtu != plan.mtu {
-            rtnl.set_mtu(index, plan.mtu)?;
+        let mut plan =
+            service::plan_lease(&lease, now_ms(), &existing, self.cfg.default_route_mtu)?;
+        if link.mtu != plan.mtu
+            && let Err(e) = rtnl.set_mtu(index, plan.mtu)
+        {
+            // A NAT at the old MTU beats no NAT: say so, carry on, try again at renewal.
+            error("link", format_args!("{e:#}; keeping MTU {}", link.mtu));
+            plan = plan.with_link_mtu(link.mtu);
         }
         for (a, len) in &plan.remove {
             match rtnl.delete_address(index, *a, *len) {
@@ -431,6 +443,16 @@ impl Service {
                         d.mac,
                         join(&d.vpc_cidrs)
                     ));
+                    let ours = mac_text(&self.iface.mac);
+                    if !d.mac.eq_ignore_ascii_case(&ours) {
+                        error(
+                            "imds",
+                            format_args!(
+                                "the primary ENI is {} but {} is {ours}: is the right interface chosen?",
+                                d.mac, self.iface.name
+                            ),
+                        );
+                    }
                     vpc = Some(d.vpc_cidrs);
                     match service::classify_user_data(d.user_data.as_deref()) {
                         UserData::Absent => {}
@@ -728,12 +750,7 @@ fn main() {
         Ok(true) => info(format_args!(
             "link {} up with carrier mac={}",
             iface.name,
-            iface
-                .mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
+            mac_text(&iface.mac)
         )),
         Ok(false) => error(
             "link",

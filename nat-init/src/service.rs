@@ -304,6 +304,18 @@ pub struct LeasePlan {
     pub gateway: Ipv4Addr,
 }
 
+impl LeasePlan {
+    /// The plan when the interface refused the lease's MTU and keeps `link_mtu`: no route may
+    /// claim more than the interface carries.
+    pub fn with_link_mtu(mut self, link_mtu: u32) -> LeasePlan {
+        self.mtu = link_mtu;
+        for r in &mut self.routes {
+            r.mtu = r.mtu.map(|m| m.min(link_mtu));
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
     #[error("lease {addr}/{prefix_len} from {server} has no router (option 3): no way out")]
@@ -867,6 +879,19 @@ mod tests {
         l.mtu = Some(9001);
         let p = plan_lease(&l, 10_000, &[], 9001).unwrap();
         assert_eq!(p.routes[0].mtu, Some(9001));
+    }
+
+    #[test]
+    fn refused_mtu_caps_the_routes() {
+        let p = plan_lease(&lease(), 10_000, &[], 1500)
+            .unwrap()
+            .with_link_mtu(1280);
+        assert_eq!(p.mtu, 1280);
+        assert_eq!(p.routes[0].mtu, Some(1280));
+        let p = plan_lease(&lease(), 10_000, &[], 1500)
+            .unwrap()
+            .with_link_mtu(4000);
+        assert_eq!((p.mtu, p.routes[0].mtu), (4000, Some(1500)));
     }
 
     #[test]
