@@ -313,6 +313,9 @@ impl Service {
                         stage.what(),
                         format_args!("{e:#}; retrying in {}", human(d)),
                     );
+                    if stage == Stage::Nft {
+                        forwarding_off();
+                    }
                     return;
                 }
             }
@@ -701,6 +704,25 @@ impl Service {
             ));
         }
         Ok(())
+    }
+}
+
+/// Without a verified table forwarding would be unfiltered (an open router): switch it off
+/// until the table is back; the sysctl stage turns it on again after that.
+fn forwarding_off() {
+    let path = Path::new(PROC_SYS).join("net/ipv4/ip_forward");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "0" => {}
+        _ => match std::fs::write(&path, "0\n") {
+            Ok(()) => error(
+                "sysctl",
+                "ip_forward=0 until the nftables table is back (no unfiltered forwarding)",
+            ),
+            Err(e) => error(
+                "sysctl",
+                format_args!("writing 0 to {}: {e}", path.display()),
+            ),
+        },
     }
 }
 

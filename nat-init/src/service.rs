@@ -62,20 +62,21 @@ impl Default for Backoff {
 }
 
 /// What has to be true, in this order, before the NAT is ready. Each needs the ones before it.
+/// The table comes before the sysctls so forwarding is only ever on behind the filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     /// The current DHCP lease is configured on the interface (MTU, address, routes).
     Address,
     /// IMDS asked (or skipped) and user-data layered over the baked configuration. Done once.
     Config,
-    /// Forwarding and conntrack sysctls written and read back.
-    Sysctl,
     /// The nftables table installed and read back identical.
     Nft,
+    /// Forwarding and conntrack sysctls written and read back.
+    Sysctl,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Address, Stage::Config, Stage::Sysctl, Stage::Nft];
+    pub const ALL: [Stage; 4] = [Stage::Address, Stage::Config, Stage::Nft, Stage::Sysctl];
 
     /// The one-word capability name used in `nat-init: error <what> ...` lines.
     pub fn what(self) -> &'static str {
@@ -167,8 +168,13 @@ impl Stages {
         st.backoff.success();
     }
 
-    /// Schedules the retry of a failed stage; returns the delay chosen.
+    /// Schedules the retry of a failed stage; returns the delay chosen. A failed table also
+    /// undoes the sysctl stage: the caller switches forwarding off (no unfiltered forwarding),
+    /// and the sysctl stage switches it back on once the table is verified again.
     pub fn failed(&mut self, s: Stage, now_ms: u64) -> Duration {
+        if s == Stage::Nft {
+            self.states[Stage::Sysctl.index()].done = false;
+        }
         let st = &mut self.states[s.index()];
         st.done = false;
         let d = st.backoff.failure();
@@ -603,11 +609,11 @@ mod tests {
         s.succeeded(Stage::Address);
         assert_eq!(s.next_due(0), Some(Stage::Config));
         s.succeeded(Stage::Config);
-        assert_eq!(s.next_due(0), Some(Stage::Sysctl));
-        s.succeeded(Stage::Sysctl);
-        assert!(!s.take_announcement());
         assert_eq!(s.next_due(0), Some(Stage::Nft));
         s.succeeded(Stage::Nft);
+        assert!(!s.take_announcement());
+        assert_eq!(s.next_due(0), Some(Stage::Sysctl));
+        s.succeeded(Stage::Sysctl);
         assert_eq!(s.next_due(0), None);
         assert!(s.all_done());
         assert!(s.take_announcement());
@@ -618,7 +624,7 @@ mod tests {
     fn failed_stage_is_retried_with_backoff_and_blocks_later_ones() {
         let mut s = Stages::new();
         s.lease_applied_by_dhcp();
-        for st in [Stage::Address, Stage::Config, Stage::Sysctl] {
+        for st in [Stage::Address, Stage::Config] {
             s.succeeded(st);
         }
         assert_eq!(s.failed(Stage::Nft, 1000), Duration::from_millis(500));
@@ -628,16 +634,27 @@ mod tests {
         assert_eq!(s.failed(Stage::Nft, 1500), Duration::from_secs(1));
         assert_eq!(s.wake_ms(), Some(2500));
         s.succeeded(Stage::Nft);
+        assert_eq!(
+            s.next_due(2500),
+            Some(Stage::Sysctl),
+            "forwarding after the table"
+        );
+        s.succeeded(Stage::Sysctl);
         assert!(s.take_announcement());
-        // A later failure starts the back-off over.
+        // A later failure starts the back-off over, and takes forwarding down with it.
         assert_eq!(s.failed(Stage::Nft, 9000), Duration::from_millis(500));
+        assert!(!s.is_done(Stage::Sysctl));
         assert!(!s.all_done());
-        // A failing sysctl stage holds the nft stage back.
+        s.succeeded(Stage::Nft);
+        assert_eq!(s.next_due(9000), Some(Stage::Sysctl));
+        // A failing sysctl stage is retried on its own.
         let mut s = Stages::new();
         s.lease_applied_by_dhcp();
-        s.succeeded(Stage::Address);
-        s.succeeded(Stage::Config);
+        for st in [Stage::Address, Stage::Config, Stage::Nft] {
+            s.succeeded(st);
+        }
         s.failed(Stage::Sysctl, 0);
+        assert!(s.is_done(Stage::Nft));
         assert_eq!(s.next_due(10_000), Some(Stage::Sysctl));
     }
 

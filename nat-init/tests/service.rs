@@ -481,6 +481,18 @@ fn leases_configures_verifies_survives_sigkill_renews_and_stops_on_sigterm() {
     });
     assert_eq!(f.ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
 
+    // Drift: the table is deleted; the next health tick reinstalls it.
+    f.ns(&["nft", "delete", "table", "ip", "nat_instance"]);
+    let n = f.nat_init();
+    n.wait_for("nft drift", Duration::from_secs(6), |l| {
+        l.starts_with("nat-init: error nft ") && l.ends_with("; reinstalling")
+    });
+    n.wait_for("ready after reinstall", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    let table = f.ns(&["nft", "list", "table", "ip", "nat_instance"]);
+    assert!(table.contains("masquerade"), "{table}");
+
     // SIGKILL: the NAT stays configured; the restarted nat-init keeps the verified table.
     let n = f.nat_init();
     n.signal("-KILL");
