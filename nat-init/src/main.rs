@@ -625,8 +625,8 @@ impl Service {
         });
     }
 
-    /// The health line, then drift checks: a drifted stage is redone at once (and `ready`
-    /// printed again once it holds).
+    /// The health line (unless the table drifted) and drift checks: a drifted stage is redone
+    /// at once, and `ready` printed again once everything holds.
     fn health_tick(&mut self) {
         let now = now_ms();
         let lease_left = self.lease.as_ref().map(|l| l.left_s(now));
@@ -643,29 +643,31 @@ impl Service {
         } else {
             None
         };
-        let mut sock = match Nfnl::open() {
-            Ok(s) => s,
-            Err(e) => {
-                error("nft", format_args!("{e:#}"));
-                return;
+        match Nfnl::open() {
+            Err(e) => error("nft", format_args!("{e:#}")),
+            Ok(mut sock) => {
+                let drifted = match &self.ruleset {
+                    Some(r) => nft::verify(&mut sock, r).err(),
+                    None => None,
+                };
+                match drifted {
+                    Some(e) => {
+                        error("nft", format_args!("{e:#}; reinstalling"));
+                        self.stages.invalidate(Stage::Nft, now);
+                    }
+                    None => match nft::counters(&mut sock, nft::TABLE) {
+                        Ok(c) => say(service::health(
+                            &c,
+                            self.flowtable_active,
+                            offloaded,
+                            conntrack,
+                            conntrack_max,
+                            lease_left,
+                        )),
+                        Err(e) => error("nft", format_args!("reading counters: {e:#}")),
+                    },
+                }
             }
-        };
-        match nft::counters(&mut sock, nft::TABLE) {
-            Ok(c) => say(service::health(
-                &c,
-                self.flowtable_active,
-                offloaded,
-                conntrack,
-                conntrack_max,
-                lease_left,
-            )),
-            Err(e) => error("nft", format_args!("reading counters: {e:#}")),
-        }
-        if let Some(r) = &self.ruleset
-            && let Err(e) = nft::verify(&mut sock, r)
-        {
-            error("nft", format_args!("{e:#}; reinstalling"));
-            self.stages.invalidate(Stage::Nft, now);
         }
         if let Err(e) = sysctl::check(Path::new(PROC_SYS), &self.sysctl_plan) {
             error("sysctl", format_args!("{e:#}; re-applying"));

@@ -49,6 +49,12 @@ pub enum SysctlError {
         want: String,
         got: String,
     },
+    #[error("{path} is {got:?}, expected {want:?}")]
+    Drifted {
+        path: PathBuf,
+        want: String,
+        got: String,
+    },
     #[error("{path}: cannot parse {text:?}")]
     Parse { path: PathBuf, text: String },
 }
@@ -137,7 +143,7 @@ pub fn check(root: &Path, plan: &[(String, String)]) -> Result<()> {
             source,
         })?;
         if got.trim() != want.trim() {
-            return Err(SysctlError::Mismatch {
+            return Err(SysctlError::Drifted {
                 path,
                 want: want.clone(),
                 got: got.trim().to_string(),
@@ -306,7 +312,12 @@ mod tests {
         fs::write(root.join("net/ipv4/ip_forward"), "0\n").unwrap();
         let err = check(&root, &p).unwrap_err();
         assert!(
-            matches!(&err, SysctlError::Mismatch { got, .. } if got == "0"),
+            matches!(&err, SysctlError::Drifted { got, .. } if got == "0"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("ip_forward is \"0\", expected \"1\""),
             "{err}"
         );
         assert_eq!(
