@@ -748,6 +748,10 @@ fn read_baked(path: &str) -> Option<String> {
 }
 
 fn main() {
+    // A bug must still leave an `error` line on the console before init restarts us.
+    std::panic::set_hook(Box::new(|info| {
+        error("panic", format_args!("{info}; init will restart nat-init"));
+    }));
     if let Err(e) = install_signal_handlers() {
         error("signal", format_args!("{e:#}"));
     }
