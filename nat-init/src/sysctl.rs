@@ -49,6 +49,12 @@ pub enum SysctlError {
         want: String,
         got: String,
     },
+    #[error("{path} is {got:?}, expected {want:?}")]
+    Drifted {
+        path: PathBuf,
+        want: String,
+        got: String,
+    },
     #[error("{path}: cannot parse {text:?}")]
     Parse { path: PathBuf, text: String },
 }
@@ -126,6 +132,37 @@ pub fn apply(root: &Path, plan: &[(String, String)]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reads every entry below `root` and compares, without writing: finds settings someone
+/// changed after [`apply`]. Stops at the first difference, naming the key.
+pub fn check(root: &Path, plan: &[(String, String)]) -> Result<()> {
+    for (key, want) in plan {
+        let path = root.join(key);
+        let got = fs::read_to_string(&path).map_err(|source| SysctlError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if got.trim() != want.trim() {
+            return Err(SysctlError::Drifted {
+                path,
+                want: want.clone(),
+                got: got.trim().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `key` below `root` exists but has no write permission bits. The kernel makes the
+/// global conntrack sysctls (`nf_conntrack_max`, `nf_conntrack_buckets`) mode 0444 in every
+/// network namespace but the initial one: they belong to the host there, not to us.
+pub fn is_read_only(root: &Path, key: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(root.join(key)).is_ok_and(|m| m.permissions().mode() & 0o222 == 0)
+}
+
+/// The sysctl holding the conntrack table size: global, see [`is_read_only`].
+pub const CONNTRACK_MAX_SYSCTL: &str = "net/netfilter/nf_conntrack_max";
 
 /// Sets the conntrack hash size: the module parameter below `sys_root` (`/sys`), or, when that
 /// file is absent, the `nf_conntrack_buckets` sysctl below `proc_sys_root` (writable on newer
@@ -259,6 +296,52 @@ mod tests {
         for (k, v) in &p {
             assert_eq!(fs::read_to_string(root.join(k)).unwrap(), format!("{v}\n"));
         }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn check_finds_drift_without_writing() {
+        let root = temp_root("check");
+        let p = plan(&settings());
+        for (k, v) in &p {
+            let f = root.join(k);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, format!("{v}\n")).unwrap();
+        }
+        check(&root, &p).unwrap();
+        fs::write(root.join("net/ipv4/ip_forward"), "0\n").unwrap();
+        let err = check(&root, &p).unwrap_err();
+        assert!(
+            matches!(&err, SysctlError::Drifted { got, .. } if got == "0"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("ip_forward is \"0\", expected \"1\""),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("net/ipv4/ip_forward")).unwrap(),
+            "0\n",
+            "check does not write"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn read_only_detection() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp_root("ro");
+        let f = root.join(CONNTRACK_MAX_SYSCTL);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, "65536\n").unwrap();
+        assert!(!is_read_only(&root, CONNTRACK_MAX_SYSCTL));
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(is_read_only(&root, CONNTRACK_MAX_SYSCTL));
+        assert!(
+            !is_read_only(&root, "net/missing"),
+            "absent is not read-only"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 
