@@ -67,16 +67,22 @@ pub const CONNTRACK_ENTRY_BUDGET: u64 = 320;
 
 /// Conntrack table size for a machine with `mem_total_bytes` of RAM.
 ///
-/// `max = RAM / 4096`, rounded down to a power of two and clamped to 65536..=4194304. That spends
-/// about 8% of RAM on entries when the table is full (320 B x RAM/4096): 131072 entries on
-/// 512 MiB, 262144 on 1 GiB, the cap at 16 GiB. `buckets = max / 2`: chains stay at two entries
-/// when full, and a bucket costs only 8 bytes.
+/// `max = RAM / 4096`, rounded to a power of two (up when within 3/4 of the next one, because
+/// MemTotal is always somewhat below the instance's nominal size: a 512 MiB t4g.nano reports
+/// about 470 MiB) and clamped to 65536..=4194304. A full table then takes about 8% of RAM
+/// (320 B x RAM/4096): 131072 entries on 512 MiB, 262144 on 1 GiB, the cap at 16 GiB.
+/// `buckets = max / 2`: chains stay at two entries when full, and a bucket costs 8 bytes.
 pub fn conntrack_size_for_ram(mem_total_bytes: u64) -> (u32, u32) {
     const MIN: u64 = 1 << 16;
     const MAX: u64 = 1 << 22;
     let raw = (mem_total_bytes / 4096).clamp(MIN, MAX);
-    // Largest power of two <= raw (raw >= MIN > 0).
-    let max = 1u64 << (63 - raw.leading_zeros());
+    // Largest power of two <= raw (raw >= MIN > 0), or the next one when raw is close to it.
+    let floor = 1u64 << (63 - raw.leading_zeros());
+    let max = if raw * 4 >= floor * 2 * 3 {
+        floor * 2
+    } else {
+        floor
+    };
     let max = max.clamp(MIN, MAX) as u32;
     (max, max / 2)
 }
@@ -238,8 +244,12 @@ mod tests {
     fn conntrack_sizes() {
         assert_eq!(conntrack_size_for_ram(512 * MIB), (131072, 65536));
         assert_eq!(conntrack_size_for_ram(1024 * MIB), (262144, 131072));
-        // 500 MB of usable RAM still rounds to the 512 MiB class's lower neighbour, never below.
-        assert_eq!(conntrack_size_for_ram(500 * MIB).0, 65536);
+        // What a 512 MiB and a 1 GiB guest report as MemTotal still get their class's size.
+        assert_eq!(conntrack_size_for_ram(470 * MIB).0, 131072);
+        assert_eq!(conntrack_size_for_ram(980 * MIB).0, 262144);
+        // Well below a class boundary rounds down.
+        assert_eq!(conntrack_size_for_ram(330 * MIB).0, 65536);
+        assert_eq!(conntrack_size_for_ram(3000 * MIB).0, 524288);
         assert_eq!(conntrack_size_for_ram(0), (65536, 32768));
         assert_eq!(conntrack_size_for_ram(128 * 1024 * MIB), (1 << 22, 1 << 21));
         assert_eq!(conntrack_size_for_ram(u64::MAX), (1 << 22, 1 << 21));
