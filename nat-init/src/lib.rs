@@ -11,4 +11,5 @@ pub mod naming;
 pub mod netlink;
 pub mod nft;
 pub mod report;
+pub mod service;
 pub mod sysctl;

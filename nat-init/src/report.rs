@@ -59,7 +59,8 @@ pub struct Health {
     pub conntrack_max: u64,
     /// Seconds until the DHCP lease expires; 0 when there is no lease.
     pub lease_left_s: u64,
-    /// Flows handed to the flowtable (the `flow add` rule's counter).
+    /// Flows in the flowtable now (conntrack entries marked offloaded); where that list cannot
+    /// be read, the `flow add` rule's packet counter. Zero without a flowtable.
     pub offloaded: u64,
 }
 

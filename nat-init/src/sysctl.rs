@@ -49,6 +49,12 @@ pub enum SysctlError {
         want: String,
         got: String,
     },
+    #[error("{path} is {got:?}, expected {want:?}")]
+    Drifted {
+        path: PathBuf,
+        want: String,
+        got: String,
+    },
     #[error("{path}: cannot parse {text:?}")]
     Parse { path: PathBuf, text: String },
 }
@@ -61,16 +67,22 @@ pub const CONNTRACK_ENTRY_BUDGET: u64 = 320;
 
 /// Conntrack table size for a machine with `mem_total_bytes` of RAM.
 ///
-/// `max = RAM / 4096`, rounded down to a power of two and clamped to 65536..=4194304. That spends
-/// about 8% of RAM on entries when the table is full (320 B x RAM/4096): 131072 entries on
-/// 512 MiB, 262144 on 1 GiB, the cap at 16 GiB. `buckets = max / 2`: chains stay at two entries
-/// when full, and a bucket costs only 8 bytes.
+/// `max = RAM / 4096`, rounded to a power of two (up when within 3/4 of the next one, because
+/// MemTotal is always somewhat below the instance's nominal size: a 512 MiB t4g.nano reports
+/// about 470 MiB) and clamped to 65536..=4194304. A full table then takes about 8% of RAM
+/// (320 B x RAM/4096): 131072 entries on 512 MiB, 262144 on 1 GiB, the cap at 16 GiB.
+/// `buckets = max / 2`: chains stay at two entries when full, and a bucket costs 8 bytes.
 pub fn conntrack_size_for_ram(mem_total_bytes: u64) -> (u32, u32) {
     const MIN: u64 = 1 << 16;
     const MAX: u64 = 1 << 22;
     let raw = (mem_total_bytes / 4096).clamp(MIN, MAX);
-    // Largest power of two <= raw (raw >= MIN > 0).
-    let max = 1u64 << (63 - raw.leading_zeros());
+    // Largest power of two <= raw (raw >= MIN > 0), or the next one when raw is close to it.
+    let floor = 1u64 << (63 - raw.leading_zeros());
+    let max = if raw * 4 >= floor * 2 * 3 {
+        floor * 2
+    } else {
+        floor
+    };
     let max = max.clamp(MIN, MAX) as u32;
     (max, max / 2)
 }
@@ -126,6 +138,37 @@ pub fn apply(root: &Path, plan: &[(String, String)]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reads every entry below `root` and compares, without writing: finds settings someone
+/// changed after [`apply`]. Stops at the first difference, naming the key.
+pub fn check(root: &Path, plan: &[(String, String)]) -> Result<()> {
+    for (key, want) in plan {
+        let path = root.join(key);
+        let got = fs::read_to_string(&path).map_err(|source| SysctlError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if got.trim() != want.trim() {
+            return Err(SysctlError::Drifted {
+                path,
+                want: want.clone(),
+                got: got.trim().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `key` below `root` exists but has no write permission bits. The kernel makes the
+/// global conntrack sysctls (`nf_conntrack_max`, `nf_conntrack_buckets`) mode 0444 in every
+/// network namespace but the initial one: they belong to the host there, not to us.
+pub fn is_read_only(root: &Path, key: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(root.join(key)).is_ok_and(|m| m.permissions().mode() & 0o222 == 0)
+}
+
+/// The sysctl holding the conntrack table size: global, see [`is_read_only`].
+pub const CONNTRACK_MAX_SYSCTL: &str = "net/netfilter/nf_conntrack_max";
 
 /// Sets the conntrack hash size: the module parameter below `sys_root` (`/sys`), or, when that
 /// file is absent, the `nf_conntrack_buckets` sysctl below `proc_sys_root` (writable on newer
@@ -201,8 +244,12 @@ mod tests {
     fn conntrack_sizes() {
         assert_eq!(conntrack_size_for_ram(512 * MIB), (131072, 65536));
         assert_eq!(conntrack_size_for_ram(1024 * MIB), (262144, 131072));
-        // 500 MB of usable RAM still rounds to the 512 MiB class's lower neighbour, never below.
-        assert_eq!(conntrack_size_for_ram(500 * MIB).0, 65536);
+        // What a 512 MiB and a 1 GiB guest report as MemTotal still get their class's size.
+        assert_eq!(conntrack_size_for_ram(470 * MIB).0, 131072);
+        assert_eq!(conntrack_size_for_ram(980 * MIB).0, 262144);
+        // Well below a class boundary rounds down.
+        assert_eq!(conntrack_size_for_ram(330 * MIB).0, 65536);
+        assert_eq!(conntrack_size_for_ram(3000 * MIB).0, 524288);
         assert_eq!(conntrack_size_for_ram(0), (65536, 32768));
         assert_eq!(conntrack_size_for_ram(128 * 1024 * MIB), (1 << 22, 1 << 21));
         assert_eq!(conntrack_size_for_ram(u64::MAX), (1 << 22, 1 << 21));
@@ -259,6 +306,52 @@ mod tests {
         for (k, v) in &p {
             assert_eq!(fs::read_to_string(root.join(k)).unwrap(), format!("{v}\n"));
         }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn check_finds_drift_without_writing() {
+        let root = temp_root("check");
+        let p = plan(&settings());
+        for (k, v) in &p {
+            let f = root.join(k);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, format!("{v}\n")).unwrap();
+        }
+        check(&root, &p).unwrap();
+        fs::write(root.join("net/ipv4/ip_forward"), "0\n").unwrap();
+        let err = check(&root, &p).unwrap_err();
+        assert!(
+            matches!(&err, SysctlError::Drifted { got, .. } if got == "0"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("ip_forward is \"0\", expected \"1\""),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("net/ipv4/ip_forward")).unwrap(),
+            "0\n",
+            "check does not write"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn read_only_detection() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp_root("ro");
+        let f = root.join(CONNTRACK_MAX_SYSCTL);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, "65536\n").unwrap();
+        assert!(!is_read_only(&root, CONNTRACK_MAX_SYSCTL));
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(is_read_only(&root, CONNTRACK_MAX_SYSCTL));
+        assert!(
+            !is_read_only(&root, "net/missing"),
+            "absent is not read-only"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -1,0 +1,582 @@
+//! Root tests of the real nat-init binary, end to end, in network namespaces made here. A "vpc"
+//! namespace plays the VPC router: a bridge with dnsmasq as the DHCP server (router, MTU 9001,
+//! 2-minute leases) and an "internet" server address on its loopback. nat-init runs in a "nat"
+//! namespace on the bridge with a test config file, and a "client" namespace on the same bridge
+//! routes through it, as a private subnet routes through a NAT instance's single ENI. The tests
+//! read nat-init's console lines, check what it configured with `ip` and `nft`, and send TCP
+//! through it. All traffic stays between these namespaces; they are removed in `Drop`, also when
+//! a test fails.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+const VPC_ROUTER: &str = "10.77.0.1";
+const CLIENT_IP: &str = "10.77.0.10";
+/// A public address the vpc namespace owns: the "internet" behind the VPC router.
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn tool_hint(tool: &str) -> &'static str {
+    match tool {
+        "ip" => "apt-get install -y iproute2",
+        "nft" => "apt-get install -y nftables",
+        "dnsmasq" => "apt-get install -y dnsmasq-base",
+        _ => "apt-get install -y <package providing it>",
+    }
+}
+
+fn run(tool: &str, args: &[&str]) -> std::process::Output {
+    match Command::new(tool).args(args).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("`{tool}` is missing; install it with: {}", tool_hint(tool))
+        }
+        Err(e) => panic!("running {tool} {args:?}: {e}"),
+    }
+}
+
+fn sh(tool: &str, args: &[&str]) -> String {
+    let o = run(tool, args);
+    assert!(
+        o.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+static SERIAL: AtomicU32 = AtomicU32::new(0);
+
+/// The two namespaces, dnsmasq, the temp dir and the nat-init process; all torn down on drop.
+struct Fixture {
+    vpc: String,
+    nat: String,
+    client: String,
+    dir: PathBuf,
+    dnsmasq: Option<Child>,
+    nat_init: Option<NatInit>,
+}
+
+/// A running nat-init and its console lines.
+struct NatInit {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Fixture {
+    /// [vpc] br0 10.77.0.1/24 (dnsmasq when `dhcp`), lo 198.51.100.2/32; on the bridge:
+    /// eth0 [nat] and eth0 10.77.0.10/24 [client].
+    fn new(dhcp: bool) -> Fixture {
+        let n = SERIAL.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("nat-init-service-{pid}-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = Fixture {
+            vpc: format!("natsvc-v-{pid}-{n}"),
+            nat: format!("natsvc-n-{pid}-{n}"),
+            client: format!("natsvc-c-{pid}-{n}"),
+            dir,
+            dnsmasq: None,
+            nat_init: None,
+        };
+        for ns in [&f.vpc, &f.nat, &f.client] {
+            sh("ip", &["netns", "add", ns]);
+        }
+        let v = f.vpc.clone();
+        sh(
+            "ip",
+            &[
+                "-n", &v, "link", "add", "br0", "mtu", "9001", "type", "bridge",
+            ],
+        );
+        for (port, ns) in [("vpc0", &f.nat), ("cl0", &f.client)] {
+            sh(
+                "ip",
+                &[
+                    "-n", &v, "link", "add", port, "mtu", "9001", "type", "veth", "peer", "name",
+                    "eth0", "netns", ns,
+                ],
+            );
+            sh("ip", &["-n", &v, "link", "set", port, "master", "br0"]);
+            sh("ip", &["-n", &v, "link", "set", port, "up"]);
+        }
+        sh(
+            "ip",
+            &[
+                "-n",
+                &v,
+                "addr",
+                "add",
+                &format!("{VPC_ROUTER}/24"),
+                "dev",
+                "br0",
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &v,
+                "addr",
+                "add",
+                &format!("{SERVER_IP}/32"),
+                "dev",
+                "lo",
+            ],
+        );
+        sh("ip", &["-n", &v, "link", "set", "lo", "up"]);
+        sh("ip", &["-n", &v, "link", "set", "br0", "up"]);
+        let c = f.client.clone();
+        sh(
+            "ip",
+            &[
+                "-n",
+                &c,
+                "addr",
+                "add",
+                &format!("{CLIENT_IP}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        sh("ip", &["-n", &c, "link", "set", "lo", "up"]);
+        sh("ip", &["-n", &c, "link", "set", "eth0", "up"]);
+        if dhcp {
+            let leases = f.dir.join("leases");
+            let log = f.dir.join("dnsmasq.log");
+            let child = Command::new("ip")
+                .args(["netns", "exec", &f.vpc, "dnsmasq", "--keep-in-foreground"])
+                .args([
+                    "--conf-file=/dev/null",
+                    "--no-hosts",
+                    "--no-resolv",
+                    "--port=0",
+                    "--interface=br0",
+                    "--bind-interfaces",
+                    "--pid-file=",
+                    // dnsmasq's shortest lease: renewals come after a minute.
+                    "--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,2m",
+                    &format!("--dhcp-option=option:router,{VPC_ROUTER}"),
+                    "--dhcp-option=option:mtu,9001",
+                    "--log-dhcp",
+                ])
+                .arg(format!("--dhcp-leasefile={}", leases.display()))
+                .arg(format!("--log-facility={}", log.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            match child {
+                Ok(c) => f.dnsmasq = Some(c),
+                Err(e) => panic!("starting dnsmasq: {e}; {}", tool_hint("dnsmasq")),
+            }
+            assert!(
+                run("dnsmasq", &["--version"]).status.success(),
+                "dnsmasq is missing; {}",
+                tool_hint("dnsmasq")
+            );
+        }
+        f
+    }
+
+    fn write_config(&self, text: &str) -> PathBuf {
+        let p = self.dir.join("nat-init.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Starts the host-built nat-init inside the nat namespace (`ip netns exec` execs it, so
+    /// the child's pid is nat-init's).
+    fn start(&mut self, config: &PathBuf) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.nat, env!("CARGO_BIN_EXE_nat-init")])
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[nat-init] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.nat_init = Some(NatInit {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        });
+    }
+
+    fn nat_init(&mut self) -> &mut NatInit {
+        self.nat_init.as_mut().unwrap()
+    }
+
+    fn ns(&self, args: &[&str]) -> String {
+        let mut v = vec!["netns", "exec", &self.nat];
+        v.extend_from_slice(args);
+        let o = run("ip", &v);
+        assert!(
+            o.status.success(),
+            "{args:?} in {}: {}",
+            self.nat,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl NatInit {
+    /// The first line from now on that satisfies `pred`; fails with everything seen.
+    fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no {what} line within {timeout:?}; saw:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "nat-init closed stdout before a {what} line; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        sh("kill", &[sig, &self.child.id().to_string()]);
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "nat-init did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(n) = &mut self.nat_init {
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+        }
+        if let Some(d) = &mut self.dnsmasq {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        for ns in [&self.nat, &self.client, &self.vpc] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = Path::new("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let fd = File::open(path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+/// One TCP exchange from the client namespace to the server address in the vpc namespace;
+/// returns the source address the server saw, or the client's error.
+fn tcp_through_nat(f: &Fixture, port: u16) -> Result<SocketAddr, String> {
+    let (tx, rx) = mpsc::channel();
+    let server = spawn_in_ns(&f.vpc, move || {
+        let l = TcpListener::bind((SERVER_IP, port)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.write_all(b"hello").unwrap();
+                    return Some(peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > end {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    rx.recv().unwrap();
+    let client = spawn_in_ns(&f.client, move || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((SERVER_IP, port)),
+            Duration::from_secs(3),
+        )
+        .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+        if buf != b"hello" {
+            return Err(format!("got {buf:?}"));
+        }
+        Ok(())
+    });
+    let client = client.join().unwrap();
+    let seen = server.join().unwrap();
+    client?;
+    seen.ok_or_else(|| "the server saw no connection".to_string())
+}
+
+/// `key=value` of a console line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+const DEFAULT_PRIVATE: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10";
+
+#[test]
+fn leases_configures_verifies_survives_sigkill_renews_and_stops_on_sigterm() {
+    let mut f = Fixture::new(true);
+    let cfg = f
+        .write_config("interface = \"eth0\"\nname = \"wan0\"\nimds = false\nhealth_interval = 2\n");
+    f.start(&cfg);
+    let n = f.nat_init();
+    let lease = n.wait_for("dhcp lease", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: dhcp lease ")
+    });
+    assert_eq!(field(&lease, "mtu"), "9001", "{lease}");
+    let ready = n.wait_for("ready", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    assert!(
+        n.seen
+            .iter()
+            .any(|l| l == "nat-init: nft table ip nat_instance installed and verified"),
+        "{:?}",
+        n.seen
+    );
+    assert!(
+        n.seen
+            .iter()
+            .any(|l| l.starts_with("nat-init: flowtable ft ")),
+        "a flowtable line: {:?}",
+        n.seen
+    );
+    assert!(
+        !n.seen.iter().any(|l| l.starts_with("nat-init: error")),
+        "no error on a clean boot: {:?}",
+        n.seen
+    );
+    assert_eq!(field(&ready, "iface"), "wan0");
+    let addr = field(&ready, "addr");
+    assert!(
+        addr.starts_with("10.77.0.") && addr.ends_with("/24"),
+        "{ready}"
+    );
+    assert_eq!(field(&ready, "gw"), VPC_ROUTER);
+    assert_eq!(field(&ready, "mtu"), "9001");
+    assert_eq!(field(&ready, "private"), DEFAULT_PRIVATE);
+    assert!(field(&ready, "elapsed_ms").parse::<u64>().unwrap() > 0);
+    let health = n.wait_for("health", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: health ")
+    });
+    let left: u64 = field(&health, "lease_left_s").parse().unwrap();
+    assert!((100..=120).contains(&left), "{health}");
+
+    // What the kernel holds now.
+    let link = f.ns(&["ip", "-o", "link", "show", "wan0"]);
+    assert!(link.contains("mtu 9001"), "{link}");
+    let addrs = f.ns(&["ip", "-o", "-4", "addr", "show", "dev", "wan0"]);
+    assert!(addrs.contains(&format!("inet {addr} ")), "{addrs}");
+    assert!(
+        addrs.contains("valid_lft 1"),
+        "lease lifetime on the address: {addrs}"
+    );
+    let routes = f.ns(&["ip", "route", "show", "default"]);
+    assert!(
+        routes.contains(&format!("default via {VPC_ROUTER} dev wan0"))
+            && routes.contains("mtu 1500"),
+        "{routes}"
+    );
+    let table = f.ns(&["nft", "list", "table", "ip", "nat_instance"]);
+    assert!(table.contains("masquerade"), "{table}");
+    assert!(table.contains("oifname \"wan0\""), "{table}");
+    assert_eq!(f.ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    assert_eq!(
+        f.ns(&["cat", "/proc/sys/net/ipv4/conf/all/send_redirects"])
+            .trim(),
+        "0"
+    );
+
+    // The client's default route points at the NAT instance, as a private subnet's does.
+    let nat_ip = addr.split('/').next().unwrap().to_string();
+    sh(
+        "ip",
+        &["-n", &f.client, "route", "add", "default", "via", &nat_ip],
+    );
+    let seen = tcp_through_nat(&f, 8080).unwrap();
+    assert_eq!(
+        seen.ip().to_string(),
+        nat_ip,
+        "the server must see the NAT's address (masquerade)"
+    );
+    let n = f.nat_init();
+    let health = n.wait_for("health after traffic", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: health ")
+    });
+    assert!(
+        field(&health, "forwarded_packets").parse::<u64>().unwrap() >= 3,
+        "{health}"
+    );
+
+    // Drift: someone turns forwarding off; the next health tick puts it back.
+    f.ns(&["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]);
+    let n = f.nat_init();
+    let drift = n.wait_for("sysctl drift", Duration::from_secs(6), |l| {
+        l.starts_with("nat-init: error sysctl ")
+    });
+    assert!(drift.contains("ip_forward"), "{drift}");
+    n.wait_for("ready again", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    assert_eq!(f.ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+
+    // Drift: the table is deleted; the next health tick reinstalls it.
+    f.ns(&["nft", "delete", "table", "ip", "nat_instance"]);
+    let n = f.nat_init();
+    n.wait_for("nft drift", Duration::from_secs(6), |l| {
+        l.starts_with("nat-init: error nft ") && l.ends_with("; reinstalling")
+    });
+    n.wait_for("ready after reinstall", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    let table = f.ns(&["nft", "list", "table", "ip", "nat_instance"]);
+    assert!(table.contains("masquerade"), "{table}");
+
+    // SIGKILL: the NAT stays configured; the restarted nat-init keeps the verified table.
+    let n = f.nat_init();
+    n.signal("-KILL");
+    let _ = n.wait_exit(Duration::from_secs(5));
+    let table = f.ns(&["nft", "list", "table", "ip", "nat_instance"]);
+    assert!(
+        table.contains("masquerade"),
+        "table gone after SIGKILL: {table}"
+    );
+    f.start(&cfg);
+    let n = f.nat_init();
+    let ready2 = n.wait_for("ready after restart", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    assert_eq!(field(&ready2, "iface"), "wan0");
+    assert_eq!(field(&ready2, "addr"), addr, "same lease after restart");
+    assert!(
+        n.seen.iter().any(
+            |l| l == "nat-init: nft table ip nat_instance already installed and verified; kept"
+        ),
+        "{:?}",
+        n.seen
+    );
+
+    // Renewal at T1 (half of the 2-minute lease), without a second ready line.
+    let renewed = n.wait_for("dhcp renewed", Duration::from_secs(80), |l| {
+        l.starts_with("nat-init: dhcp renewed ")
+    });
+    assert_eq!(field(&renewed, "addr"), addr);
+    let s: u64 = field(&renewed, "lease_s").parse().unwrap();
+    assert!((110..=120).contains(&s), "{renewed}");
+    n.wait_for("health after renewal", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: health ")
+    });
+    assert!(
+        n.seen
+            .iter()
+            .filter(|l| l.starts_with("nat-init: ready "))
+            .count()
+            == 1,
+        "a renewal is not a new ready: {:?}",
+        n.seen
+    );
+
+    // SIGTERM: prompt exit 0, ruleset left in place.
+    n.signal("-TERM");
+    let status = n.wait_exit(Duration::from_secs(3));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let table = f.ns(&["nft", "list", "table", "ip", "nat_instance"]);
+    assert!(table.contains("masquerade"), "{table}");
+}
+
+#[test]
+fn no_dhcp_server_is_reported_not_silent() {
+    let mut f = Fixture::new(false);
+    let cfg =
+        f.write_config("interface = \"eth0\"\nrename = false\nimds = false\ndhcp_timeout = 2\n");
+    f.start(&cfg);
+    let n = f.nat_init();
+    let e = n.wait_for("dhcp error", Duration::from_secs(10), |l| {
+        l.starts_with("nat-init: error dhcp ")
+    });
+    assert!(e.contains("no lease on eth0 after 2 s"), "{e}");
+    n.signal("-TERM");
+    assert_eq!(n.wait_exit(Duration::from_secs(3)).code(), Some(0));
+}
+
+#[test]
+fn bad_config_and_missing_interface_are_reported_not_silent() {
+    let mut f = Fixture::new(false);
+    // Invalid: the whole baked file is refused (defaults: no pinned interface, and a veth is
+    // not on PCI, so no primary interface is found).
+    let cfg = f.write_config("imds = false\nbogus = 1\n");
+    f.start(&cfg);
+    let n = f.nat_init();
+    let e = n.wait_for("config error", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: error config ")
+    });
+    assert!(e.contains("line 2") && e.contains("bogus"), "{e}");
+    let e = n.wait_for("link error", Duration::from_secs(15), |l| {
+        l.starts_with("nat-init: error link ")
+    });
+    assert!(e.contains("no Ethernet device on PCI"), "{e}");
+    assert!(e.contains("retrying in"), "{e}");
+    n.signal("-TERM");
+    assert_eq!(n.wait_exit(Duration::from_secs(3)).code(), Some(0));
+}
