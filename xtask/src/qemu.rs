@@ -229,6 +229,8 @@ pub fn interactive(image_dir: &Path, net: Net, mem_mib: u32) -> Result<()> {
 pub struct Vm {
     child: Child,
     lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// When each line arrived, since `started`; pushed under the `lines` lock, so indices match.
+    arrivals: Arc<Mutex<Vec<Duration>>>,
     qmp: PathBuf,
     started: Instant,
     _dir: TempDir,
@@ -248,6 +250,8 @@ impl Vm {
             .spawn()
             .context("starting qemu-system-aarch64")?;
         let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
         let echo = std::env::var_os("XTASK_SERIAL").is_some();
         for stream in [
             child
@@ -263,6 +267,7 @@ impl Vm {
         .flatten()
         {
             let lines = Arc::clone(&lines);
+            let arrivals = Arc::clone(&arrivals);
             std::thread::spawn(move || {
                 let mut r = BufReader::new(stream);
                 let mut buf = Vec::new();
@@ -276,6 +281,9 @@ impl Vm {
                     let (m, cv) = &*lines;
                     if let Ok(mut v) = m.lock() {
                         v.push(line);
+                        if let Ok(mut a) = arrivals.lock() {
+                            a.push(started.elapsed());
+                        }
                     }
                     cv.notify_all();
                     buf.clear();
@@ -285,8 +293,9 @@ impl Vm {
         Ok(Self {
             child,
             lines,
+            arrivals,
             qmp,
-            started: Instant::now(),
+            started,
             _dir: dir,
         })
     }
@@ -328,6 +337,15 @@ impl Vm {
 
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
         Ok(self.wait_for_from(0, needle, timeout)?.1)
+    }
+
+    /// The console lines with when each arrived (since QEMU started).
+    pub fn lines_with_arrivals(&self) -> Vec<(String, Duration)> {
+        let Ok(lines) = self.lines.0.lock() else {
+            return Vec::new();
+        };
+        let arrivals = self.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+        lines.iter().cloned().zip(arrivals).collect()
     }
 
     pub fn log(&self) -> String {

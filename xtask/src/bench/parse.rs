@@ -3,14 +3,16 @@
 
 use serde_json::{Value, json};
 
-/// A point in the boot, found as the first console line (with a kernel timestamp) whose text
-/// after the timestamp starts with `needles[0]` and contains every other needle.
+/// A point in the boot, found as the first console line whose text (after a kernel timestamp,
+/// if any) starts with `needles[0]` and contains every other needle.
 #[derive(Debug, Clone, Copy)]
 pub struct Milestone {
     pub name: &'static str,
     pub needles: &'static [&'static str],
     /// The phase ending here is mostly waiting for a server (DHCP, IMDS), not the guest's work.
     pub waits: bool,
+    /// The point is the start of the `in N ms` the line reports, not the line itself.
+    pub began: bool,
 }
 
 const fn m(name: &'static str, needles: &'static [&'static str], waits: bool) -> Milestone {
@@ -18,12 +20,17 @@ const fn m(name: &'static str, needles: &'static [&'static str], waits: bool) ->
         name,
         needles,
         waits,
+        began: false,
     }
 }
 
-/// Ours: kernel, init (mounts, modules), nat-init's steps.
+/// Ours: init (mounts, modules), nat-init's steps. Under the image's `quiet` command line the
+/// kernel prints nothing, so init's start is its module line less the time it reports.
 pub const OURS_MILESTONES: &[Milestone] = &[
-    m("kernel_to_init", &["Run /init as init process"], false),
+    Milestone {
+        began: true,
+        ..m("init_started", &["init: loaded "], false)
+    },
     m("modules_loaded", &["init: loaded "], false),
     m("init_up", &["init: up in"], false),
     m("nat_init_started", &["nat-init: starting"], false),
@@ -35,14 +42,82 @@ pub const OURS_MILESTONES: &[Milestone] = &[
     m("ready", &["nat-init: ready "], false),
 ];
 
-/// The baseline script's own log lines.
+/// The baseline script's own lines (each carries `uptime=`).
 pub const BASELINE_MILESTONES: &[Milestone] = &[
-    m("kernel_to_init", &["Run /init as init process"], false),
-    m("script_started", &["baseline: start"], false),
+    m("init_started", &["baseline: start"], false),
     m("modules_loaded", &["baseline: modules"], false),
     m("dhcp_bound", &["baseline: dhcp"], true),
     m("ready", &["baseline: ready "], false),
 ];
+
+/// The guest clock a line carries itself, in ms since kernel start (CLOCK_BOOTTIME):
+/// `elapsed_ms=N`, `uptime=S.ss`, or init's `up in N ms`.
+pub fn own_clock(text: &str) -> Option<f64> {
+    if let Some(v) = field(text, "elapsed_ms") {
+        return v.parse().ok();
+    }
+    if let Some(v) = field(text, "uptime") {
+        return v.parse::<f64>().ok().map(|s| s * 1000.0);
+    }
+    if text.contains("init: up in ") {
+        return reported_ms(text);
+    }
+    None
+}
+
+/// The N of the first `in N ms` in a line.
+pub fn reported_ms(text: &str) -> Option<f64> {
+    let i = text.find(" in ")?;
+    let mut w = text[i + 4..].split_whitespace();
+    let n: f64 = w.next()?.parse().ok()?;
+    (w.next()? == "ms").then_some(n)
+}
+
+/// The milestones found in the console lines (text, arrival ms on the host), in time order,
+/// in guest ms since kernel start. Each line's time is its kernel timestamp, else the clock it
+/// carries, else its arrival time relative to the nearest line with such a clock (TCG runs the
+/// guest's clock at the host's rate, and the serial console adds well under a millisecond).
+pub fn milestone_times(lines: &[(String, f64)], milestones: &[Milestone]) -> Vec<(String, f64)> {
+    let text = |l: &str| -> (Option<f64>, String) {
+        match timestamped(l) {
+            Some((t, rest)) => (Some(t * 1000.0), rest.to_string()),
+            None => (None, l.trim().to_string()),
+        }
+    };
+    let parsed: Vec<(Option<f64>, String, f64)> = lines
+        .iter()
+        .map(|(l, arrived)| {
+            let (ts, t) = text(l);
+            (ts, t, *arrived)
+        })
+        .collect();
+    let anchors: Vec<(f64, f64)> = parsed
+        .iter()
+        .filter_map(|(ts, t, arrived)| ts.or_else(|| own_clock(t)).map(|g| (g, *arrived)))
+        .collect();
+    // The nearest line with a guest clock, so that drift between the clocks stays small.
+    let anchor = |arrived: f64| {
+        anchors
+            .iter()
+            .min_by(|x, y| (x.1 - arrived).abs().total_cmp(&(y.1 - arrived).abs()))
+            .copied()
+    };
+    let mut found: Vec<(String, f64)> = milestones
+        .iter()
+        .filter_map(|ms| {
+            let (ts, t, arrived) = parsed.iter().find(|(_, t, _)| {
+                t.starts_with(ms.needles[0]) && ms.needles[1..].iter().all(|n| t.contains(n))
+            })?;
+            let at = ts
+                .or_else(|| own_clock(t))
+                .or_else(|| anchor(*arrived).map(|(g, a)| g + (arrived - a)))?;
+            let at = if ms.began { at - reported_ms(t)? } else { at };
+            Some((ms.name.to_string(), at))
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.total_cmp(&b.1));
+    found
+}
 
 /// `[    1.498366] text` -> (1.498366, "text").
 pub fn timestamped(line: &str) -> Option<(f64, &str)> {
@@ -72,25 +147,6 @@ pub fn memory_fields(line: &str) -> Value {
     Value::Object(m)
 }
 
-/// The milestones found in a console log, in time order, in ms since kernel start.
-pub fn milestone_times(log: &str, milestones: &[Milestone]) -> Vec<(String, f64)> {
-    let stamped: Vec<(f64, &str)> = log.lines().filter_map(timestamped).collect();
-    let mut found: Vec<(String, f64)> = milestones
-        .iter()
-        .filter_map(|ms| {
-            stamped
-                .iter()
-                .find(|(_, text)| {
-                    text.starts_with(ms.needles[0])
-                        && ms.needles[1..].iter().all(|n| text.contains(n))
-                })
-                .map(|(t, _)| (ms.name.to_string(), t * 1000.0))
-        })
-        .collect();
-    found.sort_by(|a, b| a.1.total_cmp(&b.1));
-    found
-}
-
 /// Each phase's length: from the previous milestone (or kernel start) to this one.
 pub fn phases(found: &[(String, f64)]) -> Value {
     let mut prev = 0.0;
@@ -112,7 +168,7 @@ fn milestone(name: &str) -> Option<&'static Milestone> {
 /// The guest's own work from init's start to ready, less the phases spent waiting for a
 /// server (DHCP, IMDS). None without the init milestone.
 pub fn own_work(found: &[(String, f64)], ready_ms: f64) -> Option<f64> {
-    let init = found.iter().find(|(n, _)| n == "kernel_to_init")?.1;
+    let init = found.iter().find(|(n, _)| n == "init_started")?.1;
     let mut prev = 0.0;
     let mut waiting = 0.0;
     for (name, t) in found {
@@ -192,19 +248,30 @@ pub fn stage_times(stderr: &str) -> Vec<(String, f64)> {
 mod tests {
     use super::*;
 
+    fn with_arrivals(log: &str) -> Vec<(String, f64)> {
+        // Arrivals 10 ms apart, except where a line says `@N` (then N ms).
+        let mut t = 0.0;
+        log.lines()
+            .map(|l| {
+                t += 10.0;
+                match l.rsplit_once(" @") {
+                    Some((text, at)) => (text.to_string(), at.parse().unwrap()),
+                    None => (l.to_string(), t),
+                }
+            })
+            .collect()
+    }
+
     const OURS_LOG: &str = "\
-[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x410fd083]
-[    1.498366] Run /init as init process
-init: up in 99 ms
-[    1.550000] init: loaded 24 modules in 40 ms (0 failed)
-[    1.560000] init: up in 60 ms
-[    1.570000] nat-init: starting version=0.1.0 config=/etc/nat-init.toml
-[    1.600000] nat-init: link ens5 up with carrier mac=52:54:00:0a:00:0a
-[    1.900000] nat-init: dhcp lease addr=10.0.0.10/24 gw=10.0.0.1 mtu=9001 lease_s=3600 server=10.0.0.1
-[    1.950000] nat-init: imds instance=i-1 mac=52:54:00:0a:00:0a vpc=10.0.0.0/16
-[    1.960000] nat-init: sysctl ip_forward=1
-[    1.970000] nat-init: nft table ip nat installed and verified
-[    1.975000] nat-init: ready iface=ens5 addr=10.0.0.10/24 gw=10.0.0.1 mtu=9001 private=10.0.0.0/16 elapsed_ms=1975
+init: loaded 24 modules in 40 ms (0 failed) @1000
+init: up in 1062 ms @1002
+nat-init: starting version=0.1.0 config=/etc/nat-init.toml @1010
+nat-init: link ens5 up with carrier mac=52:54:00:0a:00:0a @1040
+nat-init: dhcp lease addr=10.0.0.10/24 gw=10.0.0.1 mtu=9001 lease_s=3600 server=10.0.0.1 @1340
+nat-init: imds instance=i-1 mac=52:54:00:0a:00:0a vpc=10.0.0.0/16 @1390
+nat-init: sysctl ip_forward=1 @1400
+nat-init: nft table ip nat installed and verified @1410
+nat-init: ready iface=ens5 addr=10.0.0.10/24 gw=10.0.0.1 mtu=9001 private=10.0.0.0/16 elapsed_ms=1475 @1415
 ";
 
     #[test]
@@ -218,38 +285,62 @@ init: up in 99 ms
         let l = "nat-init: ready iface=ens5 elapsed_ms=1975";
         assert_eq!(field(l, "elapsed_ms"), Some("1975"));
         assert_eq!(field(l, "elapsed"), None);
+        assert_eq!(own_clock(l), Some(1975.0));
+        assert_eq!(
+            own_clock("baseline: ready iface=eth0 uptime=2.43"),
+            Some(2430.0)
+        );
+        assert_eq!(own_clock("init: up in 99 ms"), Some(99.0));
+        assert_eq!(own_clock("nat-init: link ens5 up"), None);
+        assert_eq!(
+            reported_ms("init: loaded 24 modules in 40 ms (0 failed)"),
+            Some(40.0)
+        );
         let m = memory_fields("init: test console: meminfo MemTotal_kb=490240 rss_kb_init=? x");
         assert_eq!(m, json!({"MemTotal_kb": 490240}));
     }
 
     #[test]
     fn milestones_phases_and_own_work() {
-        let found = milestone_times(OURS_LOG, OURS_MILESTONES);
+        let found = milestone_times(&with_arrivals(OURS_LOG), OURS_MILESTONES);
         let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names.len(), OURS_MILESTONES.len(), "{names:?}");
-        assert_eq!(names[0], "kernel_to_init");
+        assert_eq!(names[0], "init_started");
         assert_eq!(names[names.len() - 1], "ready");
-        // The untimestamped copy of "init: up in" is not used.
-        let up = found.iter().find(|(n, _)| n == "init_up").unwrap().1;
-        assert!((up - 1560.0).abs() < 1e-6);
+        let at = |n: &str| found.iter().find(|(x, _)| x == n).unwrap().1;
+        // init's own clock anchors the arrival times: the module line arrived 2 ms before
+        // "up in 1062 ms", and began 40 ms before it arrived.
+        assert!((at("modules_loaded") - 1060.0).abs() < 1e-6);
+        assert!((at("init_started") - 1020.0).abs() < 1e-6);
+        assert!((at("dhcp_bound") - 1400.0).abs() < 1e-6);
+        // The ready line's own clock wins over its arrival.
+        assert!((at("ready") - 1475.0).abs() < 1e-6);
         let p = phases(&found);
-        assert_eq!(p[0], json!(["kernel_to_init", 1498.4]));
+        assert_eq!(p[0], json!(["init_started", 1020.0]));
         assert_eq!(p[5], json!(["dhcp_bound", 300.0]));
-        // 1975 - 1498.366 - 300 (dhcp) - 50 (imds)
-        let own = own_work(&found, 1975.0).unwrap();
-        assert!((own - 126.634).abs() < 1e-6, "{own}");
+        // 1475 - 1020 - 300 (dhcp) - 50 (imds)
+        let own = own_work(&found, 1475.0).unwrap();
+        assert!((own - 105.0).abs() < 1e-6, "{own}");
         assert_eq!(own_work(&[], 1.0), None);
     }
 
     #[test]
+    fn kernel_timestamps_win() {
+        let lines =
+            with_arrivals("[    1.100000] init: loaded 2 modules in 10 ms\ninit: up in 9999 ms");
+        let found = milestone_times(&lines, OURS_MILESTONES);
+        assert_eq!(found[0], ("init_started".to_string(), 1090.0));
+        assert_eq!(found[1], ("modules_loaded".to_string(), 1100.0));
+    }
+
+    #[test]
     fn baseline_milestones() {
-        let log = "[    1.498366] Run /init as init process\n[    1.656733] baseline: start uptime=1.57\n\
-                   [    2.218498] baseline: modules uptime=2.14\n[    2.471718] baseline: dhcp uptime=2.39\n\
-                   [    2.511729] baseline: ready iface=eth0 uptime=2.43\n";
-        let found = milestone_times(log, BASELINE_MILESTONES);
-        assert_eq!(found.len(), 5);
-        let own = own_work(&found, 2511.729).unwrap();
-        assert!((own - (2511.729 - 1498.366 - 253.22)).abs() < 1e-6, "{own}");
+        let log = "baseline: start uptime=1.57\nbaseline: modules uptime=2.14\n\
+                   baseline: dhcp uptime=2.39\nbaseline: ready iface=eth0 uptime=2.43\n";
+        let found = milestone_times(&with_arrivals(log), BASELINE_MILESTONES);
+        assert_eq!(found.len(), 4);
+        let own = own_work(&found, 2430.0).unwrap();
+        assert!((own - (2430.0 - 1570.0 - 250.0)).abs() < 1e-6, "{own}");
     }
 
     #[test]
