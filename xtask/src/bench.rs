@@ -538,7 +538,23 @@ struct Guest {
     wall_s: f64,
 }
 
-fn boot(vpc: &Vpc, img: &Img, how: BootPath, extra_cmdline: &str) -> Result<Guest> {
+/// Another process on this machine may delete our namespaces mid-run (a cleanup of stale
+/// test namespaces); then the VPC is built again, with the same user-data and bench settings.
+fn ensure_vpc(vpc: &mut Vpc) -> Result<()> {
+    if vpc.ns.all_exist() {
+        return Ok(());
+    }
+    say("bench: the VPC's namespaces are gone (deleted by another process); building it again");
+    let user_data = vpc.imds.lock().ok().and_then(|s| s.user_data.clone());
+    // The names would be the new VPC's: the old one must not delete them when dropped.
+    vpc.ns.forget();
+    let new = Vpc::build(LEASE_SECS, user_data).context("building the emulated VPC again")?;
+    drop(std::mem::replace(vpc, new));
+    bench_rules(vpc)
+}
+
+fn boot(vpc: &mut Vpc, img: &Img, how: BootPath, extra_cmdline: &str) -> Result<Guest> {
+    ensure_vpc(vpc)?;
     let mut cfg = VmConfig::new(img.dir.join("disk.raw"));
     cfg.net = Net::Tap(vpc::TAP.to_string());
     cfg.mac = vpc::NAT_MAC.to_string();
@@ -696,11 +712,6 @@ fn sessions(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Vec<(String,
     let mut tput = serde_json::Map::new();
     let secs = if opts.quick { 3 } else { 10 };
     let want_tput = opts.wants(Part::Throughput);
-    if want_tput {
-        // 1500 everywhere on the data path: throughput must not depend on MSS clamping (the
-        // baseline has none and the VPC's internet link is a 1500-byte black hole).
-        vpc.ns.ip("private", "link set eth0 mtu 1500")?;
-    }
 
     // 1. ours, default config (flowtable on): memory, throughput, capacity.
     vpc.set_user_data(Some("# bench\nhealth_interval = 1\n".into()));
@@ -796,30 +807,32 @@ fn sessions(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Vec<(String,
     //    told to skip its nft commands), the internet gateway letting private sources through.
     if want_tput {
         say("bench: session forwarding without NAT rules");
-        vpc.ns
-            .exec(
-                "vpc",
-                "nft",
-                &[
-                    "insert",
-                    "rule",
-                    "ip",
-                    "igw",
-                    "forward_filter",
-                    "ip",
-                    "saddr",
-                    "10.0.1.0/24",
-                    "accept",
-                ],
-            )
-            .context("letting private sources through the emulated internet gateway")?;
         let r = boot(
             vpc,
             &imgs.baseline,
             BootPath::Direct,
             "baseline.mode=forward",
         )
-        .map(|_g| iperf(vpc, secs))
+        .and_then(|_g| {
+            vpc.ns
+                .exec(
+                    "vpc",
+                    "nft",
+                    &[
+                        "insert",
+                        "rule",
+                        "ip",
+                        "igw",
+                        "forward_filter",
+                        "ip",
+                        "saddr",
+                        "10.0.1.0/24",
+                        "accept",
+                    ],
+                )
+                .context("letting private sources through the emulated internet gateway")?;
+            Ok(iperf(vpc, secs))
+        })
         .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
         tput.insert("forward_no_nat".into(), r);
         let bps = |k: &str| tput.get(k).and_then(|v| v["bits_per_second"].as_f64());
@@ -931,6 +944,9 @@ fn iperf(vpc: &Vpc, secs: u32) -> Value {
 }
 
 fn iperf_once(vpc: &Vpc, secs: u32) -> Result<Value> {
+    // 1500 everywhere on the data path: throughput must not depend on MSS clamping (the
+    // baseline has none and the VPC's internet link is a 1500-byte black hole).
+    vpc.ns.ip("private", "link set eth0 mtu 1500")?;
     let server = std::process::Command::new("ip")
         .args([
             "netns",

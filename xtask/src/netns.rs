@@ -55,6 +55,18 @@ impl Namespaces {
         Ok(name)
     }
 
+    /// Stops owning the namespaces: drop will not delete them (they are gone, or someone else's).
+    pub fn forget(&mut self) {
+        self.names.clear();
+    }
+
+    /// Whether every namespace of the set still exists.
+    pub fn all_exist(&self) -> bool {
+        self.names
+            .iter()
+            .all(|n| std::path::Path::new("/run/netns").join(n).exists())
+    }
+
     pub fn name(&self, short: &str) -> String {
         format!("{}-{short}", self.prefix)
     }
