@@ -208,8 +208,14 @@ pub fn capacity(
         "bench: capacity: {flows} flows (guest nf_conntrack_max {max})"
     ));
     let sent = send_flows(&vpc.ns.name("private"), sink_ns.clone(), flows)?;
-    // Let the last datagrams land and two more health lines report.
-    std::thread::sleep(Duration::from_secs(5));
+    // Let the last datagrams land, then wait for a health line computed after the last flow
+    // (with 10^5 entries the guest's count can take seconds under TCG); entries live 30 s.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = g.vm.log().lines().count();
+    let reported =
+        g.vm.wait_for_from(after, health, Duration::from_secs(20))
+            .is_ok();
+    std::thread::sleep(Duration::from_secs(1));
     let arrived = sink_count(&sink_ns)?.saturating_sub(before);
     let log = g.vm.log();
     let counts = conntrack_lines(&log, mark);
@@ -257,6 +263,7 @@ pub fn capacity(
         "send_seconds": round1(sent.seconds),
         "flows_per_second": (sent.sent as f64 / sent.seconds.max(1e-3)).round(),
         "sender_stalls": sent.stalls,
+        "health_line_after_send": reported,
         "guest_forward_drops": guest_drops,
         "mem_available_kb_after": mem_after,
     }))
