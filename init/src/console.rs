@@ -1,8 +1,9 @@
 //! The test console: with `test_console = true` in /etc/init.toml (test images only), init
 //! reads lines from the serial console and obeys `init-test kill <service>`, which SIGKILLs a
 //! running service so that tests can prove supervision on the real boot path, and
-//! `init-test meminfo`, which prints MemAvailable and the RSS of init and each service for
-//! `cargo xtask bench`. Production
+//! `init-test meminfo`, which prints MemAvailable and the RSS of init and each service, and
+//! `init-test read <path>`, which prints the first line of a file under /proc or /sys (both
+//! for `cargo xtask bench`). Production
 //! profiles leave it off, and then init never reads the console.
 
 use std::fs::File;
@@ -15,6 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 pub enum Command {
     Kill(String),
     Meminfo,
+    Read(String),
 }
 
 /// Parses one console line; anything that is not an `init-test` command is ignored, so a
@@ -27,6 +29,12 @@ pub fn parse(line: &str) -> Option<Command> {
     match (words.next()?, words.next(), words.next()) {
         ("kill", Some(name), None) => Some(Command::Kill(name.to_string())),
         ("meminfo", None, None) => Some(Command::Meminfo),
+        ("read", Some(path), None)
+            if (path.starts_with("/proc/") || path.starts_with("/sys/"))
+                && !path.split('/').any(|c| c == "..") =>
+        {
+            Some(Command::Read(path.to_string()))
+        }
         _ => None,
     }
 }
@@ -125,6 +133,12 @@ mod tests {
             Some(Command::Kill("x".into()))
         );
         assert_eq!(parse("init-test meminfo"), Some(Command::Meminfo));
+        assert_eq!(
+            parse("init-test read /proc/sys/net/netfilter/nf_conntrack_count"),
+            Some(Command::Read(
+                "/proc/sys/net/netfilter/nf_conntrack_count".into()
+            ))
+        );
         for ignored in [
             "",
             "kill nat-init",
@@ -133,6 +147,8 @@ mod tests {
             "init-test kill a b",
             "init-test reboot",
             "init-test meminfo now",
+            "init-test read /etc/shadow",
+            "init-test read /proc/../etc/shadow",
         ] {
             assert_eq!(parse(ignored), None, "{ignored:?}");
         }

@@ -261,6 +261,14 @@ impl Init {
                 match command {
                     console::Command::Kill(name) => self.test_kill(&name),
                     console::Command::Meminfo => self.test_meminfo(),
+                    console::Command::Read(path) => {
+                        let first = std::fs::read_to_string(&path)
+                            .map(|t| t.lines().next().unwrap_or_default().to_string());
+                        match first {
+                            Ok(line) => log!("test console: read {path} = {line}"),
+                            Err(e) => log!("test console: read {path}: {e}"),
+                        }
+                    }
                 }
             }
         }

@@ -29,7 +29,8 @@ pub const METHOD: &str = "One UDP datagram per flow from the private client (10.
     8 destination ports of the internet server, through the guest's NAT; as many flows as the guest's configured \
     nf_conntrack_max (the baseline gets ours' count). A raw socket writes the datagrams; at most 512 are in flight \
     (sent but not yet counted by the nftables counter at the server), so the emulated NIC's queue does not drop. \
-    flows held = the peak conntrack count the guest reported (ours: health line every 1 s; baseline: every 2 s); \
+    flows held = the peak conntrack count the guest reported (ours: nf_conntrack_count read through init's test console \
+    3 times after the last flow, and nat-init's health lines; baseline: its health line every 2 s); \
     dropped = sent - arrived at the server. Unreplied UDP entries live 30 s, so the flows must all be opened within \
     that; under TCG the rate is the guest's.";
 
@@ -208,18 +209,41 @@ pub fn capacity(
         "bench: capacity: {flows} flows (guest nf_conntrack_max {max})"
     ));
     let sent = send_flows(&vpc.ns.name("private"), sink_ns.clone(), flows)?;
-    // Let the last datagrams land, then wait for a health line computed after the last flow
-    // (with 10^5 entries the guest's count can take seconds under TCG); entries live 30 s.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let the last datagrams land. Ours: read the kernel's count through init's test console
+    // too, because nat-init's health line can lag by many seconds with 10^5 entries under TCG
+    // and the entries live 30 s.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut reads = Vec::new();
+    if kind == Kind::Ours {
+        const COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
+        for _ in 0..3 {
+            let m = g.vm.log().lines().count();
+            g.vm.send(&format!("init-test read {COUNT}\n"))?;
+            if let Ok((_, l)) =
+                g.vm.wait_for_from(m, &format!("read {COUNT} = "), Duration::from_secs(10))
+                && let Some(n) = l
+                    .rsplit_once(" = ")
+                    .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+            {
+                reads.push(n);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    // And a health line computed after the last flow.
     let after = g.vm.log().lines().count();
     let reported =
-        g.vm.wait_for_from(after, health, Duration::from_secs(20))
+        g.vm.wait_for_from(after, health, Duration::from_secs(10))
             .is_ok();
-    std::thread::sleep(Duration::from_secs(1));
     let arrived = sink_count(&sink_ns)?.saturating_sub(before);
     let log = g.vm.log();
     let counts = conntrack_lines(&log, mark);
-    let peak = counts.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let peak = counts
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(reads.iter().copied())
+        .max()
+        .unwrap_or(0);
     let guest_drops = {
         let dropped = |l: &str| super::field(l, "dropped").and_then(|v| v.parse::<u64>().ok());
         let d = log
@@ -264,6 +288,8 @@ pub fn capacity(
         "flows_per_second": (sent.sent as f64 / sent.seconds.max(1e-3)).round(),
         "sender_stalls": sent.stalls,
         "health_line_after_send": reported,
+        "health_counts": counts.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "console_counts": reads,
         "guest_forward_drops": guest_drops,
         "mem_available_kb_after": mem_after,
     }))
