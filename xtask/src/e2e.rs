@@ -222,10 +222,51 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
     });
     all &= report.check("e2e-flowtable-offload-in-guest-kernel", || {
         vm.wait_for_from(
-            ready_at,
+            0,
             "nat-init: flowtable ft on ens5 active",
             Duration::from_secs(1),
         )?;
+        // A download held open across health ticks: its flow must show up as offloaded.
+        let mark = vm.line_count();
+        let slow = duct::cmd(
+            "ip",
+            [
+                "netns",
+                "exec",
+                &ns_private,
+                "curl",
+                "-sS",
+                "--max-time",
+                "40",
+                "--limit-rate",
+                "100k",
+                "-o",
+                "/dev/null",
+                &format!("http://{}/bytes/2097152", vpc::SERVER),
+            ],
+        )
+        .stdout_null()
+        .stderr_null()
+        .unchecked()
+        .start()?;
+        let seen = (|| -> Result<String> {
+            let mut from = mark;
+            loop {
+                let (i, line) =
+                    vm.wait_for_from(from, "nat-init: health ", Duration::from_secs(30))?;
+                let n: u64 = ready_field(&line, "offloaded")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if n > 0 {
+                    return Ok(line);
+                }
+                from = i + 1;
+            }
+        })();
+        let _ = slow.kill();
+        let line =
+            seen.context("no health line showed an offloaded flow while a download was open")?;
+        say(&format!("flowtable in use: {line}"));
         Ok(())
     });
     all &= report.check("e2e-dhcp-renewal-across-dnsmasq-restart", || {
@@ -290,7 +331,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
     });
     all &= report.check("e2e-supervision-and-invalid-user-data", || {
         vpc.set_user_data(Some(INVALID_USER_DATA.to_string()));
-        let mark = vm.log().lines().count();
+        let mark = vm.line_count();
         vm.send("init-test kill nat-init\n")?;
         vm.wait_for_from(
             mark,

@@ -268,6 +268,11 @@ impl Vm {
         Ok(self.wait_for_from(0, needle, timeout)?.1)
     }
 
+    /// How many console lines have arrived so far.
+    pub fn line_count(&self) -> usize {
+        self.lines.0.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
     pub fn log(&self) -> String {
         self.lines
             .0
