@@ -39,6 +39,7 @@ pub struct Namespaces {
 
 impl Namespaces {
     pub fn new(tag: &str) -> Self {
+        sweep_stale(tag);
         Self {
             prefix: format!("{tag}{}", std::process::id()),
             names: Vec::new(),
