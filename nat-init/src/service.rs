@@ -508,7 +508,7 @@ pub fn health(
     let offloaded = match (flowtable, offloaded) {
         (false, _) => 0,
         (true, Some(n)) => n,
-        (true, None) => c.rule(nft::RULE_FWD_ESTABLISHED).map_or(0, |(p, _)| p),
+        (true, None) => c.rule(nft::RULE_FWD_OFFLOAD).map_or(0, |(p, _)| p),
     };
     Health {
         forwarded_packets: c.forwarded_packets,
@@ -1027,7 +1027,7 @@ mod tests {
             dropped_packets: 2,
             dropped_bytes: 120,
             masqueraded_flows: 3,
-            rules: vec![("forward".into(), nft::RULE_FWD_ESTABLISHED.into(), 6, 9000)],
+            rules: vec![("forward".into(), nft::RULE_FWD_OFFLOAD.into(), 6, 9000)],
         };
         let h = health(&c, true, None, 7, 65536, Some(3500));
         assert_eq!(

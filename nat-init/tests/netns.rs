@@ -5,6 +5,9 @@
 //! namespaces created here. The namespaces are removed in `Drop`, also when a test fails.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+use common::{run, sh, tool_hint};
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -25,36 +28,6 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// A public source the client also owns: flows from it must not be forwarded.
 const ROGUE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
 const TIMEOUT: Duration = Duration::from_millis(1500);
-
-fn tool_hint(tool: &str) -> &'static str {
-    match tool {
-        "ip" => "apt-get install -y iproute2",
-        "nft" => "apt-get install -y nftables",
-        "ping" => "apt-get install -y iputils-ping",
-        _ => "apt-get install -y <package providing it>",
-    }
-}
-
-/// Runs a tool, failing the test with the install command if it is missing.
-fn run(tool: &str, args: &[&str]) -> std::process::Output {
-    match Command::new(tool).args(args).output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`{tool}` is missing; install it with: {}", tool_hint(tool))
-        }
-        Err(e) => panic!("running {tool} {args:?}: {e}"),
-    }
-}
-
-fn sh(tool: &str, args: &[&str]) -> String {
-    let o = run(tool, args);
-    assert!(
-        o.status.success(),
-        "{tool} {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// The three namespaces of one test; deleted on drop.
 struct Topology {

@@ -8,6 +8,9 @@
 //! a test fails.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+use common::{run, sh, tool_hint};
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -22,35 +25,6 @@ const CLIENT_IP: &str = "10.77.0.10";
 /// A public address the vpc namespace owns: the "internet" behind the VPC router.
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn tool_hint(tool: &str) -> &'static str {
-    match tool {
-        "ip" => "apt-get install -y iproute2",
-        "nft" => "apt-get install -y nftables",
-        "dnsmasq" => "apt-get install -y dnsmasq-base",
-        _ => "apt-get install -y <package providing it>",
-    }
-}
-
-fn run(tool: &str, args: &[&str]) -> std::process::Output {
-    match Command::new(tool).args(args).output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`{tool}` is missing; install it with: {}", tool_hint(tool))
-        }
-        Err(e) => panic!("running {tool} {args:?}: {e}"),
-    }
-}
-
-fn sh(tool: &str, args: &[&str]) -> String {
-    let o = run(tool, args);
-    assert!(
-        o.status.success(),
-        "{tool} {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 static SERIAL: AtomicU32 = AtomicU32::new(0);
 

@@ -52,6 +52,25 @@ fn curl(vpc: &Vpc, ns: &str, args: &[&str]) -> Result<String> {
     vpc.ns.exec(ns, "curl", &v)
 }
 
+/// Downloads `bytes` from the internet server through the NAT, from the private client.
+fn download(vpc: &Vpc, bytes: u64) -> Result<()> {
+    let got = curl(
+        vpc,
+        "private",
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("http://{}/bytes/{bytes}", vpc::SERVER),
+        ],
+    )?;
+    if got.trim() != bytes.to_string() {
+        bail!("got {got} of {bytes} bytes");
+    }
+    Ok(())
+}
+
 fn ready_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -120,20 +139,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
     });
     all &= report.check("e2e-tcp-udp-icmp-through-the-nat", || {
         let before = vpc.seen.lock().map(|s| s.http_clients.len()).unwrap_or(0);
-        let got = curl(
-            vpc,
-            "private",
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{size_download}",
-                &format!("http://{}/bytes/4194304", vpc::SERVER),
-            ],
-        )?;
-        if got.trim() != "4194304" {
-            bail!("download of 4 MiB got {got} bytes");
-        }
+        download(vpc, 4194304).context("download of 4 MiB")?;
         let seen = vpc
             .seen
             .lock()
@@ -222,10 +228,51 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
     });
     all &= report.check("e2e-flowtable-offload-in-guest-kernel", || {
         vm.wait_for_from(
-            ready_at,
+            0,
             "nat-init: flowtable ft on ens5 active",
             Duration::from_secs(1),
         )?;
+        // A download held open across health ticks: its flow must show up as offloaded.
+        let mark = vm.line_count();
+        let slow = duct::cmd(
+            "ip",
+            [
+                "netns",
+                "exec",
+                &ns_private,
+                "curl",
+                "-sS",
+                "--max-time",
+                "40",
+                "--limit-rate",
+                "100k",
+                "-o",
+                "/dev/null",
+                &format!("http://{}/bytes/2097152", vpc::SERVER),
+            ],
+        )
+        .stdout_null()
+        .stderr_null()
+        .unchecked()
+        .start()?;
+        let seen = (|| -> Result<String> {
+            let mut from = mark;
+            loop {
+                let (i, line) =
+                    vm.wait_for_from(from, "nat-init: health ", Duration::from_secs(30))?;
+                let n: u64 = ready_field(&line, "offloaded")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if n > 0 {
+                    return Ok(line);
+                }
+                from = i + 1;
+            }
+        })();
+        let _ = slow.kill();
+        let line =
+            seen.context("no health line showed an offloaded flow while a download was open")?;
+        say(&format!("flowtable in use: {line}"));
         Ok(())
     });
     all &= report.check("e2e-dhcp-renewal-across-dnsmasq-restart", || {
@@ -269,20 +316,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
             "ping",
             &["-c", "3", "-W", "2", &vpc::SERVER.to_string()],
         )?;
-        let got = curl(
-            vpc,
-            "private",
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{size_download}",
-                &format!("http://{}/bytes/1048576", vpc::SERVER),
-            ],
-        )?;
-        if got.trim() != "1048576" {
-            bail!("download after renewal got {got} bytes");
-        }
+        download(vpc, 1048576).context("download after renewal")?;
         if !vpc.dnsmasq_log().contains("DHCPACK") {
             bail!("dnsmasq logged no DHCPACK after its restart");
         }
@@ -290,7 +324,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
     });
     all &= report.check("e2e-supervision-and-invalid-user-data", || {
         vpc.set_user_data(Some(INVALID_USER_DATA.to_string()));
-        let mark = vm.log().lines().count();
+        let mark = vm.line_count();
         vm.send("init-test kill nat-init\n")?;
         vm.wait_for_from(
             mark,
@@ -313,20 +347,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
                 vpc::VPC_CIDR
             );
         }
-        let got = curl(
-            vpc,
-            "private",
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{size_download}",
-                &format!("http://{}/bytes/65536", vpc::SERVER),
-            ],
-        )?;
-        if got.trim() != "65536" {
-            bail!("download after the restart got {got} bytes");
-        }
+        download(vpc, 65536).context("download after the restart")?;
         Ok(())
     });
     all &= report.check("e2e-acpi-powerdown-within-15s", || {

@@ -39,6 +39,7 @@ pub struct Namespaces {
 
 impl Namespaces {
     pub fn new(tag: &str) -> Self {
+        sweep_stale(tag);
         Self {
             prefix: format!("{tag}{}", std::process::id()),
             names: Vec::new(),
@@ -144,6 +145,33 @@ impl Namespaces {
             );
         }
         s
+    }
+}
+
+/// Removes namespaces (and the processes in them) that an earlier run with this tag left
+/// behind when it was killed before it could clean up.
+fn sweep_stale(tag: &str) {
+    let Ok(list) = sh("ip", &["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(tag)
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(p, _)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        for p in sh("ip", &["netns", "pids", name])
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = sh("kill", &["-9", p]);
+        }
+        let _ = sh("ip", &["netns", "del", name]);
     }
 }
 

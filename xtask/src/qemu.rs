@@ -348,6 +348,11 @@ impl Vm {
         lines.iter().cloned().zip(arrivals).collect()
     }
 
+    /// How many console lines have arrived so far.
+    pub fn line_count(&self) -> usize {
+        self.lines.0.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
     pub fn log(&self) -> String {
         self.lines
             .0

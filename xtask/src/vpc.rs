@@ -338,12 +338,8 @@ fn start_internet_servers(ns: &str, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool
     Ok(())
 }
 
-/// A minimal HTTP/1.1 server: `GET /bytes/N` sends N bytes; `POST /upload` reads the body and
-/// answers with its length. One request per connection.
-fn serve_http(s: TcpStream, seen: &Arc<Mutex<Seen>>) -> Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut w = s;
+/// The request line's method and path, and the headers (names lower-cased).
+fn read_request(r: &mut impl BufRead) -> Result<(String, String, BTreeMap<String, String>)> {
     let mut request = String::new();
     r.read_line(&mut request)?;
     let mut headers = BTreeMap::new();
@@ -357,7 +353,19 @@ fn serve_http(s: TcpStream, seen: &Arc<Mutex<Seen>>) -> Result<()> {
         }
     }
     let mut parts = request.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    Ok((method, path, headers))
+}
+
+/// A minimal HTTP/1.1 server: `GET /bytes/N` sends N bytes; `POST /upload` reads the body and
+/// answers with its length. One request per connection.
+fn serve_http(s: TcpStream, seen: &Arc<Mutex<Seen>>) -> Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let (method, path, headers) = read_request(&mut r)?;
+    let (method, path) = (method.as_str(), path.as_str());
     let body: Vec<u8> = if method == "GET" && path.starts_with("/bytes/") {
         let n: usize = path[7..].parse().unwrap_or(0).min(64 << 20);
         vec![b'x'; n]
@@ -425,23 +433,7 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
-    let mut request = String::new();
-    r.read_line(&mut request)?;
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let mut parts = request.split_whitespace();
-    let (method, path) = (
-        parts.next().unwrap_or("").to_string(),
-        parts.next().unwrap_or("").to_string(),
-    );
+    let (method, path, headers) = read_request(&mut r)?;
     let user_data = {
         let mut g = state
             .lock()
