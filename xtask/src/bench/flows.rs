@@ -180,6 +180,21 @@ fn conntrack_lines(log: &str, from: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
+const COUNT_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
+
+/// The guest kernel's conntrack count, read through init's test console (ours only).
+fn console_count(g: &mut Guest) -> Result<Option<u64>> {
+    let m = g.vm.log().lines().count();
+    g.vm.send(&format!("init-test read {COUNT_PATH}\n"))?;
+    Ok(g.vm
+        .wait_for_from(m, &format!("read {COUNT_PATH} = "), Duration::from_secs(10))
+        .ok()
+        .and_then(|(_, l)| {
+            l.rsplit_once(" = ")
+                .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+        }))
+}
+
 pub fn capacity(
     vpc: &Vpc,
     g: &mut Guest,
@@ -202,6 +217,13 @@ pub fn capacity(
     if quick && target.is_none() {
         flows = flows.min(QUICK_FLOWS);
     }
+    // Entries already in the table (the guest's own IMDS connections, earlier tests).
+    let entries_before = match kind {
+        Kind::Ours => console_count(g)?,
+        Kind::Baseline => conntrack_lines(&g.vm.log(), g.ready_at)
+            .last()
+            .map(|(n, _)| *n),
+    };
     let sink_ns = vpc.ns.name("internet");
     let before = sink_count(&sink_ns)?;
     let mark = g.vm.log().lines().count();
@@ -215,16 +237,8 @@ pub fn capacity(
     std::thread::sleep(Duration::from_secs(1));
     let mut reads = Vec::new();
     if kind == Kind::Ours {
-        const COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
         for _ in 0..3 {
-            let m = g.vm.log().lines().count();
-            g.vm.send(&format!("init-test read {COUNT}\n"))?;
-            if let Ok((_, l)) =
-                g.vm.wait_for_from(m, &format!("read {COUNT} = "), Duration::from_secs(10))
-                && let Some(n) = l
-                    .rsplit_once(" = ")
-                    .and_then(|(_, n)| n.trim().parse::<u64>().ok())
-            {
+            if let Some(n) = console_count(g)? {
                 reads.push(n);
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -280,6 +294,7 @@ pub fn capacity(
     ));
     Ok(json!({
         "configured_max": max,
+        "entries_before": entries_before,
         "flows_sent": sent.sent,
         "flows_arrived": arrived,
         "dropped": sent.sent.saturating_sub(arrived),
