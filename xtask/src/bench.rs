@@ -890,8 +890,10 @@ fn sessions(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Vec<(String,
         out.push(("memory".to_string(), Value::Object(memory)));
     }
     if opts.wants(Part::Capacity) {
-        // Met when the table holds 131072 entries or more and filled up to its configured
-        // maximum (less what was there before: those slots are the guest's own) with no drop.
+        // Met when the configured maximum is at least 131072, no flow was dropped, and the
+        // table reached that maximum (less the entries already there) within 0.01 %: at the
+        // limit the kernel early-drops a few unreplied entries to make room, which costs no
+        // packet.
         let c = capacity.get("ours").cloned().unwrap_or_default();
         let met = match (
             c["peak_conntrack"].as_u64(),
@@ -900,15 +902,9 @@ fn sessions(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Vec<(String,
         ) {
             (Some(held), Some(max), Some(dropped)) => {
                 let before = c["entries_before"].as_u64().unwrap_or(0);
-                Some(
-                    max >= CAPACITY_GOAL
-                        && dropped == 0
-                        && held
-                            >= c["flows_sent"]
-                                .as_u64()
-                                .unwrap_or(0)
-                                .min(max - before.min(max)),
-                )
+                let room = max - before.min(max);
+                let want = c["flows_sent"].as_u64().unwrap_or(0).min(room);
+                Some(max >= CAPACITY_GOAL && dropped == 0 && held as f64 >= 0.9999 * want as f64)
             }
             _ => None,
         };
