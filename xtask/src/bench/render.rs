@@ -156,7 +156,7 @@ pub fn markdown(r: &Value) -> String {
         }
         let _ = writeln!(
             s,
-            "\nMethod: {}. own work = ready − init_started − the phases ending in a server's answer (DHCP lease; IMDS for ours).",
+            "\nMethod: {} Own work = ready − init_started − the phases ending in a server's answer (DHCP lease; IMDS for ours).",
             num(&b["method"])
         );
     }
