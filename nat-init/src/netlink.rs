@@ -11,7 +11,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, CacheInfo};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage, State};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
     RouteScope, RouteType,
@@ -298,23 +298,19 @@ fn link_from(msg: LinkMessage) -> Link {
         carrier: msg.header.flags.contains(LinkFlags::LowerUp),
         is_ether: msg.header.link_layer_type == LinkLayerType::Ether,
     };
-    let mut oper_up = None;
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Mtu(m) => link.mtu = m,
             LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::Carrier(c) => link.carrier = c != 0,
-            LinkAttribute::OperState(s) => oper_up = Some(matches!(s, State::Up | State::Unknown)),
             _ => {}
         }
     }
-    // IFLA_CARRIER is reported even for a down link; only trust it while the link is up.
-    if !link.up {
-        link.carrier = false;
-    } else if let Some(op) = oper_up {
-        link.carrier = link.carrier && op;
-    }
+    // IFLA_CARRIER is reported even for a down link; only trust it while the link is up. Not
+    // combined with the operstate: the kernel's linkwatch updates that up to a second late,
+    // which cost every boot that second before DHCP started.
+    link.carrier = link.carrier && link.up;
     link
 }
 
