@@ -72,7 +72,7 @@ impl Report {
 }
 
 pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
-    let want = |p: Part| only.is_none_or(|o| o == p) && (p != Part::Bench || only.is_some());
+    let want = |p: Part| only.is_none_or(|o| o == p);
     let mut report = Report::default();
     if want(Part::Host) {
         hostdeps::ensure(hostdeps::QEMU)?;
