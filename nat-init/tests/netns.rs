@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
-use common::{run, sh, tool_hint};
+use common::{run, sh, spawn_in_ns, tool_hint};
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -167,19 +167,6 @@ fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
         })
         .join()
         .unwrap()
-    })
-}
-
-/// Starts `f` on a thread inside `ns` and returns its handle (for servers).
-fn spawn_in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = Path::new("/run/netns").join(ns);
-    std::thread::spawn(move || {
-        let fd = File::open(path).unwrap();
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
     })
 }
 

@@ -9,12 +9,11 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
-use common::{run, sh, tool_hint};
+use common::{run, sh, spawn_in_ns, tool_hint};
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -277,19 +276,6 @@ impl Drop for Fixture {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn spawn_in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = Path::new("/run/netns").join(ns);
-    std::thread::spawn(move || {
-        let fd = File::open(path).unwrap();
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
 }
 
 /// One TCP exchange from the client namespace to the server address in the vpc namespace;

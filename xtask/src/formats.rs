@@ -43,7 +43,8 @@ fn removed_on_error(out: &Path, result: Result<()>) -> Result<()> {
     result
 }
 
-fn vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]) -> Result<()> {
+/// Opens a raw disk image and checks that it is a whole number of sectors.
+fn open_raw(raw: &Path) -> Result<(File, u64)> {
     let input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let len = input
         .metadata()
@@ -54,6 +55,11 @@ fn vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]) -> Resul
         "{} is {len} bytes, not a whole number of 512-byte sectors",
         raw.display()
     );
+    Ok((input, len))
+}
+
+fn vhd_fixed(raw: &Path, out: &Path, created_unix: u64, seed: [u8; 32]) -> Result<()> {
+    let (input, len) = open_raw(raw)?;
     ensure!(
         len <= VHD_MAX_BYTES,
         "{} is {len} bytes; a VHD holds at most {VHD_MAX_BYTES}",
@@ -245,16 +251,7 @@ pub fn write_vmdk_stream(raw: &Path, out: &Path, progress: &mut dyn FnMut(u64, u
 }
 
 fn vmdk_stream(raw: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-    let input = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
-    let len = input
-        .metadata()
-        .with_context(|| format!("reading the size of {}", raw.display()))?
-        .len();
-    ensure!(
-        len > 0 && len.is_multiple_of(SECTOR),
-        "{} is {len} bytes, not a whole number of 512-byte sectors",
-        raw.display()
-    );
+    let (input, len) = open_raw(raw)?;
     let name = out
         .file_name()
         .and_then(|n| n.to_str())

@@ -219,16 +219,7 @@ fn resolve_with(
             )
         });
         if !used {
-            bail!(
-                "{} ({}) matches none of the requested packages: {}",
-                local.path.display(),
-                local.control.package,
-                requests
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            return Err(unmatched_local(local, requests));
         }
     }
     let cache_dir = std::path::absolute(&opts.cache_dir)
@@ -338,16 +329,7 @@ fn resolve_with(
         new_lock.insert(req.role.clone(), entry);
     }
     if let Some(unused) = locals.first() {
-        bail!(
-            "{} ({}) matches none of the requested packages: {}",
-            unused.path.display(),
-            unused.control.package,
-            requests
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        return Err(unmatched_local(unused, requests));
     }
 
     if opts.locked {
@@ -479,6 +461,16 @@ fn single_deb(dir: &Path) -> Result<PathBuf> {
             dir.display()
         ),
     }
+}
+
+fn unmatched_local(local: &LocalDeb, requests: &[Request]) -> anyhow::Error {
+    let names: Vec<&str> = requests.iter().map(|r| r.name.as_str()).collect();
+    anyhow::anyhow!(
+        "{} ({}) matches none of the requested packages: {}",
+        local.path.display(),
+        local.control.package,
+        names.join(", ")
+    )
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -1,6 +1,8 @@
 //! Helpers shared by the root network-namespace tests: running host tools, and failing with
 //! the exact install command when one is missing (a test never skips for lack of a tool).
 
+use std::fs::File;
+use std::path::Path;
 use std::process::Command;
 
 pub fn tool_hint(tool: &str) -> &'static str {
@@ -33,4 +35,17 @@ pub fn sh(tool: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs `f` on a new thread inside network namespace `ns` and returns its handle.
+pub fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = Path::new("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let fd = File::open(path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
 }
