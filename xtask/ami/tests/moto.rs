@@ -19,41 +19,42 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-const MOTO: &str = "moto[server]==5.2.5";
 const MOTO_VERSION: &str = "5.2.5";
 const MOTO_BLOCK: usize = 512;
 /// Any key works with moto unless IAM enforcement is on.
 const TEST_CREDS: (&str, &str) = ("testing", "testing");
 
-/// Installs the pinned moto when it is missing or another version, once per test process.
-fn ensure_moto() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(install_moto);
+/// The `moto_server` to run: host setup (`cargo xtask test`) installs the pinned moto into a
+/// virtual environment and names it in XTASK_MOTO_SERVER; tests install nothing themselves.
+fn moto_server() -> PathBuf {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find_moto).clone()
 }
 
-fn install_moto() {
-    let version = Command::new("python3")
+fn find_moto() -> PathBuf {
+    let server = std::env::var_os("XTASK_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("moto_server"));
+    // The venv's python sits beside its moto_server; a moto_server on PATH uses python3.
+    let python = server
+        .parent()
+        .map(|d| d.join("python3"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let version = Command::new(&python)
         .args(["-c", "import moto; print(moto.__version__)"])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let has_server = Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if version.as_deref() == Some(MOTO_VERSION) && has_server.is_ok_and(|s| s.success()) {
-        return;
-    }
-    let status = Command::new("pip")
-        .args(["install", "--quiet", MOTO])
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("`pip install '{MOTO}'` failed ({s}); run it by hand"),
-        Err(e) => panic!("pip is unavailable ({e}): install moto with: pip install '{MOTO}'"),
-    }
+    assert!(
+        version.as_deref() == Some(MOTO_VERSION),
+        "these tests need moto {MOTO_VERSION} (found {version:?} through {}); run them with \
+         `cargo xtask test`, which installs it, or set XTASK_MOTO_SERVER to a moto_server of \
+         that version",
+        python.display()
+    );
+    server
 }
 
 /// moto_server on loopback; killed when dropped.
@@ -82,13 +83,12 @@ impl Moto {
     }
 
     fn start_with_env(name: &str, env: &[(&str, &str)]) -> Moto {
-        ensure_moto();
         let dir = std::env::temp_dir().join(format!("xtask-ami-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-        let child = Command::new("moto_server")
+        let child = Command::new(moto_server())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_RECORDER_FILEPATH", dir.join("recording.jsonl"))
             .envs(env.iter().copied())
