@@ -22,6 +22,7 @@ use aws_sdk_ec2::types::{
     ResourceType, SnapshotDiskContainer, SnapshotState, Tag, TagSpecification, UserBucket,
     VolumeType,
 };
+use aws_smithy_http_client::tls;
 
 use crate::blocks::{self, Scan, human_bytes};
 use crate::checksum;
@@ -49,7 +50,13 @@ struct Clients {
 /// yields no region or no credentials.
 async fn clients(args: &Args) -> Result<Clients> {
     // One retry layer: ours (retry.rs). The SDK's would multiply the attempts.
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
