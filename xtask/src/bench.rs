@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::image::{self, say};
+use crate::image;
 use crate::qemu::{DirectBoot, Net, Vm, VmConfig};
+use crate::report::say;
 use crate::vpc::{self, Vpc};
 use crate::{hostdeps, netns};
 
@@ -1035,7 +1036,7 @@ fn bench_rules(vpc: &Vpc) -> Result<()> {
 /// `cargo xtask test --only bench`: the bench in its quickest form (sizes, warm build, one
 /// direct boot of each image), checking that every figure came out. Not part of the default
 /// test run: benchmarks do not run in CI.
-pub fn smoke(root: &Path, report: &mut crate::testsuite::Report) -> Result<()> {
+pub fn smoke(root: &Path, report: &mut crate::report::Report) -> Result<()> {
     let mut opts = Options::new(root, true);
     opts.parts = vec![Part::Sizes, Part::Build, Part::Boot];
     opts.out = crate::target_dir(root).join("bench-smoke");

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::image::{self, say};
+use crate::image;
 use crate::qemu::{Net, Vm, VmConfig};
-use crate::testsuite::Report;
+use crate::report::{Report, say};
 use crate::vpc::{self, Vpc};
 
 /// The DHCP lease the VPC hands out: short, so that renewal (at half of it) happens within

@@ -24,6 +24,7 @@ mod netns;
 mod packages;
 mod profile;
 mod qemu;
+mod report;
 mod rootfs;
 mod testsuite;
 mod vpc;

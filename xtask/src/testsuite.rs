@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::image::{self, say};
+use crate::image;
 use crate::qemu::{Net, Vm, VmConfig};
+use crate::report::{Report, say};
 use crate::{digest, hostdeps};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,42 +33,6 @@ impl Part {
             "bench" => Self::Bench,
             _ => bail!("--only {s:?}: expected host, image, boot, e2e or bench"),
         })
-    }
-}
-
-/// Named checks with their outcomes.
-#[derive(Default)]
-pub struct Report {
-    results: Vec<(String, Result<(), String>, f64)>,
-}
-
-impl Report {
-    pub fn check(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
-        say(&format!("test {name} ..."));
-        let t = Instant::now();
-        let r = f().map_err(|e| format!("{e:#}"));
-        let secs = t.elapsed().as_secs_f64();
-        match &r {
-            Ok(()) => say(&format!("test {name} ... ok ({secs:.1} s)")),
-            Err(e) => say(&format!("test {name} ... FAILED ({secs:.1} s)\n{e}")),
-        }
-        let ok = r.is_ok();
-        self.results.push((name.to_string(), r, secs));
-        ok
-    }
-
-    fn finish(&self) -> Result<()> {
-        let failed: Vec<_> = self.results.iter().filter(|r| r.1.is_err()).collect();
-        let passed = self.results.len() - failed.len();
-        for f in &failed {
-            say(&format!("FAILED: {}", f.0));
-        }
-        println!("xtask: {passed} passed, {} failed", failed.len());
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            bail!("{} xtask test(s) failed", failed.len())
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{Guest, Kind, round1};
-use crate::image::say;
+use crate::report::say;
 use crate::vpc::{self, Vpc};
 
 pub const FIRST_PORT: u16 = 9000;
