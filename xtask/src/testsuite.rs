@@ -168,8 +168,11 @@ fn image_checks(root: &Path, report: &mut Report) -> Result<()> {
             if !info.contains("virtual size: 1 GiB") {
                 bail!("virtual size is not 1 GiB:\n{info}");
             }
-            let tmp = crate::qemu::TempDir::new("roundtrip")?;
-            let back = tmp.0.join("back.raw");
+            let tmp = tempfile::Builder::new()
+                .prefix("xtask-roundtrip-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            let back = tmp.path().join("back.raw");
             run_tool(
                 "qemu-img",
                 &[
@@ -190,12 +193,15 @@ fn image_checks(root: &Path, report: &mut Report) -> Result<()> {
         });
     }
     report.check("image-reproducible", || {
-        let tmp = crate::qemu::TempDir::new("repro")?;
+        let tmp = tempfile::Builder::new()
+            .prefix("xtask-repro-")
+            .tempdir()
+            .context("creating a temporary directory")?;
         let again = image::run(
             root,
             &image::Args {
                 profile: "nat-t4g".into(),
-                out: Some(tmp.0.join("nat-t4g")),
+                out: Some(tmp.path().join("nat-t4g")),
                 ..Default::default()
             },
         )?;
