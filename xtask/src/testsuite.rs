@@ -58,7 +58,7 @@ pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
         checks::e2e::run(root, &mut report)?;
     }
     if want(Part::Bench) {
-        crate::bench::smoke(root, &mut report)?;
+        crate::bench::smoke::run(root, &mut report)?;
     }
     report.finish()
 }
