@@ -1,15 +1,19 @@
-//! `cargo xtask test`: every test of the project in one command. First the workspace's own
-//! tests (`cargo test --workspace`: unit tests and root network-namespace tests), then checks
-//! of the built image's artifacts, then boot tests of the real disk image under UEFI in QEMU.
-//! It ends with a `N passed, M failed` line.
+//! `cargo xtask test`: every test of the project in one command, as check modules run in
+//! order: `host` (`cargo test --workspace`: unit tests and root network-namespace tests),
+//! `image` (the built image's artifacts), `boot` (the real disk image under UEFI in QEMU),
+//! `e2e` (the NAT on an emulated VPC) and `bench` (the bench's smoke test). `--only PART`
+//! runs one of them.
+//!
+//! Each module plans its checks before it starts; a check ends passed, failed, or not run
+//! because an earlier check or the module's setup failed (counted as failed), and a module
+//! whose setup fails does not stop the next. It ends with `xtask: N passed, M failed`.
 
 use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::checks;
-use crate::hostdeps;
 use crate::report::Report;
+use crate::{bench, checks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -17,48 +21,92 @@ pub enum Part {
     Image,
     Boot,
     E2e,
-    /// The bench's smoke test: only with `--only bench`, never in the default run.
+    /// The bench's smoke test: the last part of the default run.
     Bench,
 }
 
 impl Part {
+    /// In the order of the default run.
+    pub const ALL: [Part; 5] = [Part::Host, Part::Image, Part::Boot, Part::E2e, Part::Bench];
+
     pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "host" => Self::Host,
-            "image" => Self::Image,
-            "boot" => Self::Boot,
-            "e2e" => Self::E2e,
-            "bench" => Self::Bench,
-            _ => bail!("--only {s:?}: expected host, image, boot, e2e or bench"),
-        })
+        match Self::ALL.into_iter().find(|p| p.name() == s) {
+            Some(p) => Ok(p),
+            None => bail!("--only {s:?}: expected host, image, boot, e2e or bench"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Image => "image",
+            Self::Boot => "boot",
+            Self::E2e => "e2e",
+            Self::Bench => "bench",
+        }
+    }
+
+    /// The part's check module: the checks it plans and how to run them.
+    fn module(self) -> Module {
+        match self {
+            Self::Host => Module {
+                checks: checks::host::CHECKS,
+                run: checks::host::run,
+            },
+            Self::Image => Module {
+                checks: checks::image::CHECKS,
+                run: checks::image::run,
+            },
+            Self::Boot => Module {
+                checks: checks::boot::CHECKS,
+                run: checks::boot::run,
+            },
+            Self::E2e => Module {
+                checks: checks::e2e::CHECKS,
+                run: checks::e2e::run,
+            },
+            Self::Bench => Module {
+                checks: bench::smoke::CHECKS,
+                run: bench::smoke::run,
+            },
+        }
     }
 }
 
+/// A check module: the names of the checks it plans, and its entry point (setup, then checks).
+struct Module {
+    checks: &'static [&'static str],
+    run: fn(&Path, &mut Report) -> Result<()>,
+}
+
 pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
-    let want = |p: Part| only.is_none_or(|o| o == p);
     let mut report = Report::default();
-    if want(Part::Host) {
-        hostdeps::ensure(hostdeps::QEMU)?;
-        hostdeps::ensure(hostdeps::DISK_TOOLS)?;
-        hostdeps::ensure(hostdeps::NET)?;
-        checks::host::run(root, &mut report)?;
-    }
-    if want(Part::Image) {
-        hostdeps::ensure(hostdeps::QEMU)?;
-        hostdeps::ensure(hostdeps::DISK_TOOLS)?;
-        checks::image::run(root, &mut report)?;
-    }
-    if want(Part::Boot) {
-        hostdeps::ensure(hostdeps::QEMU)?;
-        checks::boot::run(root, &mut report)?;
-    }
-    if want(Part::E2e) {
-        hostdeps::ensure(hostdeps::QEMU)?;
-        hostdeps::ensure(hostdeps::NET)?;
-        checks::e2e::run(root, &mut report)?;
-    }
-    if want(Part::Bench) {
-        crate::bench::smoke::run(root, &mut report)?;
+    for part in Part::ALL {
+        if only.is_none_or(|o| o == part) {
+            let m = part.module();
+            report.module(part.name(), m.checks, |r| (m.run)(root, r));
+        }
     }
     report.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_parses_and_check_names_are_unique() {
+        let mut all = Vec::new();
+        for p in Part::ALL {
+            assert_eq!(Part::parse(p.name()).unwrap(), p);
+            let names = p.module().checks;
+            assert!(!names.is_empty(), "{p:?} plans no checks");
+            all.extend_from_slice(names);
+        }
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "a check name is planned twice");
+        assert!(Part::parse("all").is_err());
+    }
 }

@@ -8,6 +8,11 @@ use anyhow::{Result, bail};
 use super::{OURS, Options, Part, run as bench};
 use crate::report::Report;
 
+const RUNS: &str = "bench-quick-runs-and-writes-its-report";
+const SIZES_AND_BUILD: &str = "bench-quick-has-sizes-and-build-speed";
+const BOOTS: &str = "bench-quick-boots-both-to-ready";
+pub const CHECKS: &[&str] = &[RUNS, SIZES_AND_BUILD, BOOTS];
+
 /// `cargo xtask test --only bench`: the bench in its quickest form (sizes, warm build, one
 /// direct boot of each image), checking that every figure came out. Not part of the default
 /// test run: benchmarks do not run in CI.
@@ -16,7 +21,7 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     opts.parts = vec![Part::Sizes, Part::Build, Part::Boot];
     opts.out = crate::target_dir(root).join("bench-smoke");
     let mut result = None;
-    report.check("bench-quick-runs-and-writes-its-report", || {
+    report.check(RUNS, || {
         let r = bench(root, &opts)?;
         for f in ["report.md", "report.json"] {
             if !opts.out.join(f).is_file() {
@@ -26,8 +31,9 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         result = Some(r);
         Ok(())
     });
-    let Some(r) = result else { return Ok(()) };
-    report.check("bench-quick-has-sizes-and-build-speed", || {
+    // Read only by the checks below, which run only when RUNS passed and set it.
+    let r = result.unwrap_or_default();
+    report.check_after(RUNS, SIZES_AND_BUILD, || {
         for who in ["ours", "baseline"] {
             for k in ["disk_vmdk", "initramfs_cpio_gz", "ebs_upload"] {
                 if r["sizes"][who][k].as_u64().unwrap_or(0) == 0 {
@@ -40,7 +46,7 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         }
         Ok(())
     });
-    report.check("bench-quick-boots-both-to-ready", || {
+    report.check_after(RUNS, BOOTS, || {
         for who in ["ours", "baseline"] {
             let t = &r["boot"]["direct"][who]["ready_ms"]["median"];
             if t.as_f64().is_none_or(|t| t <= 0.0) {

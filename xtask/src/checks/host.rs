@@ -3,23 +3,37 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
+use crate::hostdeps;
 use crate::report::Report;
 
+const CARGO_TEST: &str = "cargo-test-workspace";
+pub const CHECKS: &[&str] = &[CARGO_TEST];
+
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
-    report.check("cargo-test-workspace", || cargo_test(root));
+    // The workspace's tests use QEMU's tools, the disk checkers and network namespaces.
+    hostdeps::ensure(hostdeps::QEMU)?;
+    hostdeps::ensure(hostdeps::DISK_TOOLS)?;
+    hostdeps::ensure(hostdeps::NET)?;
+    let args = cargo_test_args();
+    report.check(CARGO_TEST, || cargo_test(root, &args));
     Ok(())
 }
 
-fn cargo_test(root: &Path) -> Result<()> {
+fn cargo_test_args() -> Vec<&'static str> {
+    vec!["test", "--workspace"]
+}
+
+fn cargo_test(root: &Path, args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = duct::cmd(cargo, ["test", "--workspace"])
+    let out = duct::cmd(&cargo, args)
         .dir(root)
         .unchecked()
-        .run()?;
+        .run()
+        .with_context(|| format!("running {cargo}"))?;
     if !out.status.success() {
-        bail!("cargo test --workspace failed (see above)");
+        bail!("cargo {} failed (see above)", args.join(" "));
     }
     Ok(())
 }

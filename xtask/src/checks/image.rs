@@ -6,9 +6,19 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use crate::report::Report;
-use crate::{digest, image};
+use crate::{digest, hostdeps, image};
+
+const SHA256SUMS: &str = "image-sha256sums-match-files";
+const RAW_GPT: &str = "image-raw-is-whole-gib-gpt";
+const VHD: &str = "image-vpc-check-and-roundtrip";
+const VMDK: &str = "image-vmdk-check-and-roundtrip";
+const REPRODUCIBLE: &str = "image-reproducible";
+const WARM_REBUILD: &str = "image-warm-rebuild-is-up-to-date";
+pub const CHECKS: &[&str] = &[SHA256SUMS, RAW_GPT, VHD, VMDK, REPRODUCIBLE, WARM_REBUILD];
 
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
+    hostdeps::ensure(hostdeps::QEMU)?;
+    hostdeps::ensure(hostdeps::DISK_TOOLS)?;
     let built = image::run(
         root,
         &image::Args {
@@ -26,7 +36,7 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         .unwrap_or_default()
         .to_string();
 
-    report.check("image-sha256sums-match-files", || {
+    report.check(SHA256SUMS, || {
         let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))?;
         let mut n = 0;
         for line in sums.lines() {
@@ -45,7 +55,7 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         }
         Ok(())
     });
-    report.check("image-raw-is-whole-gib-gpt", || {
+    report.check(RAW_GPT, || {
         let len = std::fs::metadata(dir.join("disk.raw"))?.len();
         if len == 0 || len % (1 << 30) != 0 {
             bail!("disk.raw is {len} bytes, not a whole number of GiB");
@@ -60,11 +70,11 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         }
         Ok(())
     });
-    for (file, fmt, want) in [
-        ("disk.vhd", "vpc", "vpc"),
-        ("disk.vmdk", "vmdk", "streamOptimized"),
+    for (name, file, fmt, want) in [
+        (VHD, "disk.vhd", "vpc", "vpc"),
+        (VMDK, "disk.vmdk", "vmdk", "streamOptimized"),
     ] {
-        report.check(&format!("image-{fmt}-check-and-roundtrip"), || {
+        report.check(name, || {
             if fmt == "vmdk" {
                 run_tool("qemu-img", &["check", "-f", fmt, &p(file)])?;
             } else {
@@ -109,7 +119,7 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
             Ok(())
         });
     }
-    report.check("image-reproducible", || {
+    report.check(REPRODUCIBLE, || {
         let tmp = tempfile::Builder::new()
             .prefix("xtask-repro-")
             .tempdir()
@@ -132,7 +142,7 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         }
         Ok(())
     });
-    report.check("image-warm-rebuild-is-up-to-date", || {
+    report.check(WARM_REBUILD, || {
         let again = image::run(
             root,
             &image::Args {
