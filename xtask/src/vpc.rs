@@ -24,10 +24,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 
 use crate::netns::{Namespaces, run_in, spawn_in};
 
@@ -225,6 +225,21 @@ impl Vpc {
 
     pub fn dnsmasq_log(&self) -> String {
         std::fs::read_to_string(&self.dnsmasq_log).unwrap_or_default()
+    }
+
+    /// What the internet servers saw. A server thread that panicked poisons the record: that
+    /// is an error, never an empty record (which would let a "no stranger seen" check pass).
+    pub fn seen(&self) -> Result<MutexGuard<'_, Seen>> {
+        self.seen.lock().map_err(|_| {
+            anyhow!("the internet servers' record is poisoned: a server thread panicked")
+        })
+    }
+
+    /// The IMDS double's state; poisoned is an error, as for `seen`.
+    pub fn imds_state(&self) -> Result<MutexGuard<'_, ImdsState>> {
+        self.imds
+            .lock()
+            .map_err(|_| anyhow!("the IMDS double's state is poisoned: its thread panicked"))
     }
 
     pub fn set_user_data(&self, data: Option<String>) {

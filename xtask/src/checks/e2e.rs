@@ -3,6 +3,7 @@
 //! "internet". One VM boot serves every assertion, in an order that lets later ones build on
 //! earlier state (renewal after traffic, supervision after renewal, power-off last).
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -98,6 +99,25 @@ fn download(vpc: &Vpc, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// That a server in the internet namespace saw at least `at_least` clients (each datagram or
+/// connection counts), every one of them the NAT's public address.
+fn only_from_nat(server: &str, seen: &[Ipv4Addr], at_least: usize) -> Result<()> {
+    if seen.len() < at_least.max(1) {
+        bail!(
+            "the {server} server saw {} clients, want at least {}",
+            seen.len(),
+            at_least.max(1)
+        );
+    }
+    if let Some(ip) = seen.iter().find(|ip| **ip != vpc::NAT_PUBLIC) {
+        bail!(
+            "the {server} server saw {ip} among {seen:?}, want only the NAT's public address {}",
+            vpc::NAT_PUBLIC
+        );
+    }
+    Ok(())
+}
+
 fn ready_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -145,11 +165,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
                 vpc::VPC_CIDR
             );
         }
-        let asked = vpc
-            .imds
-            .lock()
-            .map(|s| s.requests.clone())
-            .unwrap_or_default();
+        let asked = vpc.imds_state()?.requests.clone();
         if !asked.iter().any(|r| r.starts_with("PUT /latest/api/token")) {
             bail!("nat-init never asked IMDS for a token: {asked:?}");
         }
@@ -163,31 +179,17 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         Ok(())
     });
     all &= report.check_after(READY, TRAFFIC, || {
-        let before = vpc.seen.lock().map(|s| s.http_clients.len()).unwrap_or(0);
+        let before = vpc.seen()?.http_clients.len();
         download(vpc, 4194304).context("download of 4 MiB")?;
-        let seen = vpc
-            .seen
-            .lock()
-            .map(|s| s.http_clients[before..].to_vec())
-            .unwrap_or_default();
-        if seen.is_empty() || seen.iter().any(|ip| *ip != vpc::NAT_PUBLIC) {
-            bail!(
-                "the server saw {seen:?}, want only the NAT's public address {}",
-                vpc::NAT_PUBLIC
-            );
-        }
+        let http = vpc.seen()?.http_clients[before..].to_vec();
+        only_from_nat("HTTP", &http, 1)?;
+        let before = vpc.seen()?.udp_clients.len();
         let echoed = vpc::udp_echo(&ns_private, 5)?;
         if echoed != 5 {
             bail!("{echoed} of 5 UDP datagrams echoed");
         }
-        let udp = vpc
-            .seen
-            .lock()
-            .map(|s| s.udp_clients.clone())
-            .unwrap_or_default();
-        if udp.iter().any(|ip| *ip != vpc::NAT_PUBLIC) {
-            bail!("the UDP server saw {udp:?}");
-        }
+        let udp = vpc.seen()?.udp_clients[before..].to_vec();
+        only_from_nat("UDP", &udp, echoed)?;
         vpc.ns.exec(
             "private",
             "ping",
@@ -386,4 +388,24 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         Ok(())
     });
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_must_be_seen_and_only_from_the_nat() {
+        let nat = vpc::NAT_PUBLIC;
+        only_from_nat("UDP", &[nat; 5], 5).unwrap();
+        only_from_nat("HTTP", &[nat], 1).unwrap();
+        let e = format!("{:#}", only_from_nat("UDP", &[], 0).unwrap_err());
+        assert!(e.contains("saw 0 clients, want at least 1"), "{e}");
+        assert!(only_from_nat("UDP", &[nat; 4], 5).is_err());
+        let e = format!(
+            "{:#}",
+            only_from_nat("UDP", &[nat, vpc::CLIENT], 1).unwrap_err()
+        );
+        assert!(e.contains("saw 10.0.1.10 among"), "{e}");
+    }
 }
