@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 use crate::report::Report;
 use crate::{digest, hostdeps, image};
@@ -70,9 +71,16 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         }
         Ok(())
     });
-    for (name, file, fmt, want) in [
-        (VHD, "disk.vhd", "vpc", "vpc"),
-        (VMDK, "disk.vmdk", "vmdk", "streamOptimized"),
+    // What `qemu-img info` must report besides the raw disk's size: the format, and for the
+    // VMDK the stream-optimized subformat (the one EC2 imports).
+    for (name, file, fmt, (pointer, want)) in [
+        (VHD, "disk.vhd", "vpc", ("/format", "vpc")),
+        (
+            VMDK,
+            "disk.vmdk",
+            "vmdk",
+            ("/format-specific/data/create-type", "streamOptimized"),
+        ),
     ] {
         report.check(name, || {
             if fmt == "vmdk" {
@@ -88,13 +96,11 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
                     bail!("qemu-img compare: {c}");
                 }
             }
-            let info = run_tool("qemu-img", &["info", "-f", fmt, &p(file)])?;
-            if !info.contains(want) {
-                bail!("qemu-img info does not say {want}:\n{info}");
-            }
-            if !info.contains("virtual size: 1 GiB") {
-                bail!("virtual size is not 1 GiB:\n{info}");
-            }
+            let raw_len = std::fs::metadata(dir.join("disk.raw"))
+                .context("stat disk.raw")?
+                .len();
+            let info = qemu_img_info(fmt, &p(file))?;
+            info_says(&info, pointer, want, raw_len)?;
             let tmp = tempfile::Builder::new()
                 .prefix("xtask-roundtrip-")
                 .tempdir()
@@ -158,6 +164,38 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// `qemu-img info --output=json` of a disk image (stdout only: stderr would spoil the JSON).
+fn qemu_img_info(fmt: &str, path: &str) -> Result<Value> {
+    let out = duct::cmd("qemu-img", ["info", "-f", fmt, "--output=json", path])
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .context("running qemu-img")?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img info -f {fmt} {path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing qemu-img info --output=json")
+}
+
+/// That qemu-img's `info` has `want` at JSON pointer `pointer`, and a virtual size of exactly
+/// `raw_len` bytes (the raw disk's length: a converted disk holds every byte of it).
+fn info_says(info: &Value, pointer: &str, want: &str, raw_len: u64) -> Result<()> {
+    let got = info.pointer(pointer).and_then(Value::as_str);
+    if got != Some(want) {
+        bail!("qemu-img info has {pointer} = {got:?}, want {want:?}:\n{info:#}");
+    }
+    // The top level's size is the disk's; nested "children" carry the container file's.
+    match info["virtual-size"].as_u64() {
+        Some(n) if n == raw_len => Ok(()),
+        Some(n) => bail!("qemu-img info says virtual-size {n} bytes, disk.raw is {raw_len}"),
+        None => bail!("qemu-img info has no virtual-size:\n{info:#}"),
+    }
+}
+
 fn run_tool(program: &str, args: &[&str]) -> Result<String> {
     let out = duct::cmd(program, args)
         .stderr_to_stdout()
@@ -170,4 +208,42 @@ fn run_tool(program: &str, args: &[&str]) -> Result<String> {
         bail!("{program} {} failed: {text}", args.join(" "));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of qemu-img 10's `info --output=json` for a stream-optimized VMDK.
+    const VMDK_INFO: &str = r#"{
+        "children": [{"name": "file", "info": {"virtual-size": 65536, "format": "file"}}],
+        "virtual-size": 8388608,
+        "format": "vmdk",
+        "format-specific": {"type": "vmdk", "data": {"create-type": "streamOptimized"}}
+    }"#;
+
+    #[test]
+    fn info_must_name_the_format_and_the_raw_size_in_bytes() {
+        let v: Value = serde_json::from_str(VMDK_INFO).unwrap();
+        let sub = "/format-specific/data/create-type";
+        info_says(&v, sub, "streamOptimized", 8 << 20).unwrap();
+        info_says(&v, "/format", "vmdk", 8 << 20).unwrap();
+        let e = format!(
+            "{:#}",
+            info_says(&v, sub, "streamOptimized", 1 << 30).unwrap_err()
+        );
+        assert!(
+            e.contains("virtual-size 8388608 bytes, disk.raw is 1073741824"),
+            "{e}"
+        );
+        // The nested file node's size is not the disk's.
+        assert!(info_says(&v, sub, "streamOptimized", 65536).is_err());
+        let e = format!(
+            "{:#}",
+            info_says(&v, "/format", "vpc", 8 << 20).unwrap_err()
+        );
+        assert!(e.contains("want \"vpc\""), "{e}");
+        let no_size: Value = serde_json::from_str(r#"{"format": "vpc"}"#).unwrap();
+        assert!(info_says(&no_size, "/format", "vpc", 8 << 20).is_err());
+    }
 }
