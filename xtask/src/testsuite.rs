@@ -1,8 +1,8 @@
 //! `cargo xtask test`: every test of the project in one command, as check modules run in
-//! order: `host` (`cargo test --workspace`: unit tests and root network-namespace tests),
-//! `image` (the built image's artifacts), `boot` (the real disk image under UEFI in QEMU),
-//! `e2e` (the NAT on an emulated VPC) and `bench` (the bench's smoke test). `--only PART`
-//! runs one of them.
+//! order: `host` (`cargo test --workspace`, with `--locked` when the environment variable `CI`
+//! is set: unit tests and root network-namespace tests), `image` (the built image's
+//! artifacts), `boot` (the real disk image under UEFI in QEMU), `e2e` (the NAT on an emulated
+//! VPC) and `bench` (the bench's smoke test). `--only PART` runs one of them.
 //!
 //! Each module plans its checks before it starts; a check ends passed, failed, or not run
 //! because an earlier check or the module's setup failed (counted as failed), and a module

@@ -1,5 +1,6 @@
 //! Host checks: the workspace's own tests (`cargo test --workspace`), unit tests of every crate
-//! and nat-init's root tests in network namespaces.
+//! and nat-init's root tests in network namespaces. With the environment variable `CI` set,
+//! `--locked` too: CI must build from the committed Cargo.lock.
 
 use std::path::Path;
 
@@ -16,13 +17,17 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     hostdeps::ensure(hostdeps::QEMU)?;
     hostdeps::ensure(hostdeps::DISK_TOOLS)?;
     hostdeps::ensure(hostdeps::NET)?;
-    let args = cargo_test_args();
+    let args = cargo_test_args(std::env::var_os("CI").is_some());
     report.check(CARGO_TEST, || cargo_test(root, &args));
     Ok(())
 }
 
-fn cargo_test_args() -> Vec<&'static str> {
-    vec!["test", "--workspace"]
+fn cargo_test_args(ci: bool) -> Vec<&'static str> {
+    let mut args = vec!["test", "--workspace"];
+    if ci {
+        args.push("--locked");
+    }
+    args
 }
 
 fn cargo_test(root: &Path, args: &[&str]) -> Result<()> {
@@ -36,4 +41,15 @@ fn cargo_test(root: &Path, args: &[&str]) -> Result<()> {
         bail!("cargo {} failed (see above)", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_builds_locked() {
+        assert_eq!(cargo_test_args(false), ["test", "--workspace"]);
+        assert_eq!(cargo_test_args(true), ["test", "--workspace", "--locked"]);
+    }
 }
