@@ -4,7 +4,8 @@
 //! runs each. Figures: boot to NAT ready from kernel timestamps (direct kernel boot and the
 //! full UEFI path) with a breakdown, sizes, memory after ready, conntrack capacity, forwarding
 //! throughput ratios under TCG, and build speed. Writes `target/bench/report.{md,json}`.
-//! Benchmarks are not tests: `cargo xtask test` does not run this (see `smoke`).
+//! Benchmarks are not tests: `cargo xtask test` runs only their smoke test (see `smoke`), which
+//! checks that every figure comes out, not what it is.
 
 mod boot;
 mod build;
