@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::parse::{self, Milestone, milestone_times, stats};
-use super::{BASELINE, LEASE_SECS, OURS, Options, capacity, round1, round3};
+use super::{BASELINE, OURS, Options, round1, round3};
 use crate::qemu::{DirectBoot, Net, Vm, VmConfig};
 use crate::report::say;
 use crate::vpc::{self, Vpc};
@@ -93,9 +93,9 @@ pub fn ensure_vpc(vpc: &mut Vpc) -> Result<()> {
     let user_data = vpc.imds.lock().ok().and_then(|s| s.user_data.clone());
     // The names would be the new VPC's: the old one must not delete them when dropped.
     vpc.ns.forget();
-    let new = Vpc::build(LEASE_SECS, user_data).context("building the emulated VPC again")?;
+    let new = super::build_vpc(user_data).context("building the VPC again")?;
     drop(std::mem::replace(vpc, new));
-    capacity::vpc_rules(vpc)
+    Ok(())
 }
 
 pub fn boot(vpc: &mut Vpc, img: &Img, how: BootPath, extra_cmdline: &str) -> Result<Guest> {
