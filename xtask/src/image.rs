@@ -70,9 +70,7 @@ impl Stages {
     }
 }
 
-pub fn say(msg: &str) {
-    eprintln!("[xtask] {msg}");
-}
+pub use crate::report::say;
 
 pub fn default_out(root: &Path, profile: &str) -> PathBuf {
     crate::target_dir(root).join("images").join(profile)

@@ -11,10 +11,10 @@ mod ami;
 mod bench;
 mod binaries;
 mod buildinfo;
+mod checks;
 mod deb;
 mod digest;
 mod disk;
-mod e2e;
 mod formats;
 mod hostdeps;
 mod image;
@@ -24,6 +24,7 @@ mod netns;
 mod packages;
 mod profile;
 mod qemu;
+mod report;
 mod rootfs;
 mod testsuite;
 mod vpc;
@@ -45,8 +46,8 @@ commands:
   ami   [--profile NAME] [--region R] [--name NAME] [--via ebs-direct|s3 --bucket B] [--public] [--dry-run]
         publish target/images/<profile>/disk.raw as an arm64 AMI (`cargo xtask ami --help`)
   test  [--only host|image|boot|e2e|bench]
-        run every test (host tests, image checks, boot tests in QEMU); bench: the bench's
-        smoke test, only when asked for
+        run every test: host tests, image checks, boot and end-to-end tests in QEMU, then the
+        bench's smoke test; ends with `xtask: N passed, M failed` (not run counts as failed)
   bench [--quick] [--runs N] [--only sizes,build,boot,memory,capacity,throughput] [--flows N]
         measure ours against the by-hand baseline; writes target/bench/report.{md,json}
 ";

@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
 
 pub const FIRMWARE_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 pub const FIRMWARE_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
@@ -198,6 +199,14 @@ fn program(cfg: &VmConfig, args: Vec<String>) -> Command {
     }
 }
 
+/// A private directory for one QEMU run (its variable store and QMP socket), removed on drop.
+fn temp_dir(prefix: &str) -> Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("creating a temporary directory")
+}
+
 fn vars_copy(dir: &Path) -> Result<PathBuf> {
     let vars = dir.join("AAVMF_VARS.fd");
     std::fs::copy(FIRMWARE_VARS, &vars)
@@ -207,8 +216,8 @@ fn vars_copy(dir: &Path) -> Result<PathBuf> {
 
 /// `cargo xtask qemu`: the serial console on this terminal (Ctrl-A X quits).
 pub fn interactive(image_dir: &Path, net: Net, mem_mib: u32) -> Result<()> {
-    let tmp = TempDir::new("qemu")?;
-    let vars = vars_copy(&tmp.0)?;
+    let tmp = temp_dir("xtask-qemu-")?;
+    let vars = vars_copy(tmp.path())?;
     let mut cfg = VmConfig::new(image_dir.join("disk.raw"));
     cfg.net = net;
     cfg.mem_mib = mem_mib;
@@ -238,9 +247,9 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(cfg: &VmConfig) -> Result<Self> {
-        let dir = TempDir::new("vm")?;
-        let vars = vars_copy(&dir.0)?;
-        let qmp = dir.0.join("qmp.sock");
+        let dir = temp_dir("xtask-vm-")?;
+        let vars = vars_copy(dir.path())?;
+        let qmp = dir.path().join("qmp.sock");
         let mut a = args(cfg, &vars, Some(&qmp));
         a.extend(["-serial".into(), "stdio".into()]);
         let mut child = program(cfg, a)
@@ -426,26 +435,6 @@ impl Drop for Vm {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Result<Self> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("xtask-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

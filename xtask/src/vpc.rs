@@ -20,13 +20,14 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 
 use crate::netns::{Namespaces, run_in, spawn_in};
 
@@ -69,7 +70,7 @@ pub struct Vpc {
     dnsmasq: Option<Child>,
     dnsmasq_args: Vec<String>,
     pub dnsmasq_log: PathBuf,
-    dir: crate::qemu::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Vpc {
@@ -79,7 +80,13 @@ impl Vpc {
         for n in ["vpc", "private", "internet", "pubhost", "pubhost2", "fwd"] {
             ns.add(n)?;
         }
-        let dir = crate::qemu::TempDir::new("vpc")?;
+        // Readable by others as the pid-named directory it replaces was: dnsmasq drops to
+        // nobody after opening its files.
+        let dir = tempfile::Builder::new()
+            .prefix("xtask-vpc-")
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .context("creating the VPC's temporary directory")?;
         // public subnet bridge and the NAT's tap
         ns.ip("vpc", "link add br0 type bridge")?;
         ns.ip("vpc", "link set br0 mtu 9001")?;
@@ -159,7 +166,7 @@ impl Vpc {
         }));
         start_internet_servers(&ns.name("internet"), Arc::clone(&seen), Arc::clone(&stop))?;
         start_imds(&ns.name("vpc"), Arc::clone(&imds), Arc::clone(&stop))?;
-        let dnsmasq_log = dir.0.join("dnsmasq.log");
+        let dnsmasq_log = dir.path().join("dnsmasq.log");
         let dnsmasq_args = vec![
             "--no-daemon".to_string(),
             "--conf-file=/dev/null".into(),
@@ -168,12 +175,12 @@ impl Vpc {
             "--bind-interfaces".into(),
             "--log-dhcp".into(),
             format!("--log-facility={}", dnsmasq_log.display()),
-            format!("--dhcp-leasefile={}", dir.0.join("leases").display()),
+            format!("--dhcp-leasefile={}", dir.path().join("leases").display()),
             format!("--dhcp-range=10.0.0.100,10.0.0.200,{lease_secs}"),
             format!("--dhcp-host={NAT_MAC},{NAT_ADDR}"),
             format!("--dhcp-option=option:router,{ROUTER}"),
             "--dhcp-option=option:mtu,9001".into(),
-            format!("--pid-file={}", dir.0.join("dnsmasq.pid").display()),
+            format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()),
         ];
         let mut vpc = Self {
             ns,
@@ -220,6 +227,21 @@ impl Vpc {
         std::fs::read_to_string(&self.dnsmasq_log).unwrap_or_default()
     }
 
+    /// What the internet servers saw. A server thread that panicked poisons the record: that
+    /// is an error, never an empty record (which would let a "no stranger seen" check pass).
+    pub fn seen(&self) -> Result<MutexGuard<'_, Seen>> {
+        self.seen.lock().map_err(|_| {
+            anyhow!("the internet servers' record is poisoned: a server thread panicked")
+        })
+    }
+
+    /// The IMDS double's state; poisoned is an error, as for `seen`.
+    pub fn imds_state(&self) -> Result<MutexGuard<'_, ImdsState>> {
+        self.imds
+            .lock()
+            .map_err(|_| anyhow!("the IMDS double's state is poisoned: its thread panicked"))
+    }
+
     pub fn set_user_data(&self, data: Option<String>) {
         if let Ok(mut s) = self.imds.lock() {
             s.user_data = data;
@@ -227,7 +249,7 @@ impl Vpc {
     }
 
     pub fn dir(&self) -> &std::path::Path {
-        &self.dir.0
+        self.dir.path()
     }
 
     /// Redirects counted by the nftables counter in a host's namespace.

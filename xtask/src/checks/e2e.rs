@@ -3,16 +3,17 @@
 //! "internet". One VM boot serves every assertion, in an order that lets later ones build on
 //! earlier state (renewal after traffic, supervision after renewal, power-off last).
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::image::{self, say};
 use crate::qemu::{Net, Vm, VmConfig};
-use crate::testsuite::Report;
+use crate::report::{Report, say};
 use crate::vpc::{self, Vpc};
+use crate::{hostdeps, image};
 
 /// The DHCP lease the VPC hands out: short, so that renewal (at half of it) happens within
 /// the test. dnsmasq's minimum is 120 s.
@@ -21,7 +22,34 @@ const PORTS: &[u16] = &[22, 53, 80, 443, 2222, 3128, 8080, 8443];
 const VALID_USER_DATA: &str = "# nat-init user-data\nhealth_interval = 5\n";
 const INVALID_USER_DATA: &str = "health_interval = 5\nprivate_ranges = [\"10.0.0.1/16\"]\n";
 
+const READY: &str = "e2e-boot-ready-with-leased-address-on-ens5";
+const PRIVATE_RANGES: &str = "e2e-private-ranges-from-imds-vpc-cidr";
+const USER_DATA: &str = "e2e-user-data-changes-health-interval";
+const TRAFFIC: &str = "e2e-tcp-udp-icmp-through-the-nat";
+const MTU: &str = "e2e-mtu-9001-upload-across-1500-black-hole";
+const NO_REDIRECTS: &str = "e2e-no-icmp-redirects";
+const CLOSED: &str = "e2e-nothing-open-and-no-inbound-to-private";
+const FLOWTABLE: &str = "e2e-flowtable-offload-in-guest-kernel";
+const RENEWAL: &str = "e2e-dhcp-renewal-across-dnsmasq-restart";
+const SUPERVISION: &str = "e2e-supervision-and-invalid-user-data";
+const POWERDOWN: &str = "e2e-acpi-powerdown-within-15s";
+pub const CHECKS: &[&str] = &[
+    READY,
+    PRIVATE_RANGES,
+    USER_DATA,
+    TRAFFIC,
+    MTU,
+    NO_REDIRECTS,
+    CLOSED,
+    FLOWTABLE,
+    RENEWAL,
+    SUPERVISION,
+    POWERDOWN,
+];
+
 pub fn run(root: &std::path::Path, report: &mut Report) -> Result<()> {
+    hostdeps::ensure(hostdeps::QEMU)?;
+    hostdeps::ensure(hostdeps::NET)?;
     let built = image::run(
         root,
         &image::Args {
@@ -71,6 +99,25 @@ fn download(vpc: &Vpc, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// That a server in the internet namespace saw at least `at_least` clients (each datagram or
+/// connection counts), every one of them the NAT's public address.
+fn only_from_nat(server: &str, seen: &[Ipv4Addr], at_least: usize) -> Result<()> {
+    if seen.len() < at_least.max(1) {
+        bail!(
+            "the {server} server saw {} clients, want at least {}",
+            seen.len(),
+            at_least.max(1)
+        );
+    }
+    if let Some(ip) = seen.iter().find(|ip| **ip != vpc::NAT_PUBLIC) {
+        bail!(
+            "the {server} server saw {ip} among {seen:?}, want only the NAT's public address {}",
+            vpc::NAT_PUBLIC
+        );
+    }
+    Ok(())
+}
+
 fn ready_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -79,7 +126,7 @@ fn ready_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
     let ns_private = vpc.ns.name("private");
     let mut ready_at = 0usize;
-    let ok = report.check("e2e-boot-ready-with-leased-address-on-ens5", || {
+    let ok = report.check(READY, || {
         let (i, line) = vm.wait_for_from(0, "nat-init: ready ", Duration::from_secs(240))?;
         ready_at = i;
         say(&format!(
@@ -108,11 +155,9 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         ));
         Ok(())
     });
-    if !ok {
-        return false;
-    }
-    let mut all = true;
-    all &= report.check("e2e-private-ranges-from-imds-vpc-cidr", || {
+    // Every later check needs the NAT up; the report says they were not run.
+    let mut all = ok;
+    all &= report.check_after(READY, PRIVATE_RANGES, || {
         let (_, line) = vm.wait_for_from(ready_at, "nat-init: ready ", Duration::from_secs(1))?;
         if ready_field(&line, "private") != Some(vpc::VPC_CIDR) {
             bail!(
@@ -120,49 +165,31 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
                 vpc::VPC_CIDR
             );
         }
-        let asked = vpc
-            .imds
-            .lock()
-            .map(|s| s.requests.clone())
-            .unwrap_or_default();
+        let asked = vpc.imds_state()?.requests.clone();
         if !asked.iter().any(|r| r.starts_with("PUT /latest/api/token")) {
             bail!("nat-init never asked IMDS for a token: {asked:?}");
         }
         Ok(())
     });
-    all &= report.check("e2e-user-data-changes-health-interval", || {
+    all &= report.check_after(READY, USER_DATA, || {
         // health_interval = 5 from user-data: two health lines within 15 s (the baked
         // default is 60 s).
         let (i, _) = vm.wait_for_from(ready_at, "nat-init: health ", Duration::from_secs(15))?;
         vm.wait_for_from(i + 1, "nat-init: health ", Duration::from_secs(10))?;
         Ok(())
     });
-    all &= report.check("e2e-tcp-udp-icmp-through-the-nat", || {
-        let before = vpc.seen.lock().map(|s| s.http_clients.len()).unwrap_or(0);
+    all &= report.check_after(READY, TRAFFIC, || {
+        let before = vpc.seen()?.http_clients.len();
         download(vpc, 4194304).context("download of 4 MiB")?;
-        let seen = vpc
-            .seen
-            .lock()
-            .map(|s| s.http_clients[before..].to_vec())
-            .unwrap_or_default();
-        if seen.is_empty() || seen.iter().any(|ip| *ip != vpc::NAT_PUBLIC) {
-            bail!(
-                "the server saw {seen:?}, want only the NAT's public address {}",
-                vpc::NAT_PUBLIC
-            );
-        }
+        let http = vpc.seen()?.http_clients[before..].to_vec();
+        only_from_nat("HTTP", &http, 1)?;
+        let before = vpc.seen()?.udp_clients.len();
         let echoed = vpc::udp_echo(&ns_private, 5)?;
         if echoed != 5 {
             bail!("{echoed} of 5 UDP datagrams echoed");
         }
-        let udp = vpc
-            .seen
-            .lock()
-            .map(|s| s.udp_clients.clone())
-            .unwrap_or_default();
-        if udp.iter().any(|ip| *ip != vpc::NAT_PUBLIC) {
-            bail!("the UDP server saw {udp:?}");
-        }
+        let udp = vpc.seen()?.udp_clients[before..].to_vec();
+        only_from_nat("UDP", &udp, echoed)?;
         vpc.ns.exec(
             "private",
             "ping",
@@ -170,7 +197,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         )?;
         Ok(())
     });
-    all &= report.check("e2e-mtu-9001-upload-across-1500-black-hole", || {
+    all &= report.check_after(READY, MTU, || {
         let file = vpc.dir().join("upload.bin");
         std::fs::write(&file, vec![0x5a; 4 << 20])?;
         let body = format!("@{}", file.display());
@@ -191,7 +218,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         }
         Ok(())
     });
-    all &= report.check("e2e-no-icmp-redirects", || {
+    all &= report.check_after(READY, NO_REDIRECTS, || {
         vpc.ns.exec("pubhost", "ping", &["-c", "5", "-i", "0.2", "-W", "2", &vpc::CLIENT.to_string()])?;
         let ours = vpc.redirects("pubhost")?;
         if ours != 0 {
@@ -205,7 +232,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         say(&format!("redirects: NAT 0, control forwarder {control}"));
         Ok(())
     });
-    all &= report.check("e2e-nothing-open-and-no-inbound-to-private", || {
+    all &= report.check_after(READY, CLOSED, || {
         for (ns, addr) in [
             ("internet", vpc::NAT_PUBLIC),
             ("vpc", vpc::NAT_ADDR),
@@ -226,7 +253,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         }
         Ok(())
     });
-    all &= report.check("e2e-flowtable-offload-in-guest-kernel", || {
+    all &= report.check_after(READY, FLOWTABLE, || {
         vm.wait_for_from(
             0,
             "nat-init: flowtable ft on ens5 active",
@@ -275,7 +302,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         say(&format!("flowtable in use: {line}"));
         Ok(())
     });
-    all &= report.check("e2e-dhcp-renewal-across-dnsmasq-restart", || {
+    all &= report.check_after(READY, RENEWAL, || {
         vpc.restart_dnsmasq()?;
         let t = Instant::now();
         // UDP echoes every half second from before the renewal until after it.
@@ -322,7 +349,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         }
         Ok(())
     });
-    all &= report.check("e2e-supervision-and-invalid-user-data", || {
+    all &= report.check_after(READY, SUPERVISION, || {
         vpc.set_user_data(Some(INVALID_USER_DATA.to_string()));
         let mark = vm.line_count();
         vm.send("init-test kill nat-init\n")?;
@@ -350,7 +377,7 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         download(vpc, 65536).context("download after the restart")?;
         Ok(())
     });
-    all &= report.check("e2e-acpi-powerdown-within-15s", || {
+    all &= report.check_after(READY, POWERDOWN, || {
         let t = Instant::now();
         vm.qmp("system_powerdown")?;
         vm.wait_for("init: powering off", Duration::from_secs(15))?;
@@ -361,4 +388,24 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         Ok(())
     });
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_must_be_seen_and_only_from_the_nat() {
+        let nat = vpc::NAT_PUBLIC;
+        only_from_nat("UDP", &[nat; 5], 5).unwrap();
+        only_from_nat("HTTP", &[nat], 1).unwrap();
+        let e = format!("{:#}", only_from_nat("UDP", &[], 0).unwrap_err());
+        assert!(e.contains("saw 0 clients, want at least 1"), "{e}");
+        assert!(only_from_nat("UDP", &[nat; 4], 5).is_err());
+        let e = format!(
+            "{:#}",
+            only_from_nat("UDP", &[nat, vpc::CLIENT], 1).unwrap_err()
+        );
+        assert!(e.contains("saw 10.0.1.10 among"), "{e}");
+    }
 }

@@ -1,0 +1,65 @@
+//! The bench's smoke test, a check module of `cargo xtask test` (its last part, also alone
+//! with `--only bench`): the bench in its quickest form, checking that every figure came out
+//! (not what it is: thresholds belong to the bench itself).
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use super::{OURS, Options, Part, run as bench};
+use crate::report::Report;
+
+const RUNS: &str = "bench-quick-runs-and-writes-its-report";
+const SIZES_AND_BUILD: &str = "bench-quick-has-sizes-and-build-speed";
+const BOOTS: &str = "bench-quick-boots-both-to-ready";
+pub const CHECKS: &[&str] = &[RUNS, SIZES_AND_BUILD, BOOTS];
+
+/// The bench in its quickest form (sizes, warm build, one direct boot of each image), checking
+/// that every figure came out. Part of the default test run: it keeps the bench working.
+pub fn run(root: &Path, report: &mut Report) -> Result<()> {
+    let mut opts = Options::new(root, true);
+    opts.parts = vec![Part::Sizes, Part::Build, Part::Boot];
+    opts.out = crate::target_dir(root).join("bench-smoke");
+    let mut result = None;
+    report.check(RUNS, || {
+        let r = bench(root, &opts)?;
+        for f in ["report.md", "report.json"] {
+            if !opts.out.join(f).is_file() {
+                bail!("no {f}");
+            }
+        }
+        result = Some(r);
+        Ok(())
+    });
+    // Read only by the checks below, which run only when RUNS passed and set it.
+    let r = result.unwrap_or_default();
+    report.check_after(RUNS, SIZES_AND_BUILD, || {
+        for who in ["ours", "baseline"] {
+            for k in ["disk_vmdk", "initramfs_cpio_gz", "ebs_upload"] {
+                if r["sizes"][who][k].as_u64().unwrap_or(0) == 0 {
+                    bail!("sizes.{who}.{k} missing: {}", r["sizes"]);
+                }
+            }
+        }
+        if r["build"][OURS]["warm"]["median"].as_f64().is_none() {
+            bail!("no warm build time: {}", r["build"]);
+        }
+        Ok(())
+    });
+    report.check_after(RUNS, BOOTS, || {
+        for who in ["ours", "baseline"] {
+            let t = &r["boot"]["direct"][who]["ready_ms"]["median"];
+            if t.as_f64().is_none_or(|t| t <= 0.0) {
+                bail!("{who}: no ready time: {}", r["boot"]["direct"][who]["runs"]);
+            }
+        }
+        if r["boot"]["direct"]["ratio_ours_baseline"]
+            .as_f64()
+            .is_none()
+        {
+            bail!("no ratio");
+        }
+        Ok(())
+    });
+    Ok(())
+}
