@@ -1,5 +1,6 @@
 //! Host checks: the workspace's own tests (`cargo test --workspace`), unit tests of every crate
-//! and nat-init's root tests in network namespaces. With the environment variable `CI` set,
+//! nat-init's root tests in network namespaces, and xtask-ami's tests against the moto that host
+//! setup installs. With the environment variable `CI` set,
 //! `--locked` too: CI must build from the committed Cargo.lock.
 
 use std::path::Path;
@@ -17,8 +18,10 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     hostdeps::ensure(hostdeps::QEMU)?;
     hostdeps::ensure(hostdeps::DISK_TOOLS)?;
     hostdeps::ensure(hostdeps::NET)?;
+    // xtask-ami's tests run against moto (a local AWS double on loopback).
+    let moto = hostdeps::ensure_moto(&crate::target_dir(root))?;
     let args = cargo_test_args(std::env::var_os("CI").is_some());
-    report.check(CARGO_TEST, || cargo_test(root, &args));
+    report.check(CARGO_TEST, || cargo_test(root, &args, &moto));
     Ok(())
 }
 
@@ -30,10 +33,11 @@ fn cargo_test_args(ci: bool) -> Vec<&'static str> {
     args
 }
 
-fn cargo_test(root: &Path, args: &[&str]) -> Result<()> {
+fn cargo_test(root: &Path, args: &[&str], moto: &Path) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = duct::cmd(&cargo, args)
         .dir(root)
+        .env(hostdeps::MOTO_ENV, moto)
         .unchecked()
         .run()
         .with_context(|| format!("running {cargo}"))?;
