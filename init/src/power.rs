@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use crate::supervise::{ExitReason, describe_exit};
+use crate::children::{ExitReason, describe_exit};
 
 pub const EV_KEY: u16 = 1;
 pub const KEY_POWER: u16 = 116;
