@@ -14,6 +14,7 @@
 //! or panicking step is logged and the boot goes on; a main loop that keeps failing
 //! syncs and reboots. `panic=10` on the kernel command line is the last backstop.
 
+mod children;
 mod config;
 mod console;
 mod log;
@@ -39,7 +40,7 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::power::{Halt, InputDevices};
 use crate::signals::{Action, Signals};
-use crate::supervise::Supervisor;
+use crate::supervise::{Event, Supervisor};
 
 const INPUT_DIR: &str = "/dev/input";
 /// The longest the main loop sleeps without a deadline.
@@ -156,7 +157,7 @@ fn boot() -> Init {
 
     let mut supervisor = Supervisor::new(config.services, now_ms());
     step("starting services", || {
-        for l in supervisor.start_due(now_ms(), supervise::spawn) {
+        for l in supervise::drive(&mut supervisor, Event::Timer, now_ms(), children::spawn) {
             log!("{l}");
         }
         Ok(())
@@ -290,10 +291,8 @@ impl Init {
         }
 
         let now = now_ms();
-        for (pid, reason) in signals::reap_all().exited {
-            for l in self.supervisor.on_exit(pid, reason, now) {
-                log!("{l}");
-            }
+        for (pid, reason) in children::reap_all().exited {
+            self.supervise(Event::Exited { pid, reason }, now);
         }
         while self.rescans.front().is_some_and(|t| *t <= now) {
             self.rescans.pop_front();
@@ -304,14 +303,19 @@ impl Init {
                 log!("no {INPUT_DIR}/event* devices: the power button will not work");
             }
         }
-        for l in self.supervisor.start_due(now, supervise::spawn) {
-            log!("{l}");
-        }
+        self.supervise(Event::Timer, now);
         Ok(())
     }
 
+    /// Hands an event to the supervisor, starts what it asks for and logs its lines.
+    fn supervise(&mut self, event: Event, now: u64) {
+        for l in supervise::drive(&mut self.supervisor, event, now, children::spawn) {
+            log!("{l}");
+        }
+    }
+
     fn shutdown(&mut self, reason: &str, how: Halt) -> ! {
-        self.supervisor.stop();
+        self.supervise(Event::Shutdown, now_ms());
         let mut sys = RealSystem {
             signals: self.signals.as_ref(),
         };
@@ -338,8 +342,8 @@ impl power::System for RealSystem<'_> {
     fn kill(&mut self, pid: i32, sig: Signal) -> Result<(), Errno> {
         kill(Pid::from_raw(pid), sig)
     }
-    fn reap(&mut self) -> (Vec<(i32, supervise::ExitReason)>, bool) {
-        let r = signals::reap_all();
+    fn reap(&mut self) -> (Vec<(i32, children::ExitReason)>, bool) {
+        let r = children::reap_all();
         (r.exited, r.no_children)
     }
     fn wait(&mut self, ms: u64) {

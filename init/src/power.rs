@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use crate::supervise::{ExitReason, describe_exit};
+use crate::children::{ExitReason, describe_exit};
 
 pub const EV_KEY: u16 = 1;
 pub const KEY_POWER: u16 = 116;
@@ -193,7 +193,8 @@ pub fn shutdown(
     }
     // Anything else (helpers, reparented orphans); ESRCH just means nobody is left.
     let _ = sys.kill(-1, Signal::SIGTERM);
-    let deadline = sys.now_ms() + grace_ms;
+    // A configured grace near u64::MAX means "wait as long as it takes", not "no time".
+    let deadline = sys.now_ms().saturating_add(grace_ms);
     if !wait_children(sys, &mut services, deadline) {
         let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
         sys.log(format!(
@@ -201,7 +202,7 @@ pub fn shutdown(
             names.join(" ")
         ));
         let _ = sys.kill(-1, Signal::SIGKILL);
-        let deadline = sys.now_ms() + KILL_WAIT_MS;
+        let deadline = sys.now_ms().saturating_add(KILL_WAIT_MS);
         wait_children(sys, &mut services, deadline);
     }
     sys.sync();
@@ -378,6 +379,20 @@ mod tests {
             "no waiting for the full grace: {}",
             f.now
         );
+    }
+
+    #[test]
+    fn huge_grace_saturates_instead_of_wrapping_to_no_grace() {
+        let mut f = fake(vec![(10, Some(100))]);
+        let services = vec![("a".to_string(), 10)];
+        shutdown(&mut f, "SIGTERM", services, u64::MAX, Halt::PowerOff);
+        assert!(f.calls.contains(&"log a exited with status 0".to_string()));
+        assert!(
+            !f.calls.iter().any(|c| c.ends_with("SIGKILL")),
+            "{:?}",
+            f.calls
+        );
+        assert!(f.now >= 1000 + 100, "waited for the service: {}", f.now);
     }
 
     #[test]

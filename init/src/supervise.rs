@@ -1,37 +1,16 @@
-//! Service supervision: start services in order, report how they exit, restart them
-//! with exponential backoff. Time is passed in (milliseconds since boot) so the state
-//! machine is tested without processes.
+//! Service supervision as a state machine without system calls: it takes events (time has
+//! come, a start succeeded or failed, a child exited, shutdown) and answers with actions
+//! (spawn this service, log this line). Restarts back off exponentially. Time is passed in
+//! (milliseconds since boot), so every path is tested without processes; main feeds it real
+//! events and carries out its actions with `children`.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::collections::VecDeque;
 
+use crate::children::{ExitReason, describe_exit};
 use crate::config::Service;
 
 /// A service that ran at least this long starts its backoff over from the floor.
 pub const BACKOFF_RESET_MS: u64 = 60_000;
-
-/// The environment every service starts from.
-pub const BASE_PATH: &str = "/sbin:/bin";
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitReason {
-    Status(i32),
-    /// Signal number and whether it dumped core.
-    Signal(i32, bool),
-}
-
-/// `<name> exited with status N` or `<name> killed by signal SIGKILL`.
-pub fn describe_exit(name: &str, reason: ExitReason) -> String {
-    match reason {
-        ExitReason::Status(n) => format!("{name} exited with status {n}"),
-        ExitReason::Signal(s, core) => format!(
-            "{name} killed by signal {}{}",
-            crate::signals::name(s),
-            if core { " (core dumped)" } else { "" }
-        ),
-    }
-}
 
 /// The delay before the next start: the floor after a long run or the first failure,
 /// otherwise double the previous delay, capped.
@@ -42,13 +21,54 @@ pub fn next_backoff(previous: Option<u64>, ran_ms: u64, min_ms: u64, max_ms: u64
     }
 }
 
+/// A configured service, by position in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceId(usize);
+
+/// Something that happened, for the supervisor to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Time has passed (a deadline from `next_due` or any wake-up): start what is due.
+    Timer,
+    /// The outcome of an [`Action::Spawn`]: the new pid, or why it could not start.
+    Spawned {
+        service: ServiceId,
+        result: Result<i32, String>,
+    },
+    /// A child was reaped; children that are not services are ignored.
+    Exited { pid: i32, reason: ExitReason },
+    /// No more starts or restarts from now on.
+    Shutdown,
+}
+
+/// What the supervisor asks its caller to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start this service, then report the outcome as [`Event::Spawned`].
+    Spawn(ServiceId),
+    Log(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not running; to be started at `due`.
+    Waiting {
+        due: u64,
+    },
+    /// A spawn was asked for and its outcome has not come back yet.
+    Starting,
+    Running {
+        pid: i32,
+        since: u64,
+    },
+    /// Not running and not to be started again (shutdown).
+    Stopped,
+}
+
 #[derive(Debug)]
 struct State {
     spec: Service,
-    pid: Option<i32>,
-    started_at: u64,
-    /// When to start next; None while running (or after stop).
-    due: Option<u64>,
+    phase: Phase,
     /// The last delay used, for doubling.
     backoff: Option<u64>,
 }
@@ -67,9 +87,7 @@ impl Supervisor {
             .into_iter()
             .map(|spec| State {
                 spec,
-                pid: None,
-                started_at: 0,
-                due: Some(now),
+                phase: Phase::Waiting { due: now },
                 backoff: None,
             })
             .collect();
@@ -79,49 +97,86 @@ impl Supervisor {
         }
     }
 
-    /// Starts every service whose time has come; returns the log lines.
-    pub fn start_due(
-        &mut self,
-        now: u64,
-        mut spawn: impl FnMut(&Service) -> Result<i32, String>,
-    ) -> Vec<String> {
-        let mut lines = Vec::new();
-        if self.stopping {
-            return lines;
-        }
-        for s in &mut self.services {
-            if s.pid.is_some() || s.due.is_none_or(|d| d > now) {
-                continue;
-            }
-            match spawn(&s.spec) {
-                Ok(pid) => {
-                    s.pid = Some(pid);
-                    s.started_at = now;
-                    s.due = None;
-                    lines.push(format!("started {} pid={pid}", s.spec.name));
-                }
-                Err(e) => {
-                    lines.push(format!("failed to start {}: {e}", s.spec.name));
-                    lines.push(schedule(s, now, 0));
-                }
+    /// Takes one event at time `now` and returns what to do about it, in order.
+    pub fn handle(&mut self, event: Event, now: u64) -> Vec<Action> {
+        match event {
+            Event::Timer => self.start_due(now),
+            Event::Spawned { service, result } => self.spawned(service, result, now),
+            Event::Exited { pid, reason } => self.exited(pid, reason, now),
+            Event::Shutdown => {
+                self.stop();
+                Vec::new()
             }
         }
-        lines
     }
 
-    /// Records an exited child; lines are empty if it was not a service.
-    pub fn on_exit(&mut self, pid: i32, reason: ExitReason, now: u64) -> Vec<String> {
+    /// The service an [`Action::Spawn`] refers to.
+    pub fn service(&self, id: ServiceId) -> Option<&Service> {
+        self.services.get(id.0).map(|s| &s.spec)
+    }
+
+    /// Asks for every service whose time has come, in configuration order.
+    fn start_due(&mut self, now: u64) -> Vec<Action> {
+        if self.stopping {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        for (i, s) in self.services.iter_mut().enumerate() {
+            if let Phase::Waiting { due } = s.phase
+                && due <= now
+            {
+                s.phase = Phase::Starting;
+                actions.push(Action::Spawn(ServiceId(i)));
+            }
+        }
+        actions
+    }
+
+    fn spawned(&mut self, id: ServiceId, result: Result<i32, String>, now: u64) -> Vec<Action> {
         let stopping = self.stopping;
-        let Some(s) = self.services.iter_mut().find(|s| s.pid == Some(pid)) else {
+        let Some(s) = self.services.get_mut(id.0) else {
             return Vec::new();
         };
-        s.pid = None;
-        let mut lines = vec![describe_exit(&s.spec.name, reason)];
-        if !stopping {
-            let ran = now.saturating_sub(s.started_at);
-            lines.push(schedule(s, now, ran));
+        // An outcome nobody is waiting for changes nothing.
+        if s.phase != Phase::Starting {
+            return Vec::new();
         }
-        lines
+        match result {
+            Ok(pid) => {
+                s.phase = Phase::Running { pid, since: now };
+                vec![Action::Log(format!("started {} pid={pid}", s.spec.name))]
+            }
+            Err(e) => {
+                let mut actions =
+                    vec![Action::Log(format!("failed to start {}: {e}", s.spec.name))];
+                if stopping {
+                    s.phase = Phase::Stopped;
+                } else {
+                    actions.push(Action::Log(schedule(s, now, 0)));
+                }
+                actions
+            }
+        }
+    }
+
+    /// Records an exited child; no actions if it was not a service.
+    fn exited(&mut self, pid: i32, reason: ExitReason, now: u64) -> Vec<Action> {
+        let stopping = self.stopping;
+        let found = self.services.iter_mut().find_map(|s| match s.phase {
+            Phase::Running { pid: p, since } if p == pid => Some((s, since)),
+            _ => None,
+        });
+        let Some((s, since)) = found else {
+            return Vec::new();
+        };
+        let mut actions = vec![Action::Log(describe_exit(&s.spec.name, reason))];
+        if stopping {
+            s.phase = Phase::Stopped;
+        } else {
+            let ran = now.saturating_sub(since);
+            actions.push(Action::Log(schedule(s, now, ran)));
+        }
+        actions
     }
 
     /// The earliest pending start, to bound the main loop's wait.
@@ -131,16 +186,19 @@ impl Supervisor {
         }
         self.services
             .iter()
-            .filter(|s| s.pid.is_none())
-            .filter_map(|s| s.due)
+            .filter_map(|s| match s.phase {
+                Phase::Waiting { due } => Some(due),
+                _ => None,
+            })
             .min()
     }
 
-    /// No more starts or restarts from now on.
-    pub fn stop(&mut self) {
+    fn stop(&mut self) {
         self.stopping = true;
         for s in &mut self.services {
-            s.due = None;
+            if let Phase::Waiting { .. } = s.phase {
+                s.phase = Phase::Stopped;
+            }
         }
     }
 
@@ -148,11 +206,16 @@ impl Supervisor {
     pub fn running(&self) -> Vec<(String, i32)> {
         self.services
             .iter()
-            .filter_map(|s| s.pid.map(|p| (s.spec.name.clone(), p)))
+            .filter_map(|s| match s.phase {
+                Phase::Running { pid, .. } => Some((s.spec.name.clone(), pid)),
+                _ => None,
+            })
             .collect()
     }
 }
 
+/// Waits for the next start with backoff; returns the log line. A huge configured delay
+/// saturates at the end of time instead of wrapping around to "now".
 fn schedule(s: &mut State, now: u64, ran_ms: u64) -> String {
     let delay = next_backoff(
         s.backoff,
@@ -161,38 +224,43 @@ fn schedule(s: &mut State, now: u64, ran_ms: u64) -> String {
         s.spec.restart_max_ms,
     );
     s.backoff = Some(delay);
-    s.due = Some(now + delay);
+    s.phase = Phase::Waiting {
+        due: now.saturating_add(delay),
+    };
     format!("restarting {} in {delay} ms", s.spec.name)
 }
 
-/// Builds the command for a service: minimal environment, stdin /dev/null,
-/// stdout/stderr inherited from init (the console), cwd /.
-pub fn command(spec: &Service) -> Command {
-    let mut cmd = Command::new(&spec.path);
-    cmd.args(&spec.args)
-        .env_clear()
-        .env("PATH", BASE_PATH)
-        .envs(&spec.env)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    let reset = || {
-        // SAFETY: pre_exec runs this in the freshly forked child, as reset_in_child requires.
-        unsafe { crate::signals::reset_in_child() }
-    };
-    // SAFETY: the closure runs between fork and exec in the child and only calls
-    // async-signal-safe functions (signal, sigprocmask, setsid); it allocates nothing.
-    unsafe { cmd.pre_exec(reset) };
-    cmd
-}
-
-/// Spawns a service; the Child handle is dropped because init reaps with waitpid(-1).
-pub fn spawn(spec: &Service) -> Result<i32, String> {
-    let child = command(spec)
-        .spawn()
-        .map_err(|e| format!("{}: {e}", spec.path.display()))?;
-    i32::try_from(child.id()).map_err(|e| format!("pid out of range: {e}"))
+/// Feeds one event to the supervisor and carries out its actions: `spawn` starts a service
+/// (its outcome goes straight back in), and the log lines are returned in order.
+pub fn drive(
+    sup: &mut Supervisor,
+    event: Event,
+    now: u64,
+    mut spawn: impl FnMut(&Service) -> Result<i32, String>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut pending: VecDeque<Action> = sup.handle(event, now).into();
+    while let Some(action) = pending.pop_front() {
+        match action {
+            Action::Log(line) => lines.push(line),
+            Action::Spawn(service) => {
+                // Ids come from this supervisor, so the service is always there.
+                let Some(spec) = sup.service(service) else {
+                    continue;
+                };
+                let result = spawn(spec);
+                // A start's lines come before the next start is tried.
+                for a in sup
+                    .handle(Event::Spawned { service, result }, now)
+                    .into_iter()
+                    .rev()
+                {
+                    pending.push_front(a);
+                }
+            }
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -211,20 +279,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn exit_descriptions() {
-        assert_eq!(
-            describe_exit("a", ExitReason::Status(3)),
-            "a exited with status 3"
-        );
-        assert_eq!(
-            describe_exit("a", ExitReason::Signal(9, false)),
-            "a killed by signal SIGKILL"
-        );
-        assert_eq!(
-            describe_exit("a", ExitReason::Signal(11, true)),
-            "a killed by signal SIGSEGV (core dumped)"
-        );
+    fn start_due(
+        sup: &mut Supervisor,
+        now: u64,
+        spawn: impl FnMut(&Service) -> Result<i32, String>,
+    ) -> Vec<String> {
+        drive(sup, Event::Timer, now, spawn)
+    }
+
+    fn on_exit(sup: &mut Supervisor, pid: i32, reason: ExitReason, now: u64) -> Vec<String> {
+        drive(sup, Event::Exited { pid, reason }, now, |s| {
+            panic!("an exit started {}; only timers start services", s.name)
+        })
+    }
+
+    fn shut_down(sup: &mut Supervisor, now: u64) {
+        let lines = drive(sup, Event::Shutdown, now, |s| {
+            panic!("shutdown started {}", s.name)
+        });
+        assert!(lines.is_empty(), "{lines:?}");
     }
 
     #[test]
@@ -238,6 +311,56 @@ mod tests {
     }
 
     #[test]
+    fn events_become_actions() {
+        let mut sup = Supervisor::new(vec![svc("a"), svc("b")], 0);
+        let (a, b) = (ServiceId(0), ServiceId(1));
+        assert_eq!(
+            sup.handle(Event::Timer, 0),
+            [Action::Spawn(a), Action::Spawn(b)]
+        );
+        assert_eq!(sup.service(a).map(|s| s.name.as_str()), Some("a"));
+        assert_eq!(sup.service(ServiceId(2)), None);
+        // Asked for once: a second tick before the outcome asks for nothing.
+        assert!(sup.handle(Event::Timer, 0).is_empty());
+        assert_eq!(sup.next_due(), None);
+        let spawned = |service, result| Event::Spawned { service, result };
+        assert_eq!(
+            sup.handle(spawned(a, Ok(7)), 0),
+            [Action::Log("started a pid=7".into())]
+        );
+        assert_eq!(
+            sup.handle(spawned(b, Err("EACCES".into())), 0),
+            [
+                Action::Log("failed to start b: EACCES".into()),
+                Action::Log("restarting b in 200 ms".into())
+            ]
+        );
+        // Outcomes nobody asked for, or for no such service, change nothing.
+        assert!(sup.handle(spawned(a, Ok(8)), 0).is_empty());
+        assert!(sup.handle(spawned(ServiceId(9), Ok(8)), 0).is_empty());
+        assert_eq!(sup.running(), vec![("a".to_string(), 7)]);
+        assert_eq!(sup.next_due(), Some(200));
+        assert_eq!(sup.handle(Event::Timer, 200), [Action::Spawn(b)]);
+    }
+
+    #[test]
+    fn a_start_failing_during_shutdown_is_not_retried() {
+        let mut sup = Supervisor::new(vec![svc("a")], 0);
+        assert_eq!(sup.handle(Event::Timer, 0), [Action::Spawn(ServiceId(0))]);
+        assert!(sup.handle(Event::Shutdown, 0).is_empty());
+        let failed = Event::Spawned {
+            service: ServiceId(0),
+            result: Err("ENOMEM".into()),
+        };
+        assert_eq!(
+            sup.handle(failed, 0),
+            [Action::Log("failed to start a: ENOMEM".into())]
+        );
+        assert_eq!(sup.next_due(), None);
+        assert!(sup.handle(Event::Timer, 100_000).is_empty());
+    }
+
+    #[test]
     fn starts_in_order_and_restarts_after_backoff() {
         let mut sup = Supervisor::new(vec![svc("a"), svc("b")], 0);
         let mut order = Vec::new();
@@ -248,30 +371,36 @@ mod tests {
             Ok(next_pid)
         };
         assert_eq!(
-            sup.start_due(0, &mut spawn),
+            start_due(&mut sup, 0, &mut spawn),
             vec!["started a pid=101", "started b pid=102"]
         );
         assert_eq!(sup.next_due(), None);
         assert_eq!(
-            sup.on_exit(101, ExitReason::Signal(9, false), 5000),
+            on_exit(&mut sup, 101, ExitReason::Signal(9, false), 5000),
             vec!["a killed by signal SIGKILL", "restarting a in 200 ms"]
         );
         assert!(
-            sup.on_exit(999, ExitReason::Status(0), 5000).is_empty(),
+            on_exit(&mut sup, 999, ExitReason::Status(0), 5000).is_empty(),
             "not a service"
         );
         assert_eq!(sup.next_due(), Some(5200));
-        assert!(sup.start_due(5199, &mut spawn).is_empty());
-        assert_eq!(sup.start_due(5200, &mut spawn), vec!["started a pid=103"]);
+        assert!(start_due(&mut sup, 5199, &mut spawn).is_empty());
+        assert_eq!(
+            start_due(&mut sup, 5200, &mut spawn),
+            vec!["started a pid=103"]
+        );
         // A quick second death doubles the delay.
         assert_eq!(
-            sup.on_exit(103, ExitReason::Status(1), 5300)[1],
+            on_exit(&mut sup, 103, ExitReason::Status(1), 5300)[1],
             "restarting a in 400 ms"
         );
-        assert_eq!(sup.start_due(5700, &mut spawn), vec!["started a pid=104"]);
+        assert_eq!(
+            start_due(&mut sup, 5700, &mut spawn),
+            vec!["started a pid=104"]
+        );
         // After a long run the backoff starts over.
         assert_eq!(
-            sup.on_exit(104, ExitReason::Status(1), 5700 + 61_000)[1],
+            on_exit(&mut sup, 104, ExitReason::Status(1), 5700 + 61_000)[1],
             "restarting a in 200 ms"
         );
         assert_eq!(order, ["a", "b", "a", "a"]);
@@ -288,13 +417,13 @@ mod tests {
         let mut now = 0;
         let mut delays = Vec::new();
         for _ in 0..5 {
-            let lines = sup.start_due(now, &mut spawn);
+            let lines = start_due(&mut sup, now, &mut spawn);
             assert_eq!(lines[0], "failed to start gone: No such file or directory");
             let due = sup.next_due().unwrap();
             assert!(due > now, "never due immediately again");
             delays.push(due - now);
             // Nothing happens before the due time.
-            assert!(sup.start_due(due - 1, &mut spawn).is_empty());
+            assert!(start_due(&mut sup, due - 1, &mut spawn).is_empty());
             now = due;
         }
         assert_eq!(attempts, 5);
@@ -302,10 +431,28 @@ mod tests {
     }
 
     #[test]
+    fn huge_restart_delay_saturates_instead_of_wrapping() {
+        let mut s = svc("slow");
+        (s.restart_min_ms, s.restart_max_ms) = (u64::MAX - 10, u64::MAX);
+        let mut sup = Supervisor::new(vec![s], 0);
+        assert_eq!(
+            start_due(&mut sup, 0, |_| Ok(5)),
+            vec!["started slow pid=5"]
+        );
+        assert_eq!(
+            on_exit(&mut sup, 5, ExitReason::Status(1), 1000)[1],
+            format!("restarting slow in {} ms", u64::MAX - 10)
+        );
+        // Wrapping would have made it due at 989, that is at once.
+        assert_eq!(sup.next_due(), Some(u64::MAX));
+        assert!(start_due(&mut sup, u64::MAX - 1, |_| Ok(6)).is_empty());
+    }
+
+    #[test]
     fn stop_prevents_restarts_and_lists_running() {
         let mut sup = Supervisor::new(vec![svc("a"), svc("b")], 0);
         let mut pid = 10;
-        sup.start_due(0, |_| {
+        start_due(&mut sup, 0, |_| {
             pid += 1;
             Ok(pid)
         });
@@ -313,91 +460,13 @@ mod tests {
             sup.running(),
             vec![("a".to_string(), 11), ("b".to_string(), 12)]
         );
-        sup.stop();
+        shut_down(&mut sup, 10);
         assert_eq!(
-            sup.on_exit(11, ExitReason::Status(0), 10),
+            on_exit(&mut sup, 11, ExitReason::Status(0), 10),
             vec!["a exited with status 0"]
         );
         assert_eq!(sup.next_due(), None);
-        assert!(sup.start_due(100_000, |_| Ok(1)).is_empty());
+        assert!(start_due(&mut sup, 100_000, |_| Ok(1)).is_empty());
         assert_eq!(sup.running(), vec![("b".to_string(), 12)]);
-    }
-
-    #[test]
-    fn command_has_minimal_environment() {
-        let mut s = svc("x");
-        s.env.insert("RUST_BACKTRACE".into(), "1".into());
-        s.args = vec!["--flag".into()];
-        let cmd = command(&s);
-        let envs: Vec<_> = cmd
-            .get_envs()
-            .map(|(k, v)| {
-                (
-                    k.to_str().unwrap().to_string(),
-                    v.map(|v| v.to_str().unwrap().to_string()),
-                )
-            })
-            .collect();
-        assert_eq!(
-            envs,
-            vec![
-                ("PATH".into(), Some(BASE_PATH.into())),
-                ("RUST_BACKTRACE".into(), Some("1".into()))
-            ]
-        );
-        assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["--flag"]);
-    }
-
-    #[test]
-    fn spawned_child_has_clean_signal_state_own_session_and_env() {
-        use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
-        // PID 1 blocks everything; std only resets the mask, so also ignore a signal:
-        // only our pre_exec puts ignored dispositions back to default.
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGUSR1);
-        set.thread_block().unwrap();
-        // SAFETY: installs SIG_IGN, no handler code; no other test uses SIGUSR2.
-        unsafe { signal(Signal::SIGUSR2, SigHandler::SigIgn) }.unwrap();
-        let s = Service {
-            name: "sh".into(),
-            path: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "grep -E '^Sig(Blk|Ign)' /proc/self/status; echo \"stat=$(cat /proc/$$/stat)\"; \
-                 echo \"env=$(env | sort | tr '\\n' ' ')\""
-                    .into(),
-            ],
-            env: BTreeMap::from([("X".to_string(), "1".to_string())]),
-            restart_min_ms: 200,
-            restart_max_ms: 1000,
-        };
-        let out = command(&s).stdout(Stdio::piped()).output().unwrap();
-        set.thread_unblock().unwrap();
-        // SAFETY: as above, restores the default.
-        unsafe { signal(Signal::SIGUSR2, SigHandler::SigDfl) }.unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains("SigBlk:\t0000000000000000"), "{text}");
-        // Signals 32 to 34 belong to the C library, which refuses to touch them; the
-        // kernel starts PID 1 with them at default anyway.
-        let ign = text
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:\t"))
-            .unwrap();
-        let ign = u64::from_str_radix(ign, 16).unwrap() & !(0b111 << 31);
-        assert_eq!(ign, 0, "ignored signals leaked into the child: {text}");
-        // pid (comm) state ppid pgrp session: the service leads its own session.
-        let stat = text.lines().find_map(|l| l.strip_prefix("stat=")).unwrap();
-        let pid = stat.split(' ').next().unwrap();
-        let after: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-        assert_eq!((after[2], after[3]), (pid, pid), "{stat}");
-        assert!(text.contains("PATH=/sbin:/bin"), "{text}");
-        assert!(text.contains("X=1"), "{text}");
-        assert!(!text.contains("HOME="), "{text}");
-    }
-
-    #[test]
-    fn spawn_of_missing_binary_is_an_error() {
-        let err = spawn(&svc("definitely-not-here-init-test")).unwrap_err();
-        assert!(err.contains("/sbin/definitely-not-here-init-test"), "{err}");
     }
 }

@@ -8,7 +8,6 @@
 mod common;
 use common::{run, sh, spawn_in_ns, tool_hint};
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -159,15 +158,7 @@ impl Drop for Topology {
 
 /// Runs `f` on a thread that has joined namespace `ns`; sockets it opens belong to `ns`.
 fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let fd = File::open(Path::new("/run/netns").join(ns)).unwrap();
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    test_support::netns::run_in(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Forwarding sysctls through the sysctl module. `nf_conntrack_max` is global (read-only outside

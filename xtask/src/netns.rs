@@ -2,9 +2,6 @@
 //! them (and their veths, bridges and taps) even when the test fails. Commands run in a
 //! namespace with `ip netns exec`; in-process servers run on threads that have joined one.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-
 use anyhow::{Context, Result, bail};
 
 /// Runs a command and returns its stdout; the error carries the command and its stderr.
@@ -190,23 +187,11 @@ impl Drop for Namespaces {
 pub fn spawn_in<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<std::thread::JoinHandle<Result<T>>> {
-    let path = format!("/run/netns/{name}");
-    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-    Ok(std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd only changes this thread's network namespace;
-        // the fd stays open for the duration of the call.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("setns into {path}: {}", std::io::Error::last_os_error());
-        }
-        Ok(f())
-    }))
+) -> Result<std::thread::JoinHandle<T>> {
+    Ok(test_support::netns::spawn_in(name, f)?)
 }
 
 /// Runs `f` in namespace `name` and waits for it.
 pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    spawn_in(name, f)?
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in namespace {name} panicked"))?
+    Ok(test_support::netns::run_in(name, f)?)
 }

@@ -1,8 +1,6 @@
 //! Helpers shared by the root network-namespace tests: running host tools, and failing with
 //! the exact install command when one is missing (a test never skips for lack of a tool).
 
-use std::fs::File;
-use std::path::Path;
 use std::process::Command;
 
 pub fn tool_hint(tool: &str) -> &'static str {
@@ -42,10 +40,5 @@ pub fn spawn_in_ns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
-    let path = Path::new("/run/netns").join(ns);
-    std::thread::spawn(move || {
-        let fd = File::open(path).unwrap();
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
+    test_support::netns::spawn_in(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }

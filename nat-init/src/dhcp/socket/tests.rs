@@ -6,8 +6,6 @@ use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use nix::sched::{CloneFlags, setns};
-
 const CLIENT_MAC: [u8; 6] = [0x02, 0x6e, 0x61, 0x74, 0x00, 0x01];
 
 /// Two namespaces joined by a veth pair, dnsmasq serving one end. Dropping it kills dnsmasq
@@ -101,16 +99,12 @@ impl Lab {
 
     /// Runs `f` on a thread inside the client namespace.
     fn in_client<T: Send + 'static>(&self, f: impl FnOnce(u32) -> T + Send + 'static) -> T {
-        let ns = format!("/run/netns/{}", self.client_ns);
         let ifname = self.client_if.clone();
-        std::thread::spawn(move || {
-            let nsf = File::open(&ns).unwrap();
-            setns(nsf, CloneFlags::CLONE_NEWNET).unwrap();
+        test_support::netns::run_in(&self.client_ns, move || {
             let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
             f(ifindex)
         })
-        .join()
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
