@@ -34,10 +34,15 @@ pub fn binaries(root: &Path, profile: &Profile, locked: bool) -> Result<Binaries
         pkgs.join(", "),
         binaries::TARGET
     ));
-    let bin_dir = binaries::build(root, &pkgs, locked)?;
+    let exes = binaries::build(root, &pkgs, locked)?;
     let read_bin = |name: &str| -> Result<Vec<u8>> {
-        let p = bin_dir.join(name);
-        std::fs::read(&p).with_context(|| format!("reading built binary {}", p.display()))
+        let p = exes.get(name).with_context(|| {
+            format!(
+                "cargo reported no binary {name} (it built: {})",
+                exes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        std::fs::read(p).with_context(|| format!("reading built binary {}", p.display()))
     };
     bins.init = Some(read_bin("init")?);
     for s in &profile.services {
