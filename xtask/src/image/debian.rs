@@ -53,6 +53,7 @@ pub fn resolve(root: &Path, loaded: &Loaded, args: &Args) -> Result<Debs> {
         locked: args.locked,
         local_debs: args.kernel_debs.clone(),
         update: args.update,
+        update_command: super::pinning::update_command(args),
     };
     let resolved = packages::resolve(&requests, &opts, &mut |m| say(m))?;
     let by_role = |role: &str| {

@@ -4,6 +4,7 @@
 //! leaves half-written artifacts under that name.
 //!
 //! Each stage lives in its own module; `run` is the sequence of them:
+//! - `pinning`: whether the build may move its pins (`--locked`, CI);
 //! - `compile`: cross-compile init and the services;
 //! - `debian`: the Debian packages, and the kernel and boot loader inside them;
 //! - `tree`: the root file system (skeleton, binaries, configs, modules);
@@ -21,6 +22,7 @@ mod debian;
 mod esp;
 mod manifest;
 mod outputs;
+mod pinning;
 mod report;
 mod staging;
 mod stamp;
@@ -73,6 +75,12 @@ pub fn default_out(root: &Path, profile: &str) -> PathBuf {
 
 pub fn run(root: &Path, args: &Args) -> Result<Built> {
     let mut st = report::Stages::new();
+    let locked = pinning::Locked::decide(args, std::env::var_os("CI").as_deref());
+    locked.announce();
+    let args = &Args {
+        locked: locked.is_locked(),
+        ..args.clone()
+    };
     let loaded = Loaded::load(root, &args.profile)?;
     let out = args
         .out

@@ -56,12 +56,14 @@ pub enum LockedAction {
 }
 
 /// Decides between fetching the locked version and re-resolving, given the versions apt offers
-/// now for the locked package. With `locked` a vanished version is an error that says what to do.
+/// now for the locked package. With `locked` a vanished version is an error that names
+/// `update_command`, the command that moves the lock.
 pub fn decide_locked(
     role: &str,
     entry: &LockEntry,
     available: &[String],
     locked: bool,
+    update_command: &str,
 ) -> Result<LockedAction> {
     if available.contains(&entry.version) {
         return Ok(LockedAction::Download);
@@ -76,7 +78,8 @@ pub fn decide_locked(
     };
     bail!(
         "{role}: the lock file pins {} {}, which is no longer available ({now}). \
-         Build without --locked to move the lock to the current version, and commit the lock file.",
+         Run `{update_command}` to move the lock to the current version (outside CI a build \
+         without --locked does the same), and commit the lock file.",
         entry.package,
         entry.version
     )
@@ -152,24 +155,26 @@ pub(super) mod tests {
         assert!(parse_lock(&good.replace("version = \"1\"\n", "")).is_err());
     }
 
+    const UPDATE: &str = "cargo xtask image --profile nat-t4g --update";
+
     #[test]
     fn locked_version_decisions() {
         let e = entry("linux-image-6.1.0-56-cloud-arm64", "6.1.192-2");
         let now = vec!["6.1.192-2".to_string(), "6.1.176-1".to_string()];
         assert_eq!(
-            decide_locked("kernel", &e, &now, true).unwrap(),
+            decide_locked("kernel", &e, &now, true, UPDATE).unwrap(),
             LockedAction::Download
         );
         assert_eq!(
-            decide_locked("kernel", &e, &now, false).unwrap(),
+            decide_locked("kernel", &e, &now, false, UPDATE).unwrap(),
             LockedAction::Download
         );
         let gone = vec!["6.1.200-1".to_string()];
         assert_eq!(
-            decide_locked("kernel", &e, &gone, false).unwrap(),
+            decide_locked("kernel", &e, &gone, false, UPDATE).unwrap(),
             LockedAction::Reresolve
         );
-        let err = decide_locked("kernel", &e, &gone, true)
+        let err = decide_locked("kernel", &e, &gone, true, UPDATE)
             .unwrap_err()
             .to_string();
         for part in [
@@ -177,10 +182,11 @@ pub(super) mod tests {
             "6.1.192-2",
             "6.1.200-1",
             "without --locked",
+            "Run `cargo xtask image --profile nat-t4g --update`",
         ] {
             assert!(err.contains(part), "{part} missing from: {err}");
         }
-        let err = decide_locked("kernel", &e, &[], true)
+        let err = decide_locked("kernel", &e, &[], true, UPDATE)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no version"), "{err}");

@@ -58,4 +58,7 @@ pub struct Options {
     pub local_debs: Vec<PathBuf>,
     /// Re-resolve every package to the current candidate version.
     pub update: bool,
+    /// The command that moves the lock (`cargo xtask image --profile P --update`), named by
+    /// every error of a locked build that would have to change it.
+    pub update_command: String,
 }

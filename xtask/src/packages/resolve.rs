@@ -61,8 +61,9 @@ fn resolve_with(
     };
     if opts.locked && old_lock.is_none() {
         bail!(
-            "--locked, but there is no lock file {}; build once without --locked to create it",
-            opts.lock_path.display()
+            "--locked, but there is no lock file {}; run `{}` to create it, and commit it",
+            opts.lock_path.display(),
+            opts.update_command
         );
     }
     let old_lock = old_lock.unwrap_or_default();
@@ -96,17 +97,19 @@ fn resolve_with(
         if opts.locked {
             match old {
                 None => bail!(
-                    "--locked, but {} has no entry for {} ({}); build without --locked to add it",
+                    "--locked, but {} has no entry for {} ({}); run `{}` to add it",
                     opts.lock_path.display(),
                     req.role,
-                    req.name
+                    req.name,
+                    opts.update_command
                 ),
                 Some(e) if e.requested != req.name => bail!(
-                    "--locked, but the profile asks for {} as {} while {} has {}; build without --locked to update it",
+                    "--locked, but the profile asks for {} as {} while {} has {}; run `{}` to update it",
                     req.name,
                     req.role,
                     opts.lock_path.display(),
-                    e.requested
+                    e.requested,
+                    opts.update_command
                 ),
                 Some(_) => {}
             }
@@ -125,12 +128,13 @@ fn resolve_with(
             ));
             if opts.locked && old.is_some_and(|o| o.sha256 != entry.sha256) {
                 bail!(
-                    "--locked, but {} ({} {}) differs from the lock file's {} {}; build without --locked to record it",
+                    "--locked, but {} ({} {}) differs from the lock file's {} {}; run `{}` to record it",
                     local.path.display(),
                     entry.package,
                     entry.version,
                     old.map_or("", |o| o.package.as_str()),
                     old.map_or("", |o| o.version.as_str()),
+                    opts.update_command
                 );
             }
             (entry, path)
@@ -139,7 +143,13 @@ fn resolve_with(
                 (old.clone(), cache.deb_path(&old.sha256))
             } else {
                 let available = apt.available_versions(&old.package, log)?;
-                match decide_locked(&req.role, old, &available, opts.locked)? {
+                match decide_locked(
+                    &req.role,
+                    old,
+                    &available,
+                    opts.locked,
+                    &opts.update_command,
+                )? {
                     LockedAction::Download => {
                         let pkg = apt.show(&old.package, &old.version, log)?;
                         let (entry, path) = fetch(&mut apt, &cache, req, &pkg, log)?;
@@ -194,8 +204,9 @@ fn resolve_with(
         // Every role was checked against the lock above; what is left are extra roles.
         if new_lock != old_lock {
             bail!(
-                "--locked, but {} has entries the profile does not request; build without --locked",
-                opts.lock_path.display()
+                "--locked, but {} has entries the profile does not request; run `{}` to drop them",
+                opts.lock_path.display(),
+                opts.update_command
             );
         }
         return Ok(out);
@@ -327,6 +338,8 @@ mod tests {
     use super::*;
     use crate::deb::tests::{tempdir, write_deb};
 
+    const UPDATE: &str = "cargo xtask image --profile test --update";
+
     fn requests() -> Vec<Request> {
         vec![
             Request {
@@ -392,6 +405,7 @@ mod tests {
             locked: false,
             local_debs: vec![kernel.clone(), boot.clone()],
             update: false,
+            update_command: UPDATE.into(),
         };
         let mut lines = Vec::new();
         let got = resolve_with(&requests(), &opts, &no_apt_tools(), &mut |l| {
@@ -515,12 +529,17 @@ mod tests {
             locked: true,
             local_debs: vec![],
             update: false,
+            update_command: UPDATE.into(),
         };
         let err = format!(
             "{:#}",
             resolve_with(&requests(), &opts, &no_apt_tools(), &mut |_| {}).unwrap_err()
         );
         assert!(err.contains("no lock file"), "{err}");
+        assert!(
+            err.contains(&format!("run `{UPDATE}` to create it")),
+            "{err}"
+        );
         opts.locked = false;
         let stray = dir.join("stray.deb");
         write_deb(&stray, "busybox", "1", "", &[("./", b"", None)]);
@@ -551,6 +570,7 @@ mod tests {
             locked: false,
             local_debs: vec![],
             update: false,
+            update_command: UPDATE.into(),
         };
         let start = Instant::now();
         let got = resolve(&requests(), &opts, &mut |l| eprintln!("{l}")).unwrap();
@@ -699,6 +719,7 @@ mod tests {
             locked: false,
             local_debs: vec![],
             update: false,
+            update_command: UPDATE.into(),
         };
         let mut lines = Vec::new();
         let got = resolve_with(&requests(), &opts, &apt.tools, &mut |l| {
@@ -756,6 +777,7 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("without --locked"), "{err}");
+        assert!(err.contains(&format!("Run `{UPDATE}`")), "{err}");
         opts.locked = false;
         let mut lines = Vec::new();
         let got = resolve_with(&requests(), &opts, &apt.tools, &mut |l| {
@@ -825,6 +847,7 @@ mod tests {
                             locked: false,
                             local_debs: vec![],
                             update: false,
+                            update_command: UPDATE.into(),
                         };
                         resolve_with(boot, &opts, &apt.tools, &mut |_| {})
                     })
