@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::ARTIFACTS;
 use super::outputs::DiskHashes;
-use crate::buildinfo::BuildFacts;
+use crate::buildinfo::{BuildFacts, Toolchain};
 use crate::digest::{sha256_file, sha256_hex};
 use crate::disk::DiskReport;
 use crate::modules::ModuleSet;
@@ -20,6 +20,7 @@ use crate::rootfs::{Node, Tree};
 pub struct Facts<'a> {
     pub loaded: &'a Loaded,
     pub facts: &'a BuildFacts,
+    pub toolchain: &'a Toolchain,
     pub resolved: &'a [Resolved],
     pub tree: &'a Tree,
     pub mods: &'a ModuleSet,
@@ -54,6 +55,8 @@ pub fn write(work: &Path, f: &Facts, hashes: &DiskHashes) -> Result<serde_json::
         "version": f.facts.version,
         "commit": f.facts.commit,
         "source_date_epoch": f.facts.source_date_epoch,
+        "toolchain": f.toolchain,
+        "xtask_sources_sha256": super::stamp::XTASK_SOURCES,
         "inputs": f.resolved.iter().map(|r| json!({
             "role": r.role, "package": r.name, "version": r.version, "sha256": r.sha256,
         })).collect::<Vec<_>>(),

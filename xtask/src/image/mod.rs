@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::buildinfo::BuildFacts;
+use crate::buildinfo::{BuildFacts, Toolchain};
 use crate::modules;
 use crate::profile::Loaded;
 
@@ -90,6 +90,7 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
     for n in notes {
         say(&n);
     }
+    let toolchain = Toolchain::gather(root)?;
     say(&format!(
         "building image {} ({} {}) into {}",
         loaded.name(),
@@ -121,7 +122,22 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
     // Everything below is a pure function of these inputs: skip it when nothing changed.
     let boot = debs.read_boot_files()?;
     let cmdline = loaded.cmdline();
-    let stamp = stamp::Stamp::new(&out, &loaded, &facts, &tree, &boot, &cmdline)?;
+    let stamp = stamp::Stamp::new(
+        &out,
+        &stamp::Inputs {
+            profile: &loaded.text,
+            facts: &facts,
+            cmdline: &cmdline,
+            packages: &debs.resolved,
+            vmlinuz: &boot.vmlinuz,
+            loader: &boot.loader,
+            tree: &tree,
+            lock: stamp::read_lock(&loaded.lock_path)?.as_deref(),
+            skeleton: &stamp::read_skeleton(&root.join("rootfs"))?,
+            toolchain: &toolchain,
+            xtask_sources: stamp::XTASK_SOURCES,
+        },
+    );
     if stamp.is_up_to_date(&out) {
         let manifest = manifest::read(&out)?;
         say(&format!("{} is up to date", out.display()));
@@ -150,6 +166,7 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
         &manifest::Facts {
             loaded: &loaded,
             facts: &facts,
+            toolchain: &toolchain,
             resolved: &debs.resolved,
             tree: &tree,
             mods: &mods,
