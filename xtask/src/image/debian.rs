@@ -101,6 +101,14 @@ impl Debs {
             .collect()
     }
 
+    /// `lib/modules/<release>` of the kernel package.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.kernel
+            .root
+            .join("lib/modules")
+            .join(&self.kernel_release)
+    }
+
     pub fn read_boot_files(&self) -> Result<BootFiles> {
         let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         Ok(BootFiles {

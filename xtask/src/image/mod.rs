@@ -105,15 +105,8 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
     let debs = debian::resolve(root, &loaded, args)?;
     st.done("packages");
 
-    let mods = modules::resolve(
-        &debs
-            .kernel
-            .root
-            .join("lib/modules")
-            .join(&debs.kernel_release),
-        &loaded.profile.kernel.modules,
-    )
-    .with_context(|| format!("resolving [kernel] modules of {}", loaded.path.display()))?;
+    let mods = modules::resolve(&debs.modules_dir(), &loaded.profile.kernel.modules)
+        .with_context(|| format!("resolving [kernel] modules of {}", loaded.path.display()))?;
     st.done("modules");
 
     let tree = tree::assemble(root, &loaded, &facts, &debs, bins, &mods)?;
