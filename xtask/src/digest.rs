@@ -1,5 +1,6 @@
 //! SHA-256 of bytes and files, as lowercase hex: the one checksum used in lock files,
-//! manifests and SHA256SUMS.
+//! manifests and SHA256SUMS; and `Fields`, the hash of a sequence of named values that
+//! digests of several inputs are built from.
 
 use std::io::Read;
 use std::path::Path;
@@ -39,6 +40,36 @@ pub fn sha256_continue(mut state: Sha256, path: &Path, skip: u64) -> Result<Stri
     Ok(hex(&state.finalize()))
 }
 
+/// SHA-256 over named fields, each written as `len(name) name len(data) data` with 8-byte
+/// little-endian lengths. The encoding is prefix-free: two different sequences of fields never
+/// give the same bytes, whatever the fields hold (no separators to escape, no Debug text).
+pub struct Fields(Sha256);
+
+impl Fields {
+    /// Starts a digest; `domain` (the first field) keeps digests of different things apart.
+    pub fn new(domain: &str) -> Fields {
+        let mut f = Fields(Sha256::new());
+        f.field("domain", domain.as_bytes());
+        f
+    }
+
+    pub fn field(&mut self, name: &str, data: &[u8]) -> &mut Fields {
+        for part in [name.as_bytes(), data] {
+            self.0.update((part.len() as u64).to_le_bytes());
+            self.0.update(part);
+        }
+        self
+    }
+
+    pub fn u64(&mut self, name: &str, value: u64) -> &mut Fields {
+        self.field(name, &value.to_le_bytes())
+    }
+
+    pub fn finish(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
 fn feed(h: &mut Sha256, path: &Path, skip: u64) -> Result<()> {
     use std::io::Seek;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -71,6 +102,32 @@ mod tests {
         let cont = super::sha256_continue(super::sha256_state(&a).unwrap(), &b, 3 << 20).unwrap();
         assert_eq!(cont, super::sha256_file(&b).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fields_are_unambiguous() {
+        let digest = |fields: &[(&str, &[u8])]| {
+            let mut f = super::Fields::new("test");
+            for (n, d) in fields {
+                f.field(n, d);
+            }
+            f.finish()
+        };
+        let base = digest(&[("a", b"bc")]);
+        // Moving bytes between name and data, or between fields, changes the digest.
+        for other in [
+            digest(&[("ab", b"c")]),
+            digest(&[("a", b"b"), ("", b"c")]),
+            digest(&[("a", b"bc"), ("", b"")]),
+            digest(&[("a", b"b"), ("c", b"")]),
+            digest(&[]),
+        ] {
+            assert_ne!(base, other);
+        }
+        assert_eq!(base, digest(&[("a", b"bc")]));
+        let mut other_domain = super::Fields::new("other");
+        other_domain.field("a", b"bc");
+        assert_ne!(base, other_domain.finish());
     }
 
     #[test]

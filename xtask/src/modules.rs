@@ -1,5 +1,6 @@
 //! Kernel module resolution without depmod or modinfo: reads each module's `.modinfo`
-//! ELF section, matches names and aliases, and orders the dependency closure for loading.
+//! ELF section (with the `object` crate's ELF reader), matches names and aliases, and orders
+//! the dependency closure for loading.
 //!
 //! Debian's kernel package ships no modules.dep/modules.alias (depmod runs at install
 //! time), so the metadata has to come from the modules themselves.
@@ -7,10 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use object::elf::FileHeader64;
+use object::read::StringTable;
+use object::read::elf::{FileHeader, SectionHeader};
+use object::{Endianness, ReadCache, ReadRef, SectionIndex};
 
 /// One module file to put in the image, decompressed.
 #[derive(Debug, Clone)]
@@ -280,125 +284,35 @@ fn parse_softdep_pre(value: &str) -> Vec<String> {
     pre
 }
 
-/// Random-access reads, so plain modules need only their headers and `.modinfo` read.
-trait ReadAt {
-    fn read_at_exact(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
-}
-
-impl ReadAt for [u8] {
-    fn read_at_exact(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let end = start.checked_add(len).ok_or(io::ErrorKind::UnexpectedEof)?;
-        self.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "ELF offset beyond the end of the file",
-            )
-        })
-    }
-}
-
-impl ReadAt for fs::File {
-    fn read_at_exact(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        self.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
-    }
-}
-
-/// Returns the bytes of the named section of an ELF64 file (either byte order).
-///
-/// A minimal reader of our own: it needs the ELF header and section headers only, and the
-/// object crate would be a large dependency for these ~50 lines.
-fn elf_section<R: ReadAt + ?Sized>(src: &R, wanted: &str) -> Result<Option<Vec<u8>>> {
-    let eh = src.read_at_exact(0, 64).context("reading the ELF header")?;
-    if &eh[..4] != b"\x7fELF" {
-        bail!("not an ELF file");
-    }
-    if eh[4] != 2 {
-        bail!("not a 64-bit ELF file");
-    }
-    let le = match eh[5] {
-        1 => true,
-        2 => false,
-        other => bail!("unknown ELF byte order {other}"),
-    };
-    let u16_at = |b: &[u8], o: usize| {
-        let a = [b[o], b[o + 1]];
-        if le {
-            u16::from_le_bytes(a)
-        } else {
-            u16::from_be_bytes(a)
-        }
-    };
-    let u32_at = |b: &[u8], o: usize| {
-        let a = [b[o], b[o + 1], b[o + 2], b[o + 3]];
-        if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    };
-    let u64_at = |b: &[u8], o: usize| {
-        let mut a = [0; 8];
-        a.copy_from_slice(&b[o..o + 8]);
-        if le {
-            u64::from_le_bytes(a)
-        } else {
-            u64::from_be_bytes(a)
-        }
-    };
-    let shoff = u64_at(&eh, 0x28);
-    let shentsize = usize::from(u16_at(&eh, 0x3a));
-    let mut shnum = usize::from(u16_at(&eh, 0x3c));
-    let mut shstrndx = usize::from(u16_at(&eh, 0x3e));
-    if shoff == 0 {
-        return Ok(None);
-    }
-    if shentsize < 64 {
-        bail!("ELF section header size {shentsize} is too small");
-    }
-    // Extended numbering: counts too large for the header live in section 0.
-    if shnum == 0 || shstrndx == 0xffff {
-        let s0 = src
-            .read_at_exact(shoff, 64)
-            .context("reading ELF section 0")?;
-        if shnum == 0 {
-            shnum = usize::try_from(u64_at(&s0, 32)).context("ELF section count")?;
-        }
-        if shstrndx == 0xffff {
-            shstrndx = u32_at(&s0, 40) as usize;
-        }
-    }
-    if shnum > 1 << 20 {
-        bail!("implausible ELF section count {shnum}");
-    }
-    let table = src
-        .read_at_exact(shoff, shnum * shentsize)
+/// Returns the bytes of the named section of an ELF64 file (either byte order). Given a file
+/// behind a `ReadCache`, only the headers, the section name table and that section are read,
+/// each in one piece.
+fn elf_section<'data, R: ReadRef<'data>>(data: R, wanted: &str) -> Result<Option<Vec<u8>>> {
+    let header = FileHeader64::<Endianness>::parse(data).context("not a 64-bit ELF file")?;
+    let endian = header.endian().context("reading the ELF byte order")?;
+    let sections = header
+        .sections(endian, data)
         .context("reading ELF section headers")?;
-    let header = |i: usize| &table[i * shentsize..i * shentsize + 64];
-    let size_of = |h: &[u8]| usize::try_from(u64_at(h, 32)).context("ELF section size");
-    if shstrndx >= shnum {
-        bail!("ELF section name table index {shstrndx} out of range");
-    }
-    let strtab_h = header(shstrndx);
-    let strtab = src
-        .read_at_exact(u64_at(strtab_h, 24), size_of(strtab_h)?)
+    // The name table in one read: looking names up through the table `sections` keeps would
+    // read each name from the file separately.
+    let names_index = header
+        .shstrndx(endian, data)
+        .context("reading the ELF section name table index")?;
+    let names = sections
+        .section(SectionIndex(names_index as usize))
+        .and_then(|s| s.data(endian, data))
         .context("reading ELF section names")?;
-    for i in 0..shnum {
-        let h = header(i);
-        let name_off = u32_at(h, 0) as usize;
-        let name = strtab
-            .get(name_off..)
-            .and_then(|s| s.split(|&b| b == 0).next());
-        if name == Some(wanted.as_bytes()) {
-            let data = src
-                .read_at_exact(u64_at(h, 24), size_of(h)?)
-                .with_context(|| format!("reading ELF section {wanted}"))?;
-            return Ok(Some(data));
-        }
-    }
-    Ok(None)
+    let names = StringTable::new(names, 0, names.len() as u64);
+    let Some(section) = sections
+        .iter()
+        .find(|s| s.name(endian, names) == Ok(wanted.as_bytes()))
+    else {
+        return Ok(None);
+    };
+    let bytes = section
+        .data(endian, data)
+        .with_context(|| format!("reading ELF section {wanted}"))?;
+    Ok(Some(bytes.to_vec()))
 }
 
 /// A module file found in the modules directory.
@@ -480,7 +394,7 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
 fn read_modinfo(path: &Path) -> Result<ModInfo> {
     let section = if path.extension().is_some_and(|e| e == "ko") {
         let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        elf_section(&file, ".modinfo")
+        elf_section(&ReadCache::new(file), ".modinfo")
     } else {
         elf_section(read_module(path)?.as_slice(), ".modinfo")
     }
@@ -800,20 +714,21 @@ mod tests {
             }
         };
         let mut out = vec![0u8; 64];
-        let mut sections = vec![(0u32, 0u64, 0u64)]; // (name offset, offset, size)
-        for (name_off, data) in [(1u32, &text), (7, &modinfo), (16, &shstrtab)] {
+        // (name offset, type, offset, size); types: SHT_NULL, SHT_PROGBITS, SHT_STRTAB.
+        let mut sections = vec![(0u32, 0u32, 0u64, 0u64)];
+        for (name_off, kind, data) in [(1u32, 1u32, &text), (7, 1, &modinfo), (16, 3, &shstrtab)] {
             let off = out.len() as u64;
             out.extend_from_slice(data);
-            sections.push((name_off, off, data.len() as u64));
+            sections.push((name_off, kind, off, data.len() as u64));
         }
         while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let shoff = out.len() as u64;
-        for (name, off, size) in &sections {
+        for (name, kind, off, size) in &sections {
             let mut sh = vec![0u8; 64];
             sh[0..4].copy_from_slice(&u32b(*name));
-            sh[4..8].copy_from_slice(&u32b(if *size == 0 { 0 } else { 1 }));
+            sh[4..8].copy_from_slice(&u32b(*kind));
             sh[24..32].copy_from_slice(&u64b(*off));
             sh[32..40].copy_from_slice(&u64b(*size));
             out.extend_from_slice(&sh);
