@@ -3,11 +3,9 @@
 //! start (plus replies and ICMP errors), drop unsolicited input but DHCP, loopback and rate-limited
 //! ping. The order of the rules is part of the policy; the comments at each say why.
 
-use std::net::Ipv4Addr;
-
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::*;
-use crate::cidr::Ipv4Cidr;
+use crate::cidr::{self, Ipv4Cidr};
 
 /// What the appliance wants in its table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,25 +133,6 @@ fn rule(name: &str, parts: &[&[Expr]]) -> Rule {
         name: name.into(),
         exprs: parts.iter().flat_map(|p| p.iter().cloned()).collect(),
     }
-}
-
-/// Sorted, merged inclusive ranges: the kernel's interval sets reject overlapping elements.
-fn merge_ranges(cidrs: &[Ipv4Cidr]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
-    let mut r: Vec<(u32, u32)> = cidrs
-        .iter()
-        .map(|c| (u32::from(c.addr()), u32::from(c.last())))
-        .collect();
-    r.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::new();
-    for (a, b) in r {
-        match out.last_mut() {
-            Some(last) if u64::from(a) <= u64::from(last.1) + 1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out.into_iter()
-        .map(|(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b)))
-        .collect()
 }
 
 /// The table for `spec`. Pure: same spec, same model, same bytes.
@@ -342,7 +321,8 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             flags: SET_INTERVAL,
             key_type: TYPE_IPADDR,
             key_len: 4,
-            ranges: merge_ranges(&spec.private),
+            // The kernel's interval sets reject overlapping elements.
+            ranges: cidr::merge(&spec.private),
         }],
         flowtable: spec.flowtable.then(|| Flowtable {
             name: FLOWTABLE.into(),
@@ -376,6 +356,7 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 pub(super) mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     /// A spec for `ens5` with the default table name and an ICMP rate of 10/s.
     pub(in crate::nft) fn spec(private: &[&str], flowtable: bool, mss: bool) -> RulesetSpec {
