@@ -10,6 +10,6 @@ pub mod imds;
 pub mod naming;
 pub mod netlink;
 pub mod nft;
+pub mod plan;
 pub mod report;
-pub mod service;
 pub mod sysctl;
