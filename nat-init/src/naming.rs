@@ -1,7 +1,7 @@
 //! Which network interface is the primary one and what udev would call it. The image has no
 //! udev, so the kernel names the ENA device `eth0`; AWS documentation, rules and operators expect
-//! `ens5`. [`read_sysfs`] takes a snapshot of sysfs (the edge); [`choose`] and [`udev_name`] are
-//! pure functions of it.
+//! `ens5`. [`read_sysfs`] takes a snapshot of sysfs (the edge); [`choose`], [`choose_primary`]
+//! and [`udev_name`] are pure functions of it.
 
 use std::fmt;
 use std::fs;
@@ -79,6 +79,8 @@ pub struct NetDevice {
     pub arphrd: Option<u32>,
     /// The PCI function behind the `device` link; `None` for virtual devices.
     pub pci: Option<PciAddr>,
+    /// The `address` file; `None` when unreadable or not a 6-byte MAC.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// A hotplug slot from /sys/bus/pci/slots: its name and the PCI device it holds.
@@ -102,6 +104,7 @@ pub struct Snapshot {
 pub struct Choice {
     pub current: String,
     pub pci: PciAddr,
+    pub mac: Option<[u8; 6]>,
     /// The udev-style name; `None` when it would not fit in 15 bytes.
     pub udev_name: Option<String>,
 }
@@ -140,24 +143,48 @@ pub fn udev_name(pci: PciAddr, slots: &[PciSlot]) -> Option<String> {
     (name.len() <= MAX_NAME).then_some(name)
 }
 
-/// The primary interface: the Ethernet device on PCI named `configured` (either its current name
-/// or its udev-style name), else the first in PCI address order.
-pub fn choose(snapshot: &Snapshot, configured: Option<&str>) -> Result<Choice, NamingError> {
-    let mut candidates: Vec<(PciAddr, &NetDevice)> = snapshot
+/// The Ethernet devices on PCI, in PCI address order: the candidates for the primary interface.
+pub fn candidates(snapshot: &Snapshot) -> Vec<Choice> {
+    let mut found: Vec<(PciAddr, &NetDevice)> = snapshot
         .devices
         .iter()
         .filter(|d| d.arphrd == Some(ARPHRD_ETHER))
         .filter_map(|d| Some((d.pci?, d)))
         .collect();
-    candidates.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
-    let choices: Vec<Choice> = candidates
+    found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    found
         .into_iter()
         .map(|(pci, d)| Choice {
             current: d.name.clone(),
             pci,
+            mac: d.mac,
             udev_name: udev_name(pci, &snapshot.slots),
         })
-        .collect();
+        .collect()
+}
+
+/// As [`choose`], except that with no `configured` interface the candidate whose MAC is
+/// `primary` wins when there is one: the primary ENI that IMDS named earlier in this boot.
+pub fn choose_primary(
+    snapshot: &Snapshot,
+    configured: Option<&str>,
+    primary: Option<[u8; 6]>,
+) -> Result<Choice, NamingError> {
+    if configured.is_none()
+        && let Some(mac) = primary
+        && let Some(c) = candidates(snapshot)
+            .into_iter()
+            .find(|c| c.mac == Some(mac))
+    {
+        return Ok(c);
+    }
+    choose(snapshot, configured)
+}
+
+/// The primary interface: the Ethernet device on PCI named `configured` (either its current name
+/// or its udev-style name), else the first in PCI address order.
+pub fn choose(snapshot: &Snapshot, configured: Option<&str>) -> Result<Choice, NamingError> {
+    let choices = candidates(snapshot);
     let seen = || {
         let mut names: Vec<&str> = snapshot.devices.iter().map(|d| d.name.as_str()).collect();
         names.sort_unstable();
@@ -199,7 +226,15 @@ pub fn read_sysfs(root: &Path) -> io::Result<Snapshot> {
         let pci = fs::canonicalize(dir.join("device"))
             .ok()
             .and_then(|p| pci_of_path(&p));
-        devices.push(NetDevice { name, arphrd, pci });
+        let mac = fs::read_to_string(dir.join("address"))
+            .ok()
+            .and_then(|t| parse_mac(&t));
+        devices.push(NetDevice {
+            name,
+            arphrd,
+            pci,
+            mac,
+        });
     }
     devices.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -225,6 +260,20 @@ pub fn read_sysfs(root: &Path) -> io::Result<Snapshot> {
     }
     slots.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Snapshot { devices, slots })
+}
+
+/// `0a:1b:2c:3d:4e:5f` (either case, surrounding whitespace allowed) as six bytes.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// The nearest PCI function in a resolved device path: the path itself for ENA
@@ -359,6 +408,77 @@ mod tests {
                 seen: "eth0,eth1,ib0,veth0,wg0".into()
             })
         );
+    }
+
+    fn add_mac(root: &Path, name: &str, mac: &str) {
+        let dir = fs::canonicalize(root.join("sys/class/net").join(name)).unwrap();
+        fs::write(dir.join("address"), format!("{mac}\n")).unwrap();
+    }
+
+    #[test]
+    fn a_remembered_primary_mac_wins_over_pci_order() {
+        let t = TempDir::new("primary");
+        add_if(
+            &t.0,
+            "eth0",
+            1,
+            Some("pci0000:00/0000:00:02.0/0000:01:00.0/virtio1"),
+        );
+        add_if(
+            &t.0,
+            "eth1",
+            1,
+            Some("pci0000:00/0000:00:03.0/0000:02:00.0/virtio2"),
+        );
+        add_mac(&t.0, "eth0", "52:54:00:0a:00:0b");
+        add_mac(&t.0, "eth1", "52:54:00:0A:00:0A");
+        add_slot(&t.0, "5", "0000:01:00");
+        add_slot(&t.0, "6", "0000:02:00");
+        let snap = read_sysfs(&t.0).unwrap();
+        let primary = parse_mac("52:54:00:0a:00:0a");
+        assert_eq!(snap.devices[1].mac, primary, "read case-insensitively");
+        let first = choose(&snap, None).unwrap();
+        assert_eq!(
+            (first.current.as_str(), first.udev_name.as_deref()),
+            ("eth0", Some("ens5"))
+        );
+        let c = choose_primary(&snap, None, primary).unwrap();
+        assert_eq!(
+            (c.current.as_str(), c.udev_name.as_deref()),
+            ("eth1", Some("ens6"))
+        );
+        assert_eq!(c.mac, primary);
+        // A MAC no device has: PCI order as before; a pinned interface wins over the MAC.
+        let gone = parse_mac("02:00:00:00:00:99");
+        assert_eq!(choose_primary(&snap, None, gone).unwrap(), first);
+        assert_eq!(choose_primary(&snap, None, None).unwrap(), first);
+        assert_eq!(choose_primary(&snap, Some("ens5"), primary).unwrap(), first);
+        assert_eq!(
+            candidates(&snap)
+                .iter()
+                .map(|c| c.current.as_str())
+                .collect::<Vec<_>>(),
+            ["eth0", "eth1"]
+        );
+    }
+
+    #[test]
+    fn mac_text_parsing() {
+        assert_eq!(
+            parse_mac(" 0A:1b:2c:3d:4e:5f\n"),
+            Some([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f])
+        );
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:60",
+            "0a:1b:2c:3d:4e:5",
+            "0a-1b-2c-3d-4e-5f",
+            "0a:1b:2c:3d:4e:5g",
+            "+a:1b:2c:3d:4e:5f",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

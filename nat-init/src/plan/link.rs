@@ -102,6 +102,7 @@ mod tests {
                 device: 5,
                 function: 0,
             },
+            mac: None,
             udev_name: udev.map(str::to_string),
         }
     }
@@ -207,6 +208,7 @@ mod tests {
                         device: 5,
                         function: 0,
                     }),
+                    mac: None,
                 },
                 NetDevice {
                     name: "eth1".into(),
@@ -217,6 +219,7 @@ mod tests {
                         device: 6,
                         function: 0,
                     }),
+                    mac: None,
                 },
             ],
             slots: vec![crate::naming::PciSlot {

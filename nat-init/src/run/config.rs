@@ -37,10 +37,9 @@ pub fn read_baked(path: &str) -> Option<String> {
 impl Service {
     /// [`Stage::Config`]: IMDS (VPC ranges, user-data), layered configuration, private ranges.
     pub(super) fn load_config(&mut self) -> Result<()> {
-        let baked = self
-            .baked
-            .as_deref()
-            .map(|t| (t, self.config_path.as_str()));
+        // Owned: the primary-ENI check below needs `self` mutably.
+        let (baked_text, config_path) = (self.baked.clone(), self.config_path.clone());
+        let baked = baked_text.as_deref().map(|t| (t, config_path.as_str()));
         let imds_on = Config::layered(baked, None).config.imds;
         let mut vpc: Option<Vec<Ipv4Cidr>> = None;
         let mut user_data: Option<String> = None;
@@ -56,15 +55,10 @@ impl Service {
                         d.mac,
                         report::ranges_text(&d.vpc_cidrs)
                     ));
-                    let ours = report::mac_text(&self.iface.mac);
-                    if !d.mac.eq_ignore_ascii_case(&ours) {
-                        error(
-                            "imds",
-                            format_args!(
-                                "the primary ENI is {} but {} is {ours}: is the right interface chosen?",
-                                d.mac, self.iface.name
-                            ),
-                        );
+                    self.check_primary(&d.mac)?;
+                    if self.switch_to.is_some() {
+                        // The rest is for the primary, once nat-init drives it.
+                        return Ok(());
                     }
                     vpc = Some(d.vpc_cidrs);
                     match plan::classify_user_data(d.user_data.as_deref()) {

@@ -1,5 +1,7 @@
 //! The primary interface, before the loop starts: found (naming decides, `plan` resolves the
 //! configuration), renamed, brought up with loopback, and given a little time for carrier.
+//! Which one is the primary ENI is IMDS's to say (see `primary`): until it has, the first
+//! candidate in PCI order, or the one it named earlier in this boot.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,12 +28,13 @@ pub struct Iface {
     pub mac: [u8; 6],
 }
 
-/// Finds, renames and brings up the primary interface, waiting for it to appear.
-pub fn setup_link(cfg: &Config) -> Iface {
+/// Finds, renames and brings up the primary interface (the one with MAC `primary` when that is
+/// known and there), waiting for it to appear.
+pub fn setup_link(cfg: &Config, primary: Option<[u8; 6]>) -> Iface {
     let start = Instant::now();
     let mut backoff = Backoff::default();
     loop {
-        match try_setup_link(cfg) {
+        match try_setup_link(cfg, primary) {
             Ok(i) => return i,
             // Drivers probe asynchronously: poll quietly while the interface may still appear.
             Err(_) if start.elapsed() < LINK_APPEAR => {
@@ -53,12 +56,12 @@ pub fn setup_link(cfg: &Config) -> Iface {
     }
 }
 
-fn try_setup_link(cfg: &Config) -> Result<Iface> {
+fn try_setup_link(cfg: &Config, primary: Option<[u8; 6]>) -> Result<Iface> {
     let snapshot = naming::read_sysfs(Path::new("/")).context("reading /sys/class/net")?;
     let mut rtnl = Rtnl::open()?;
     let links = rtnl.links()?;
     let choice = plan::resolve_interface(
-        naming::choose(&snapshot, cfg.interface.as_deref()),
+        naming::choose_primary(&snapshot, cfg.interface.as_deref(), primary),
         &snapshot,
         &links,
         cfg,

@@ -4,6 +4,7 @@
 //! - `console`: the lines printed and the boot clock;
 //! - `signals`: SIGTERM and SIGINT end the process, leaving the table in place;
 //! - `link`: finds, renames and brings up the primary interface, waits for carrier;
+//! - `primary`: whether that is the primary ENI IMDS names, and the switch when it is not;
 //! - `dhcp`: the DHCP client's lease changes and errors, and the `no lease` report;
 //! - `lease` ([`Stage::Address`]): the lease on the interface, and its drift check;
 //! - `config` ([`Stage::Config`]): the baked file, IMDS and user-data;
@@ -17,6 +18,7 @@ mod dhcp;
 mod health;
 mod lease;
 mod link;
+mod primary;
 mod ruleset;
 mod signals;
 mod sysctl;
@@ -64,6 +66,9 @@ pub struct Service {
     no_lease_since_ms: u64,
     no_lease_report_ms: u64,
     no_lease_backoff: Backoff,
+    /// IMDS named another interface as the primary ENI: the loop switches to the one with
+    /// this MAC before anything else runs.
+    switch_to: Option<[u8; 6]>,
 }
 
 /// Reads the baked configuration at `config_path`, brings up the primary interface (waiting for
@@ -75,7 +80,13 @@ pub fn start(config_path: String) -> Service {
         error("config", format_args!("{e}; using the defaults"));
     }
     let cfg = layered.config;
-    let iface = link::setup_link(&cfg);
+    // Only IMDS names the primary, so only then is an earlier answer worth anything.
+    let primary = if cfg.imds {
+        primary::remembered()
+    } else {
+        None
+    };
+    let iface = link::setup_link(&cfg, primary);
     link::wait_for_carrier(&iface);
     Service::new(config_path, baked, cfg, iface)
 }
@@ -109,6 +120,7 @@ impl Service {
             no_lease_since_ms: now,
             no_lease_report_ms: now.saturating_add(ms(timeout)),
             no_lease_backoff: Backoff::new(timeout, NO_LEASE_REPORT_MAX.max(timeout)),
+            switch_to: None,
             cfg,
             iface,
         }
@@ -119,6 +131,10 @@ impl Service {
     pub fn run(&mut self) -> ! {
         loop {
             self.run_due_stages();
+            if let Some(mac) = self.switch_to.take() {
+                self.switch_primary(mac);
+                continue;
+            }
             let now = now_ms();
             self.announce_and_check(now);
             self.report_no_lease(now);
@@ -134,7 +150,8 @@ impl Service {
         }
     }
 
-    /// Runs every stage that is due, in order, until one fails (it is retried on its back-off).
+    /// Runs every stage that is due, in order, until one fails (it is retried on its back-off)
+    /// or the interface turns out not to be the primary ENI (nothing more is done on it).
     fn run_due_stages(&mut self) {
         while let Some(stage) = self.stages.next_due(now_ms()) {
             let r = match stage {
@@ -144,6 +161,7 @@ impl Service {
                 Stage::Nft => self.install_ruleset(),
             };
             match r {
+                Ok(()) if self.switch_to.is_some() => return,
                 Ok(()) => self.stages.succeeded(stage),
                 Err(e) => {
                     let d = self.stages.failed(stage, now_ms());
