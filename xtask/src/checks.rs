@@ -2,9 +2,11 @@
 //! `image` (the built artifacts), `boot` (init under UEFI in QEMU) and `e2e` (the NAT on an
 //! emulated VPC). Each module runs its own setup (image build, VM) and records its checks in
 //! the `Report`; `testsuite` decides which modules run. The bench's smoke test is
-//! `bench::smoke`.
+//! `bench::smoke`. `kmod` holds the kernel-module assertions the image check and every boot
+//! share.
 
 pub mod boot;
 pub mod e2e;
 pub mod host;
 pub mod image;
+pub mod kmod;

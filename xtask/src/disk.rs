@@ -535,6 +535,64 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
             .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
+/// Reads files back from the EFI System Partition of a disk image `write_disk` wrote (the
+/// files the firmware and boot loader will load), each whole, in the order asked.
+pub fn read_esp_files(image: &Path, paths: &[&str]) -> Result<Vec<Vec<u8>>> {
+    let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let gpt = gptman::GPT::read_from(&mut file, SECTOR)
+        .with_context(|| format!("reading the GPT of {}", image.display()))?;
+    let esp = gpt
+        .iter()
+        .map(|(_, p)| p)
+        .find(|p| p.partition_type_guid == ESP_TYPE.to_gpt_bytes())
+        .with_context(|| format!("{} has no EFI System Partition", image.display()))?;
+    let start = esp.starting_lba * SECTOR;
+    let len = (esp.ending_lba + 1 - esp.starting_lba) * SECTOR;
+    // fatfs wants a writable stream; nothing is written when nothing is changed, and the file
+    // is open read-only, so a write would fail rather than alter the image.
+    let fs = fatfs::FileSystem::new(
+        PartitionWindow::new(ReadOnly(file), start, len),
+        fatfs::FsOptions::new(),
+    )
+    .with_context(|| format!("opening the ESP of {}", image.display()))?;
+    let root = fs.root_dir();
+    paths
+        .iter()
+        .map(|path| {
+            let mut data = Vec::new();
+            root.open_file(path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .with_context(|| format!("reading {path} from the ESP of {}", image.display()))?;
+            Ok(data)
+        })
+        .collect()
+}
+
+/// A file opened for reading, which refuses writes.
+struct ReadOnly(File);
+
+impl Read for ReadOnly {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for ReadOnly {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::other("the disk image is opened read-only"))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for ReadOnly {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.0.seek(to)
+    }
+}
+
 /// A bounded view of `len` bytes of `inner` starting at `start`, seen as a stream from 0.
 struct PartitionWindow<F> {
     inner: F,
@@ -907,6 +965,14 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(entry.modified().date.year, 1980);
         assert_eq!(entry.modified().date.month, 1);
+        drop(fs);
+        // The read-only reader finds the same bytes through the GPT.
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let got = read_esp_files(image, &paths).unwrap();
+        for (f, data) in files.iter().zip(&got) {
+            assert!(*data == f.data, "{} reads back different bytes", f.path);
+        }
+        assert!(read_esp_files(image, &["no/such/file"]).is_err());
     }
 
     #[test]

@@ -242,6 +242,8 @@ pub struct ModInfo {
     pub aliases: Vec<String>,
     pub depends: Vec<String>,
     pub softdep_pre: Vec<String>,
+    /// `vermagic=`: the kernel release and build options the module was built for.
+    pub vermagic: Option<String>,
 }
 
 /// Parses a `.modinfo` section: NUL-separated `key=value` strings.
@@ -264,10 +266,17 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
                     .map(normalize_name),
             ),
             "softdep" => info.softdep_pre.extend(parse_softdep_pre(value)),
+            "vermagic" => info.vermagic = Some(value.to_string()),
             _ => {}
         }
     }
     info
+}
+
+/// The `.modinfo` of a module file's bytes (decompressed).
+pub fn modinfo_of(elf: &[u8]) -> Result<ModInfo> {
+    let section = elf_section(elf, ".modinfo")?.context("no .modinfo section")?;
+    Ok(parse_modinfo(&section))
 }
 
 /// `softdep=pre: a b post: c` → [a, b].
@@ -678,13 +687,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::deb::tests::tempdir;
 
     /// A minimal ELF64 relocatable file with `.modinfo` built from `entries` (plus a `.text`
     /// section so `.modinfo` is not the first one).
-    fn elf(entries: &[&str], little_endian: bool) -> Vec<u8> {
+    pub(crate) fn elf(entries: &[&str], little_endian: bool) -> Vec<u8> {
         let mut modinfo = Vec::new();
         for e in entries {
             modinfo.extend_from_slice(e.as_bytes());
@@ -926,7 +935,15 @@ mod tests {
         assert_eq!(info.aliases, ["nft-expr-masq"]);
         assert_eq!(info.depends, ["nf_tables", "nf_nat"]);
         assert_eq!(info.softdep_pre, ["crc32c", "sha256"]);
+        assert_eq!(info.vermagic, None);
         assert!(parse_modinfo(b"depends=\0").depends.is_empty());
+        let vm = "vermagic=6.1.0-56-cloud-arm64 SMP mod_unload modversions aarch64";
+        let info = modinfo_of(&elf(&["name=x", vm], true)).unwrap();
+        assert_eq!(
+            info.vermagic.as_deref(),
+            Some("6.1.0-56-cloud-arm64 SMP mod_unload modversions aarch64")
+        );
+        assert!(modinfo_of(b"not an ELF file").is_err());
     }
 
     #[test]

@@ -1,21 +1,32 @@
 //! Checks of the built `nat-t4g` image's artifacts: SHA256SUMS, the GPT, the VHD and VMDK
-//! against the raw disk, reproducibility and the up-to-date rebuild.
+//! against the raw disk, the modules' vermagic against the kernel on the disk,
+//! reproducibility and the up-to-date rebuild.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::report::Report;
+use super::kmod;
+use crate::report::{Report, say};
 use crate::{digest, hostdeps, image};
 
 const SHA256SUMS: &str = "image-sha256sums-match-files";
 const RAW_GPT: &str = "image-raw-is-whole-gib-gpt";
 const VHD: &str = "image-vpc-check-and-roundtrip";
 const VMDK: &str = "image-vmdk-check-and-roundtrip";
+const VERMAGIC: &str = "image-modules-vermagic-match-kernel";
 const REPRODUCIBLE: &str = "image-reproducible";
 const WARM_REBUILD: &str = "image-warm-rebuild-is-up-to-date";
-pub const CHECKS: &[&str] = &[SHA256SUMS, RAW_GPT, VHD, VMDK, REPRODUCIBLE, WARM_REBUILD];
+pub const CHECKS: &[&str] = &[
+    SHA256SUMS,
+    RAW_GPT,
+    VHD,
+    VMDK,
+    VERMAGIC,
+    REPRODUCIBLE,
+    WARM_REBUILD,
+];
 
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     hostdeps::ensure(hostdeps::QEMU)?;
@@ -125,6 +136,26 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
             Ok(())
         });
     }
+    // What the disk boots, read back from its ESP: the kernel and the initramfs's modules.
+    report.check(VERMAGIC, || {
+        let booted = kmod::booted(&dir.join("disk.raw"))?;
+        let listed = kmod::expected_modules(&built.manifest)?;
+        if booted.modules.len() != listed {
+            bail!(
+                "the initramfs holds {} modules, the manifest lists {listed}",
+                booted.modules.len()
+            );
+        }
+        let (release, n) = kmod::check_vermagic(&booted.kernel, &booted.modules)?;
+        if built.manifest["kernel_release"].as_str() != Some(release.as_str()) {
+            bail!(
+                "the kernel on the disk is {release}, the manifest says {}",
+                built.manifest["kernel_release"]
+            );
+        }
+        say(&format!("{n} modules built for kernel {release}"));
+        Ok(())
+    });
     report.check(REPRODUCIBLE, || {
         let tmp = tempfile::Builder::new()
             .prefix("xtask-repro-")
