@@ -1,7 +1,10 @@
 //! Booting the disk image the way EC2 does: `qemu-system-aarch64 -M virt` with AAVMF UEFI
-//! firmware in pflash (a private copy of the variable store), the disk as NVMe, and a
-//! virtio-net NIC behind a PCIe root port in slot 5, so that udev-style naming gives `ens5`
-//! as on Nitro. Also the harness the boot tests use: serial capture, waits, and QMP.
+//! firmware in pflash (a private copy of the variable store), the disk as NVMe, and virtio-net
+//! NICs on PCIe (by default one behind a root port in slot 5, so that udev-style naming gives
+//! `ens5` as on Nitro). Graviton's other traits are options: the `virt-4.1` machine (its ACPI
+//! power button is a PL061 GPIO line, as on EC2, not the GED of newer machines), and the
+//! console on a PCI 16550 (Graviton's `ttyS0`). Also the harness the boot tests use: serial
+//! capture, waits, and QMP.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -15,6 +18,8 @@ use tempfile::TempDir;
 
 pub const FIRMWARE_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 pub const FIRMWARE_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+/// The PCI address of the 16550 console on the root bus: where Graviton has its `ttyS0`.
+const PCI_SERIAL_ADDR: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Net {
@@ -38,12 +43,76 @@ impl Net {
     }
 }
 
+/// QEMU's `virt` machine version, which decides how the ACPI power button reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// The current `virt`: the power button is an event of the ACPI Generic Event Device.
+    Virt,
+    /// `virt-4.1`, the last version without a GED: the power button is a PL061 GPIO line with
+    /// an ACPI GPIO event, the way EC2's stop and terminate press it on Graviton.
+    Virt41,
+}
+
+impl Machine {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Virt => "virt",
+            Self::Virt41 => "virt-4.1",
+        }
+    }
+}
+
+/// Which UART the harness reads and types on (the other one, if any, goes to a file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// The machine's PL011 (`ttyAMA0`), QEMU's default.
+    Pl011,
+    /// A PCI 16550 (`-device pci-serial`, `ttyS0`) at 00:01.0 as on Graviton; its output is
+    /// also written to its own file ([`Vm::console_file`]), and the PL011's to another.
+    PciSerial,
+}
+
+/// Where a NIC sits on PCIe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PciPlace {
+    /// Behind a `pcie-root-port` with this hotplug slot number: the kernel names the slot,
+    /// so udev-style naming gives `ens<slot>` (Nitro's ENIs are `ens5`, `ens6`, ...).
+    RootPort { slot: u8 },
+    /// Directly on the root bus `pcie.0` at this device number, no slot: `enp0s<addr>`, as
+    /// other instance types name their NIC.
+    RootBus { addr: u8 },
+}
+
+/// One virtio-net NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub net: Net,
+    pub mac: String,
+    pub place: PciPlace,
+}
+
+impl Nic {
+    /// The default placement: behind a root port in slot 5 (`ens5`).
+    pub fn slot5(net: Net, mac: &str) -> Self {
+        Self {
+            net,
+            mac: mac.to_string(),
+            place: PciPlace::RootPort { slot: 5 },
+        }
+    }
+}
+
+/// The MAC of the only NIC of `cargo xtask qemu`, QEMU's own default.
+pub const DEFAULT_MAC: &str = "52:54:00:12:34:56";
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub disk: PathBuf,
     pub mem_mib: u32,
-    pub net: Net,
-    pub mac: String,
+    pub machine: Machine,
+    pub console: Console,
+    /// In PCI order of their places as given; none means `-nic none`.
+    pub nics: Vec<Nic>,
     /// Run QEMU inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
     /// Boot this kernel directly instead of the disk through UEFI firmware.
@@ -103,20 +172,22 @@ impl VmConfig {
         Self {
             disk,
             mem_mib: 512,
-            net: Net::None,
-            mac: "52:54:00:12:34:56".into(),
+            machine: Machine::Virt,
+            console: Console::Pl011,
+            nics: Vec::new(),
             netns: None,
             direct: None,
         }
     }
 }
 
-/// The QEMU command line. The disk is opened with snapshot=on: the built image is never
-/// written to, every boot starts from the same bytes.
+/// The QEMU command line, without the serial ports (see [`serial_args`]). The disk is opened
+/// with snapshot=on: the built image is never written to, every boot starts from the same
+/// bytes.
 pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
     let mut a: Vec<String> = [
         "-M",
-        "virt",
+        cfg.machine.name(),
         "-cpu",
         "cortex-a72",
         "-smp",
@@ -131,6 +202,14 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     a.extend(["-m".into(), cfg.mem_mib.to_string()]);
+    if cfg.console == Console::PciSerial {
+        // Before the disk and the root ports take the first free addresses: 00:01.0 as on
+        // Graviton. Its chardev comes from `serial_args`.
+        a.extend([
+            "-device".into(),
+            format!("pci-serial,chardev=ttyS0,bus=pcie.0,addr={PCI_SERIAL_ADDR:#x}"),
+        ]);
+    }
     if let Some(d) = &cfg.direct {
         a.extend([
             "-kernel".into(),
@@ -159,21 +238,7 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
             "nvme,drive=d0,serial=vol0".into(),
         ]);
     }
-    let nic = |netdev: String| {
-        vec![
-            "-device".to_string(),
-            "pcie-root-port,id=rp5,slot=5,chassis=1".to_string(),
-            "-netdev".to_string(),
-            netdev,
-            "-device".to_string(),
-            format!("virtio-net-pci,netdev=n0,bus=rp5,mac={}", cfg.mac),
-        ]
-    };
-    match &cfg.net {
-        Net::User => a.extend(nic("user,id=n0".into())),
-        Net::Tap(t) => a.extend(nic(format!("tap,id=n0,ifname={t},script=no,downscript=no"))),
-        Net::None => a.extend(["-nic".to_string(), "none".to_string()]),
-    }
+    a.extend(nic_args(&cfg.nics));
     if let Some(q) = qmp {
         a.extend([
             "-qmp".into(),
@@ -181,6 +246,57 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
         ]);
     }
     a
+}
+
+/// The NICs' devices: a root port per slot, then each virtio-net NIC with its netdev.
+fn nic_args(nics: &[Nic]) -> Vec<String> {
+    let mut a = Vec::new();
+    let mut any = false;
+    for (i, nic) in nics.iter().enumerate() {
+        let netdev = match &nic.net {
+            Net::User => format!("user,id=n{i}"),
+            Net::Tap(t) => format!("tap,id=n{i},ifname={t},script=no,downscript=no"),
+            Net::None => continue,
+        };
+        any = true;
+        let bus = match nic.place {
+            PciPlace::RootPort { slot } => {
+                a.extend([
+                    "-device".to_string(),
+                    format!("pcie-root-port,id=rp{slot},slot={slot},chassis=1"),
+                ]);
+                format!("bus=rp{slot}")
+            }
+            PciPlace::RootBus { addr } => format!("bus=pcie.0,addr={addr:#x}"),
+        };
+        a.extend([
+            "-netdev".to_string(),
+            netdev,
+            "-device".to_string(),
+            format!("virtio-net-pci,netdev=n{i},{bus},mac={}", nic.mac),
+        ]);
+    }
+    if !any {
+        a.extend(["-nic".to_string(), "none".to_string()]);
+    }
+    a
+}
+
+/// The serial ports of a harnessed VM: the console on stdio (also logged to `console_log` for
+/// the PCI 16550, whose device [`args`] places), the PL011 then into `other_log`.
+fn serial_args(console: Console, console_log: &Path, other_log: &Path) -> Vec<String> {
+    match console {
+        Console::Pl011 => vec!["-serial".into(), "stdio".into()],
+        Console::PciSerial => vec![
+            "-chardev".into(),
+            format!(
+                "stdio,id=ttyS0,signal=off,logfile={},logappend=off",
+                console_log.display()
+            ),
+            "-serial".into(),
+            format!("file:{}", other_log.display()),
+        ],
+    }
 }
 
 fn program(cfg: &VmConfig, args: Vec<String>) -> Command {
@@ -219,7 +335,7 @@ pub fn interactive(image_dir: &Path, net: Net, mem_mib: u32) -> Result<()> {
     let tmp = temp_dir("xtask-qemu-")?;
     let vars = vars_copy(tmp.path())?;
     let mut cfg = VmConfig::new(image_dir.join("disk.raw"));
-    cfg.net = net;
+    cfg.nics = vec![Nic::slot5(net, DEFAULT_MAC)];
     cfg.mem_mib = mem_mib;
     let mut a = args(&cfg, &vars, None);
     a.extend(["-serial".into(), "mon:stdio".into()]);
@@ -241,6 +357,10 @@ pub struct Vm {
     /// When each line arrived, since `started`; pushed under the `lines` lock, so indices match.
     arrivals: Arc<Mutex<Vec<Duration>>>,
     qmp: PathBuf,
+    /// The PCI 16550's own copy of its output and the PL011's output (with
+    /// [`Console::PciSerial`]; never created otherwise).
+    console_log: PathBuf,
+    pl011_log: PathBuf,
     started: Instant,
     _dir: TempDir,
 }
@@ -250,8 +370,10 @@ impl Vm {
         let dir = temp_dir("xtask-vm-")?;
         let vars = vars_copy(dir.path())?;
         let qmp = dir.path().join("qmp.sock");
+        let console_log = dir.path().join("ttyS0.log");
+        let pl011_log = dir.path().join("pl011.log");
         let mut a = args(cfg, &vars, Some(&qmp));
-        a.extend(["-serial".into(), "stdio".into()]);
+        a.extend(serial_args(cfg.console, &console_log, &pl011_log));
         let mut child = program(cfg, a)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -304,6 +426,8 @@ impl Vm {
             lines,
             arrivals,
             qmp,
+            console_log,
+            pl011_log,
             started,
             _dir: dir,
         })
@@ -370,6 +494,17 @@ impl Vm {
             .unwrap_or_default()
     }
 
+    /// What the PCI 16550 console wrote, as QEMU logged it to its own file (empty when the
+    /// console is the PL011).
+    pub fn console_file(&self) -> Result<String> {
+        read_log(&self.console_log)
+    }
+
+    /// What the PL011 wrote while the console was the PCI 16550 (empty otherwise).
+    pub fn pl011_log(&self) -> Result<String> {
+        read_log(&self.pl011_log)
+    }
+
     /// Sends one QMP command and returns its `return` value.
     pub fn qmp(&self, command: &str) -> Result<serde_json::Value> {
         let s = UnixStream::connect(&self.qmp)
@@ -429,6 +564,16 @@ impl Vm {
     }
 }
 
+/// A serial log file; one QEMU did not create is empty. Bytes that are not UTF-8 (line noise
+/// at reset) are replaced.
+fn read_log(path: &Path) -> Result<String> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -445,16 +590,88 @@ mod tests {
     #[test]
     fn nic_sits_in_slot_5_and_disk_is_nvme_snapshot() {
         let mut cfg = VmConfig::new("/x/disk.raw".into());
-        cfg.net = Net::Tap("tap0".into());
+        cfg.nics = vec![Nic::slot5(Net::Tap("tap0".into()), DEFAULT_MAC)];
         let a = args(&cfg, Path::new("/v"), Some(Path::new("/q")));
         let s = a.join(" ");
+        assert!(s.starts_with("-M virt -cpu"), "{s}");
         assert!(s.contains("pcie-root-port,id=rp5,slot=5"));
-        assert!(s.contains("virtio-net-pci,netdev=n0,bus=rp5"));
+        assert!(s.contains("virtio-net-pci,netdev=n0,bus=rp5,mac=52:54:00:12:34:56"));
         assert!(s.contains("tap,id=n0,ifname=tap0,script=no,downscript=no"));
         assert!(s.contains("nvme,drive=d0"));
         assert!(s.contains("snapshot=on,file=/x/disk.raw"));
         assert!(s.contains("readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
         assert!(s.contains("-no-reboot"));
+        assert!(!s.contains("pci-serial"));
+        assert_eq!(
+            serial_args(cfg.console, Path::new("/c"), Path::new("/p")),
+            ["-serial", "stdio"]
+        );
+    }
+
+    #[test]
+    fn graviton_like_machine_console_and_nics() {
+        let mut cfg = VmConfig::new("/x/disk.raw".into());
+        cfg.machine = Machine::Virt41;
+        cfg.console = Console::PciSerial;
+        cfg.nics = vec![
+            Nic::slot5(Net::Tap("t5".into()), "02:00:00:00:00:05"),
+            Nic {
+                net: Net::Tap("t6".into()),
+                mac: "02:00:00:00:00:06".into(),
+                place: PciPlace::RootPort { slot: 6 },
+            },
+            Nic {
+                net: Net::Tap("t0".into()),
+                mac: "02:00:00:00:00:01".into(),
+                place: PciPlace::RootBus { addr: 5 },
+            },
+        ];
+        let a = args(&cfg, Path::new("/v"), None);
+        let s = a.join(" ");
+        assert!(s.starts_with("-M virt-4.1 -cpu"), "{s}");
+        // The 16550 takes 00:01.0 before the disk could.
+        let serial = s
+            .find("pci-serial,chardev=ttyS0,bus=pcie.0,addr=0x1")
+            .unwrap();
+        assert!(serial < s.find("nvme,drive=d0").unwrap());
+        for want in [
+            "pcie-root-port,id=rp5,slot=5,chassis=1",
+            "virtio-net-pci,netdev=n0,bus=rp5,mac=02:00:00:00:00:05",
+            "pcie-root-port,id=rp6,slot=6,chassis=1",
+            "tap,id=n1,ifname=t6,",
+            "virtio-net-pci,netdev=n1,bus=rp6,mac=02:00:00:00:00:06",
+            "virtio-net-pci,netdev=n2,bus=pcie.0,addr=0x5,mac=02:00:00:00:00:01",
+        ] {
+            assert!(s.contains(want), "{want} not in {s}");
+        }
+        assert!(!s.contains("-nic none"));
+        let serial = serial_args(
+            cfg.console,
+            Path::new("/t/ttyS0.log"),
+            Path::new("/t/pl011.log"),
+        );
+        assert_eq!(
+            serial,
+            [
+                "-chardev",
+                "stdio,id=ttyS0,signal=off,logfile=/t/ttyS0.log,logappend=off",
+                "-serial",
+                "file:/t/pl011.log",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_nic_is_nic_none() {
+        let mut cfg = VmConfig::new("/x/disk.raw".into());
+        assert!(
+            args(&cfg, Path::new("/v"), None)
+                .join(" ")
+                .contains("-nic none")
+        );
+        cfg.nics = vec![Nic::slot5(Net::None, DEFAULT_MAC)];
+        let s = args(&cfg, Path::new("/v"), None).join(" ");
+        assert!(s.contains("-nic none") && !s.contains("virtio-net"), "{s}");
     }
 
     #[test]

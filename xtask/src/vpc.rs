@@ -5,11 +5,13 @@
 //!  private (10.0.1.10/24) --veth-- vpc --veth 1500-- internet (192.0.2.2, server 203.0.113.10)
 //!                                   |
 //!                      bridge br0 10.0.0.1/24 (public subnet, MTU 9001)
-//!                       |            |              |
-//!                  tap (NAT VM)   pubhost        fwd (plain Linux forwarder)
+//!                       |       |          |            |
+//!             tap (NAT VM)   tap2 (its     pubhost      fwd (plain Linux forwarder)
+//!                            second ENI)
 //! ```
-//! - vpc: the VPC router. dnsmasq serves DHCP on the bridge (router 10.0.0.1, MTU 9001); an
-//!   IMDSv2 double listens on 169.254.169.254:80. The private subnet's route table sends
+//! - vpc: the VPC router. dnsmasq serves DHCP on the bridge (router 10.0.0.1, MTU 9001; fixed
+//!   addresses for the NAT's primary and second ENI); an IMDSv2 double listens on
+//!   169.254.169.254:80 and names the primary ENI's MAC (settable, as tests need). The private subnet's route table sends
 //!   0.0.0.0/0 to the NAT instance (policy routing on packets from the private veth); the
 //!   public subnet's default route goes to the internet.
 //! - Internet gateway, in vpc: only public-subnet sources leave; the NAT's private address is
@@ -35,6 +37,9 @@ pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const NAT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 pub const NAT_PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const NAT_MAC: &str = "52:54:00:0a:00:0a";
+/// The NAT's second ENI (on `TAP2`), for tests with two NICs: not the primary.
+pub const SECOND_MAC: &str = "52:54:00:0a:00:0b";
+pub const SECOND_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
 pub const PUBHOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 pub const FORWARDER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 30);
@@ -44,6 +49,7 @@ pub const VPC_CIDR: &str = "10.0.0.0/16";
 pub const IMDS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const INSTANCE_ID: &str = "i-0e2e0e2e0e2e0e2e0";
 pub const TAP: &str = "tapnat";
+pub const TAP2: &str = "tapnat2";
 pub const HTTP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 7;
 
@@ -56,9 +62,12 @@ pub struct Seen {
 }
 
 /// The IMDS double's state: what it serves and what it was asked.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct ImdsState {
     pub user_data: Option<String>,
+    /// `meta-data/mac`, the primary ENI (device index 0); the per-interface documents
+    /// (`network/interfaces/macs/<mac>/...`) are served for this MAC only.
+    pub mac: String,
     pub requests: Vec<String>,
 }
 
@@ -91,8 +100,10 @@ impl Vpc {
         ns.ip("vpc", "link add br0 type bridge")?;
         ns.ip("vpc", "link set br0 mtu 9001")?;
         ns.ip("vpc", "addr add 10.0.0.1/24 dev br0")?;
-        ns.ip("vpc", &format!("tuntap add dev {TAP} mode tap"))?;
-        ns.ip("vpc", &format!("link set {TAP} mtu 9001 master br0 up"))?;
+        for tap in [TAP, TAP2] {
+            ns.ip("vpc", &format!("tuntap add dev {tap} mode tap"))?;
+            ns.ip("vpc", &format!("link set {tap} mtu 9001 master br0 up"))?;
+        }
         ns.ip("vpc", "link set br0 up")?;
         // (the CI kernel has no dummy interfaces; a /32 on lo serves just as well)
         ns.ip("vpc", &format!("addr add {IMDS}/32 dev lo"))?;
@@ -162,6 +173,7 @@ impl Vpc {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let imds = Arc::new(Mutex::new(ImdsState {
             user_data,
+            mac: NAT_MAC.to_string(),
             requests: Vec::new(),
         }));
         start_internet_servers(&ns.name("internet"), Arc::clone(&seen), Arc::clone(&stop))?;
@@ -178,6 +190,7 @@ impl Vpc {
             format!("--dhcp-leasefile={}", dir.path().join("leases").display()),
             format!("--dhcp-range=10.0.0.100,10.0.0.200,{lease_secs}"),
             format!("--dhcp-host={NAT_MAC},{NAT_ADDR}"),
+            format!("--dhcp-host={SECOND_MAC},{SECOND_ADDR}"),
             format!("--dhcp-option=option:router,{ROUTER}"),
             "--dhcp-option=option:mtu,9001".into(),
             format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()),
@@ -245,6 +258,13 @@ impl Vpc {
     pub fn set_user_data(&self, data: Option<String>) {
         if let Ok(mut s) = self.imds.lock() {
             s.user_data = data;
+        }
+    }
+
+    /// Which MAC the IMDS double names as the primary ENI from now on.
+    pub fn set_imds_mac(&self, mac: &str) {
+        if let Ok(mut s) = self.imds.lock() {
+            s.mac = mac.to_string();
         }
     }
 
@@ -456,17 +476,17 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     let (method, path, headers) = read_request(&mut r)?;
-    let user_data = {
+    let (user_data, mac) = {
         let mut g = state
             .lock()
             .map_err(|_| anyhow::anyhow!("imds state poisoned"))?;
         g.requests.push(format!("{method} {path}"));
-        g.user_data.clone()
+        (g.user_data.clone(), g.mac.clone())
     };
     let authorised = headers
         .get("x-aws-ec2-metadata-token")
         .is_some_and(|t| t == TOKEN);
-    let mac_prefix = format!("/latest/meta-data/network/interfaces/macs/{NAT_MAC}/");
+    let mac_prefix = format!("/latest/meta-data/network/interfaces/macs/{mac}/");
     let (status, body) = match (method.as_str(), path.as_str()) {
         ("PUT", "/latest/api/token")
             if headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds") =>
@@ -475,7 +495,7 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
         }
         ("PUT", _) => ("400 Bad Request", String::new()),
         ("GET", _) if !authorised => ("401 Unauthorized", String::new()),
-        ("GET", "/latest/meta-data/mac") => ("200 OK", NAT_MAC.to_string()),
+        ("GET", "/latest/meta-data/mac") => ("200 OK", mac.clone()),
         ("GET", "/latest/meta-data/instance-id") => ("200 OK", INSTANCE_ID.to_string()),
         ("GET", "/latest/user-data") => match user_data {
             Some(u) => ("200 OK", u),

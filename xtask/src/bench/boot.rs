@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use super::parse::{self, Milestone, milestone_times, stats};
 use super::{BASELINE, OURS, Options, round1, round3};
-use crate::qemu::{DirectBoot, Net, Vm, VmConfig};
+use crate::checks::kmod;
+use crate::qemu::{DirectBoot, Net, Nic, Vm, VmConfig};
 use crate::report::say;
 use crate::vpc::{self, Vpc};
 
@@ -101,8 +102,7 @@ pub fn ensure_vpc(vpc: &mut Vpc) -> Result<()> {
 pub fn boot(vpc: &mut Vpc, img: &Img, how: BootPath, extra_cmdline: &str) -> Result<Guest> {
     ensure_vpc(vpc)?;
     let mut cfg = VmConfig::new(img.dir.join("disk.raw"));
-    cfg.net = Net::Tap(vpc::TAP.to_string());
-    cfg.mac = vpc::NAT_MAC.to_string();
+    cfg.nics = vec![Nic::slot5(Net::Tap(vpc::TAP.to_string()), vpc::NAT_MAC)];
     cfg.netns = Some(vpc.ns.name("vpc"));
     cfg.mem_mib = GUEST_MIB;
     if how == BootPath::Direct {
@@ -129,6 +129,17 @@ pub fn boot(vpc: &mut Vpc, img: &Img, how: BootPath, extra_cmdline: &str) -> Res
             how.name(),
             tail.join("\n")
         );
+    }
+    if img.kind == Kind::Ours {
+        // As in every boot of the test suite: init loaded every module of the image.
+        let mpath = img.dir.join("manifest.json");
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(&mpath)
+                .with_context(|| format!("reading {}", mpath.display()))?,
+        )
+        .with_context(|| format!("parsing {}", mpath.display()))?;
+        kmod::modules_loaded(&vm, &manifest, Duration::from_secs(1))
+            .with_context(|| format!("{} {}", img.dir.display(), how.name()))?;
     }
     let (i, line) = vm.wait_for_from(0, needle, Duration::from_secs(1))?;
     // The guest's own clock: a kernel timestamp if the line has one, else the CLOCK_BOOTTIME

@@ -1,16 +1,27 @@
 //! The end-to-end test: the real disk image, booted through UEFI firmware in QEMU with its NIC
 //! on the public subnet of an emulated VPC (see `vpc`), NATs a private subnet to the
-//! "internet". One VM boot serves every assertion, in an order that lets later ones build on
-//! earlier state (renewal after traffic, supervision after renewal, power-off last).
+//! "internet". Every boot is as Graviton-like as QEMU gets: the `virt-4.1` machine (its ACPI
+//! power button is a PL061 GPIO line, as EC2's stop and terminate press it) and the console on
+//! a PCI 16550 (Graviton's `ttyS0`, which `aws ec2 get-console-output` shows). Each boot must
+//! show init loading every module of the image.
+//!
+//! The main boot serves most assertions, in an order that lets later ones build on earlier
+//! state (renewal after traffic, supervision after renewal, power-off last). Two short boots
+//! follow on the same VPC: two NICs in slots 5 and 6 with IMDS naming the slot-6 one the
+//! primary ENI (first naming a MAC no NIC has, which must keep nat-init from being ready), and
+//! the NIC on the root bus at 00:05.0 without a hotplug slot (`enp0s5`).
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
-use crate::qemu::{Net, Vm, VmConfig};
+use super::kmod;
+use crate::qemu::{Console, Machine, Net, Nic, PciPlace, Vm, VmConfig};
 use crate::report::{Report, say};
 use crate::vpc::{self, Vpc};
 use crate::{hostdeps, image};
@@ -22,7 +33,14 @@ const PORTS: &[u16] = &[22, 53, 80, 443, 2222, 3128, 8080, 8443];
 const VALID_USER_DATA: &str = "# nat-init user-data\nhealth_interval = 5\n";
 const INVALID_USER_DATA: &str = "health_interval = 5\nprivate_ranges = [\"10.0.0.1/16\"]\n";
 
+/// A MAC that no NIC of the VM has, for IMDS to name as the primary ENI.
+const ABSENT_MAC: &str = "0a:00:00:00:00:99";
+/// How long a boot may take to print a line: the firmware alone takes seconds under TCG.
+const BOOT: Duration = Duration::from_secs(240);
+
 const READY: &str = "e2e-boot-ready-with-leased-address-on-ens5";
+const MODULES: &str = "e2e-init-loaded-every-module";
+const CONSOLE: &str = "e2e-console-on-pci-16550-ttyS0";
 const PRIVATE_RANGES: &str = "e2e-private-ranges-from-imds-vpc-cidr";
 const USER_DATA: &str = "e2e-user-data-changes-health-interval";
 const TRAFFIC: &str = "e2e-tcp-udp-icmp-through-the-nat";
@@ -32,9 +50,14 @@ const CLOSED: &str = "e2e-nothing-open-and-no-inbound-to-private";
 const FLOWTABLE: &str = "e2e-flowtable-offload-in-guest-kernel";
 const RENEWAL: &str = "e2e-dhcp-renewal-across-dnsmasq-restart";
 const SUPERVISION: &str = "e2e-supervision-and-invalid-user-data";
-const POWERDOWN: &str = "e2e-acpi-powerdown-within-15s";
+const POWERDOWN: &str = "e2e-virt-4.1-gpio-power-button-off-within-15s";
+const ABSENT_PRIMARY: &str = "e2e-two-nics-imds-primary-absent-not-ready";
+const SLOT6_PRIMARY: &str = "e2e-two-nics-imds-primary-in-slot-6-ready-on-ens6";
+const ROOT_BUS: &str = "e2e-nic-on-root-bus-00-05-ready-on-enp0s5";
 pub const CHECKS: &[&str] = &[
     READY,
+    MODULES,
+    CONSOLE,
     PRIVATE_RANGES,
     USER_DATA,
     TRAFFIC,
@@ -45,9 +68,12 @@ pub const CHECKS: &[&str] = &[
     RENEWAL,
     SUPERVISION,
     POWERDOWN,
+    ABSENT_PRIMARY,
+    SLOT6_PRIMARY,
+    ROOT_BUS,
 ];
 
-pub fn run(root: &std::path::Path, report: &mut Report) -> Result<()> {
+pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     hostdeps::ensure(hostdeps::QEMU)?;
     hostdeps::ensure(hostdeps::NET)?;
     let built = image::run(
@@ -60,18 +86,46 @@ pub fn run(root: &std::path::Path, report: &mut Report) -> Result<()> {
     .context("building the nat-t4g-e2e image")?;
     let mut vpc = Vpc::build(LEASE_SECS, Some(VALID_USER_DATA.to_string()))
         .context("building the emulated VPC")?;
-    let mut cfg = VmConfig::new(built.dir.join("disk.raw"));
-    cfg.net = Net::Tap(vpc::TAP.to_string());
-    cfg.mac = vpc::NAT_MAC.to_string();
-    cfg.netns = Some(vpc.ns.name("vpc"));
-    let mut vm = Vm::start(&cfg)?;
-    let ok = assertions(&mut vm, &mut vpc, report);
-    if !ok {
-        say(&format!("serial console:\n{}", vm.log()));
-        say(&format!("namespaces:\n{}", vpc.dump()));
-        say(&format!("dnsmasq log:\n{}", vpc.dnsmasq_log()));
+    let disk = built.dir.join("disk.raw");
+    let cfg = graviton_like(&disk, &vpc, vec![Nic::slot5(tap(vpc::TAP), vpc::NAT_MAC)]);
+    {
+        let mut vm = Vm::start(&cfg)?;
+        let ok = assertions(&mut vm, &mut vpc, &built.manifest, report);
+        if !ok {
+            diagnose(&vm, &vpc);
+        }
+        // Dropped here: a QEMU still running is killed before the next boot takes its tap.
     }
+    vpc.set_user_data(None);
+    two_nics(&disk, &built.manifest, &mut vpc, report);
+    root_bus(&disk, &built.manifest, &mut vpc, report);
     Ok(())
+}
+
+fn tap(name: &str) -> Net {
+    Net::Tap(name.to_string())
+}
+
+/// A VM on the VPC as Graviton boots: `virt-4.1` (GPIO power button), console on a PCI
+/// 16550, with these NICs.
+fn graviton_like(disk: &Path, vpc: &Vpc, nics: Vec<Nic>) -> VmConfig {
+    let mut cfg = VmConfig::new(disk.to_path_buf());
+    cfg.machine = Machine::Virt41;
+    cfg.console = Console::PciSerial;
+    cfg.nics = nics;
+    cfg.netns = Some(vpc.ns.name("vpc"));
+    cfg
+}
+
+/// After a failed check: the console, the PL011's output, the namespaces and dnsmasq's log.
+fn diagnose(vm: &Vm, vpc: &Vpc) {
+    say(&format!("serial console (PCI 16550):\n{}", vm.log()));
+    match vm.pl011_log() {
+        Ok(l) => say(&format!("PL011:\n{l}")),
+        Err(e) => say(&format!("PL011: {e:#}")),
+    }
+    say(&format!("namespaces:\n{}", vpc.dump()));
+    say(&format!("dnsmasq log:\n{}", vpc.dnsmasq_log()));
 }
 
 fn curl(vpc: &Vpc, ns: &str, args: &[&str]) -> Result<String> {
@@ -123,30 +177,50 @@ fn ready_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
-fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
+/// That the ready line has each of `want`'s `key=value`.
+fn ready_has(line: &str, want: &[(&str, String)]) -> Result<()> {
+    for (k, v) in want {
+        if ready_field(line, k) != Some(v.as_str()) {
+            bail!(
+                "ready line has {k}={:?}, want {v}: {line}",
+                ready_field(line, k)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// UDP echoes from the private client through the NAT, all seen by the server from the NAT's
+/// public address.
+fn echoes_through_nat(vpc: &Vpc, count: usize) -> Result<()> {
+    let before = vpc.seen()?.udp_clients.len();
+    let echoed = vpc::udp_echo(&vpc.ns.name("private"), count)?;
+    if echoed != count {
+        bail!("{echoed} of {count} UDP datagrams echoed through the NAT");
+    }
+    let udp = vpc.seen()?.udp_clients[before..].to_vec();
+    only_from_nat("UDP", &udp, echoed)
+}
+
+fn assertions(vm: &mut Vm, vpc: &mut Vpc, manifest: &Value, report: &mut Report) -> bool {
     let ns_private = vpc.ns.name("private");
     let mut ready_at = 0usize;
     let ok = report.check(READY, || {
-        let (i, line) = vm.wait_for_from(0, "nat-init: ready ", Duration::from_secs(240))?;
+        let (i, line) = vm.wait_for_from(0, "nat-init: ready ", BOOT)?;
         ready_at = i;
         say(&format!(
             "{line} (wall {:.1} s from QEMU start)",
             vm.elapsed().as_secs_f64()
         ));
-        let want = [
-            ("iface", "ens5".to_string()),
-            ("addr", format!("{}/24", vpc::NAT_ADDR)),
-            ("gw", vpc::ROUTER.to_string()),
-            ("mtu", "9001".to_string()),
-        ];
-        for (k, v) in want {
-            if ready_field(&line, k) != Some(v.as_str()) {
-                bail!(
-                    "ready line has {k}={:?}, want {v}: {line}",
-                    ready_field(&line, k)
-                );
-            }
-        }
+        ready_has(
+            &line,
+            &[
+                ("iface", "ens5".to_string()),
+                ("addr", format!("{}/24", vpc::NAT_ADDR)),
+                ("gw", vpc::ROUTER.to_string()),
+                ("mtu", "9001".to_string()),
+            ],
+        )?;
         let ms: u64 = ready_field(&line, "elapsed_ms")
             .and_then(|v| v.parse().ok())
             .context("no elapsed_ms")?;
@@ -155,8 +229,32 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
         ));
         Ok(())
     });
-    // Every later check needs the NAT up; the report says they were not run.
+    // Independent of READY: a driver that failed to load is the likelier reason it failed.
     let mut all = ok;
+    all &= report.check(MODULES, || {
+        kmod::modules_loaded(vm, manifest, Duration::from_secs(1))
+    });
+    // What QEMU logged of the 16550's output to its own file: the lines EC2's console output
+    // shows. The harness reads the same UART, so this only confirms where the lines went.
+    all &= report.check_after(READY, CONSOLE, || {
+        let text = vm.console_file()?;
+        for want in ["init: up in ", "nat-init: ready "] {
+            if !text.lines().any(|l| l.starts_with(want)) {
+                bail!(
+                    "no line starting {want:?} in the PCI 16550's output ({} lines)",
+                    text.lines().count()
+                );
+            }
+        }
+        let pl011 = vm.pl011_log()?;
+        say(&format!(
+            "PCI 16550: {} lines with init's and nat-init's; PL011: {} lines",
+            text.lines().count(),
+            pl011.lines().count()
+        ));
+        Ok(())
+    });
+    // Every later check needs the NAT up; the report says they were not run.
     all &= report.check_after(READY, PRIVATE_RANGES, || {
         let (_, line) = vm.wait_for_from(ready_at, "nat-init: ready ", Duration::from_secs(1))?;
         if ready_field(&line, "private") != Some(vpc::VPC_CIDR) {
@@ -380,14 +478,135 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, report: &mut Report) -> bool {
     all &= report.check_after(READY, POWERDOWN, || {
         let t = Instant::now();
         vm.qmp("system_powerdown")?;
+        vm.wait_for(
+            "init: shutting down (power button)",
+            Duration::from_secs(15),
+        )?;
         vm.wait_for("init: powering off", Duration::from_secs(15))?;
         let st = vm.wait_exit(Duration::from_secs(15).saturating_sub(t.elapsed()))?;
         if !st.success() {
             bail!("QEMU exited with {st}");
         }
+        say(&format!(
+            "powered off {:.1} s after the power button (PL061 GPIO)",
+            t.elapsed().as_secs_f64()
+        ));
         Ok(())
     });
     all
+}
+
+/// Two NICs: slot 5 (`TAP2`, the second ENI) and slot 6 (`TAP`, the primary), so the first in
+/// PCI order is the wrong one. IMDS first names a MAC neither has: nat-init must refuse, loudly
+/// and again on retry, and never get ready. Then IMDS names the slot-6 NIC: nat-init must
+/// switch to it, get ready on `ens6` with the primary's address and forward there, and, when
+/// killed, come back on `ens6` without going through `ens5` again.
+fn two_nics(disk: &Path, manifest: &Value, vpc: &mut Vpc, report: &mut Report) {
+    vpc.set_imds_mac(ABSENT_MAC);
+    let cfg = graviton_like(
+        disk,
+        vpc,
+        vec![
+            Nic::slot5(tap(vpc::TAP2), vpc::SECOND_MAC),
+            Nic {
+                net: tap(vpc::TAP),
+                mac: vpc::NAT_MAC.to_string(),
+                place: PciPlace::RootPort { slot: 6 },
+            },
+        ],
+    );
+    let mut vm: Option<Vm> = None;
+    let mut ok = report.check(ABSENT_PRIMARY, || {
+        let v = vm.insert(Vm::start(&cfg)?);
+        let (i, err) = v.wait_for_from(0, "nat-init: error imds", BOOT)?;
+        for mac in [ABSENT_MAC, vpc::SECOND_MAC, vpc::NAT_MAC] {
+            if !err.contains(mac) {
+                bail!("the error line does not name {mac}: {err}");
+            }
+        }
+        // Retried, and still refused.
+        v.wait_for_from(
+            i + 1,
+            "nat-init: error imds IMDS names",
+            Duration::from_secs(10),
+        )?;
+        if let Ok((_, line)) = v.wait_for_from(0, "nat-init: ready ", Duration::ZERO) {
+            bail!("ready while IMDS names a MAC no NIC has: {line}");
+        }
+        if let Ok((_, line)) = v.wait_for_from(0, "nat-init: nft table", Duration::ZERO) {
+            bail!("a ruleset was installed on the wrong interface: {line}");
+        }
+        say(&format!("refused: {err}"));
+        kmod::modules_loaded(v, manifest, Duration::from_secs(1))
+    });
+    vpc.set_imds_mac(vpc::NAT_MAC);
+    ok &= report.check(SLOT6_PRIMARY, || {
+        let v = vm.as_mut().context("the VM did not start")?;
+        let (s, switch) = v.wait_for_from(0, "switching to it", Duration::from_secs(60))?;
+        let (r, ready) = v.wait_for_from(s, "nat-init: ready ", Duration::from_secs(60))?;
+        say(&format!("{switch}\n{ready}"));
+        ready_has(
+            &ready,
+            &[
+                ("iface", "ens6".to_string()),
+                ("addr", format!("{}/24", vpc::NAT_ADDR)),
+            ],
+        )?;
+        if v.wait_for_from(0, "nat-init: ready ", Duration::ZERO)?.0 != r {
+            bail!("ready before the switch to the primary");
+        }
+        v.wait_for_from(s, "nat-init: flowtable ft on ens6 active", Duration::ZERO)?;
+        echoes_through_nat(vpc, 3)?;
+        // Restarted, nat-init goes straight to the primary it was told about.
+        let mark = v.line_count();
+        v.send("init-test kill nat-init\n")?;
+        let (k, _) = v.wait_for_from(
+            mark,
+            "init: nat-init killed by signal SIGKILL",
+            Duration::from_secs(20),
+        )?;
+        let (_, again) = v.wait_for_from(k, "nat-init: ready ", Duration::from_secs(60))?;
+        ready_has(&again, &[("iface", "ens6".to_string())])?;
+        if let Some(l) = v.log().lines().skip(k).find(|l| l.contains("ens5")) {
+            bail!("the restarted nat-init went through ens5 again: {l}");
+        }
+        echoes_through_nat(vpc, 3)
+    });
+    if !ok && let Some(v) = &vm {
+        diagnose(v, vpc);
+    }
+}
+
+/// The NIC on the root bus at 00:05.0, without a root port or hotplug slot, as other instance
+/// types have it: named `enp0s5`, and the NAT works all the same.
+fn root_bus(disk: &Path, manifest: &Value, vpc: &mut Vpc, report: &mut Report) {
+    let cfg = graviton_like(
+        disk,
+        vpc,
+        vec![Nic {
+            net: tap(vpc::TAP),
+            mac: vpc::NAT_MAC.to_string(),
+            place: PciPlace::RootBus { addr: 5 },
+        }],
+    );
+    let mut vm: Option<Vm> = None;
+    let ok = report.check(ROOT_BUS, || {
+        let v = vm.insert(Vm::start(&cfg)?);
+        let (_, line) = v.wait_for_from(0, "nat-init: ready ", BOOT)?;
+        say(&line);
+        ready_has(
+            &line,
+            &[
+                ("iface", "enp0s5".to_string()),
+                ("addr", format!("{}/24", vpc::NAT_ADDR)),
+            ],
+        )?;
+        kmod::modules_loaded(v, manifest, Duration::from_secs(1))?;
+        echoes_through_nat(vpc, 3)
+    });
+    if !ok && let Some(v) = &vm {
+        diagnose(v, vpc);
+    }
 }
 
 #[cfg(test)]
