@@ -17,7 +17,9 @@ pub const BAKED_PATH: &str = "/etc/nat-init.toml";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// `interface`: pin the primary interface by name (its kernel name such as `eth0`, or its
-    /// udev-style name such as `ens5`). Default: the first Ethernet device in PCI address order.
+    /// udev-style name such as `ens5`), kept even when IMDS names another ENI the primary.
+    /// Default: the primary ENI IMDS names (the first Ethernet device in PCI address order
+    /// until IMDS answers, or without IMDS).
     pub interface: Option<String>,
     /// `rename` (default `true`): rename the primary interface to its udev-style name
     /// (`ens<slot>`, else `enp<bus>s<dev>`), the name AWS documentation and rules assume.
