@@ -1,6 +1,17 @@
-//! IPv4 prefixes (`10.0.0.0/16`): the one address-range type shared by the config, the DHCP lease
-//! and the nftables ruleset. Written here because it is a dozen lines and the crates that offer it
-//! (ipnet, cidr) would bring more than we use.
+//! IPv4 prefixes (`10.0.0.0/16`): the one address-range type shared by the config, IMDS, the
+//! DHCP lease, the routes and the nftables ruleset, and [`merge`], which turns a list of them into
+//! the disjoint ranges an nftables interval set takes.
+//!
+//! Ours rather than ipnet's `Ipv4Net` (2.12), because of the parts that matter here:
+//! - parsing: ipnet accepts host bits (`10.0.0.1/16` is a valid `Ipv4Net`) and leading-zero
+//!   octets (`010.0.0.0/8` reads as 10.0.0.0/8, where std, and so we, refuse the octal-looking
+//!   form), and every failure is the same `invalid IP address syntax`. A configuration or IMDS
+//!   error must name the bad value and say what is wrong with it ([`CidrError`], with a
+//!   suggestion for host bits), so the parser would stay ours anyway;
+//! - merging: `Ipv4Net::aggregate` returns the fewest CIDRs (10/8, 11/8 and 12/8 become 10/7 and
+//!   12/8), while an interval set wants the fewest ranges (10.0.0.0-12.255.255.255), so the merge
+//!   would stay ours too;
+//! - containment, netmask and last address are all ipnet would take over: three lines of masks.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -84,6 +95,26 @@ impl Ipv4Cidr {
     }
 }
 
+/// The disjoint inclusive ranges `cidrs` cover, sorted, with overlapping and adjacent blocks
+/// joined: `10.0.0.0/8`, `11.0.0.0/8`, `10.1.0.0/16` become `10.0.0.0-11.255.255.255`.
+pub fn merge(cidrs: &[Ipv4Cidr]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let mut r: Vec<(u32, u32)> = cidrs
+        .iter()
+        .map(|c| (u32::from(c.addr()), u32::from(c.last())))
+        .collect();
+    r.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if u64::from(a) <= u64::from(last.1) + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out.into_iter()
+        .map(|(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b)))
+        .collect()
+}
+
 fn mask(len: u8) -> u32 {
     if len == 0 {
         0
@@ -159,6 +190,7 @@ mod tests {
             "10.0.0.0/",
             "10.0.0.0/+8",
             "10.0.0.0/008",
+            "010.0.0.0/8",
         ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
         }
@@ -174,6 +206,47 @@ mod tests {
         assert_eq!(
             Ipv4Cidr::containing(Ipv4Addr::new(10, 0, 0, 77), 24).to_string(),
             "10.0.0.0/24"
+        );
+    }
+
+    #[test]
+    fn merge_joins_overlapping_and_adjacent_blocks() {
+        let c = |s: &str| s.parse::<Ipv4Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            merge(&[
+                c("11.0.0.0/8"),
+                c("10.1.0.0/16"),
+                c("10.0.0.0/8"),
+                c("192.168.0.0/16")
+            ]),
+            [
+                (ip("10.0.0.0"), ip("11.255.255.255")),
+                (ip("192.168.0.0"), ip("192.168.255.255"))
+            ]
+        );
+        assert_eq!(
+            merge(&[c("255.255.255.255/32"), c("0.0.0.0/1"), c("128.0.0.0/1")]),
+            [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST)]
+        );
+        assert_eq!(merge(&[c("10.0.0.0/24"), c("10.0.2.0/24")]).len(), 2);
+        assert!(merge(&[]).is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_value() {
+        let e = |s: &str| s.parse::<Ipv4Cidr>().unwrap_err().to_string();
+        assert_eq!(
+            e("10.0.0.1/16"),
+            "`10.0.0.1/16` has host bits set: did you mean 10.0.0.0/16?"
+        );
+        assert_eq!(
+            e("10.0.0.0/33"),
+            "`10.0.0.0/33`: prefix length must be 0 to 32"
+        );
+        assert_eq!(
+            e("ten/8"),
+            "`ten/8` is not a CIDR block: expected a.b.c.d/len"
         );
     }
 }

@@ -100,6 +100,27 @@ pub(crate) fn extack_message(payload: &[u8]) -> Option<String> {
     None
 }
 
+/// Splits one datagram into its netlink messages (each padded to 4 bytes, as the kernel packs
+/// them); the error says what did not fit.
+pub(crate) fn split<T>(buf: &[u8]) -> std::result::Result<Vec<NetlinkMessage<T>>, String>
+where
+    T: NetlinkDeserializable,
+{
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            return Err(format!("bad message length {len} at offset {off}"));
+        }
+        out.push(
+            NetlinkMessage::<T>::deserialize(&buf[off..off + len]).map_err(|e| e.to_string())?,
+        );
+        off += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
 /// One netlink socket with its own sequence numbers. Requests are strictly one at a time.
 pub(crate) struct Transport {
     sock: Socket,
@@ -176,38 +197,19 @@ impl Transport {
                 detail: format!("datagram of {n} bytes truncated"),
             });
         }
-        let mut out = Vec::new();
-        let mut off = 0;
-        while off + 16 <= self.buf.len() {
-            let len = u32::from_ne_bytes([
-                self.buf[off],
-                self.buf[off + 1],
-                self.buf[off + 2],
-                self.buf[off + 3],
-            ]) as usize;
-            if len < 16 || off + len > self.buf.len() {
-                return Err(NetlinkError::Decode {
-                    what: what.to_string(),
-                    detail: format!("bad message length {len} at offset {off}"),
-                });
-            }
-            let msg = NetlinkMessage::<T>::deserialize(&self.buf[off..off + len]).map_err(|e| {
-                NetlinkError::Decode {
-                    what: what.to_string(),
-                    detail: e.to_string(),
-                }
-            })?;
-            out.push(msg);
-            off += (len + 3) & !3;
-        }
-        Ok(out)
+        split(&self.buf).map_err(|detail| NetlinkError::Decode {
+            what: what.to_string(),
+            detail,
+        })
     }
 
     /// Sends one request and collects the replies: for a dump every message up to DONE, otherwise
-    /// the ACK (and any message echoed before it).
-    pub(crate) fn request<T>(&mut self, payload: T, flags: u16, what: &str) -> Result<Vec<T>>
+    /// the ACK (and any message echoed before it). Replies are parsed as `R`, which need not be
+    /// the request's type (nf_tables replies are kept as raw attributes).
+    pub(crate) fn request<Q, R>(&mut self, payload: Q, flags: u16, what: &str) -> Result<Vec<R>>
     where
-        T: NetlinkSerializable + NetlinkDeserializable,
+        Q: NetlinkSerializable,
+        R: NetlinkDeserializable,
     {
         let seq = self.next_seq();
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
@@ -216,7 +218,7 @@ impl Transport {
         self.send(&bytes, what)?;
         let mut out = Vec::new();
         loop {
-            for msg in self.recv::<T>(false, what)? {
+            for msg in self.recv::<R>(false, what)? {
                 if msg.header.sequence_number != seq {
                     continue;
                 }

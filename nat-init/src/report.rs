@@ -4,6 +4,7 @@
 
 use std::fmt::{self, Display};
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use crate::cidr::Ipv4Cidr;
 
@@ -98,6 +99,32 @@ pub fn error_chain_line(what: &str, err: &(dyn std::error::Error + 'static)) -> 
         source = s.source();
     }
     error_line(what, &text)
+}
+
+/// A duration in an info or error line: `10 s`, or with one decimal when not whole, `0.5 s`.
+pub fn seconds(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// An Ethernet address as IMDS and `ip link` write it: `0a:1b:2c:3d:4e:5f`.
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Ranges as one `key=value` field's value: `10.0.0.0/16,10.1.0.0/16`.
+pub fn ranges_text(ranges: &[Ipv4Cidr]) -> String {
+    ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Keeps a field one token so the line stays splittable on spaces.
@@ -211,5 +238,22 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let b = boot_elapsed_ms().unwrap();
         assert!(a > 0 && b >= a + 20, "{a} {b}");
+    }
+
+    #[test]
+    fn field_texts() {
+        assert_eq!(seconds(Duration::from_secs(10)), "10 s");
+        assert_eq!(seconds(Duration::from_millis(500)), "0.5 s");
+        assert_eq!(seconds(Duration::ZERO), "0 s");
+        assert_eq!(
+            mac_text(&[0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]),
+            "0a:1b:2c:3d:4e:5f"
+        );
+        let r = [
+            "10.0.0.0/16".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ];
+        assert_eq!(ranges_text(&r), "10.0.0.0/16,10.1.0.0/16");
+        assert_eq!(ranges_text(&[]), "");
     }
 }

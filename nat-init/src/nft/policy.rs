@@ -1,0 +1,443 @@
+//! The ruleset the appliance wants, built from a [`RulesetSpec`] (the configuration's view of
+//! it): masquerade what the private ranges send out of the interface to anywhere else, forward
+//! only flows they start (with their replies and ICMP errors), and drop unsolicited input but
+//! loopback, DHCP and rate-limited ping. The order of the rules is part of the policy; the
+//! comments at each say why.
+
+use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
+use super::uapi::*;
+use crate::cidr::{self, Ipv4Cidr};
+
+/// What the appliance wants in its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesetSpec {
+    pub table: String,
+    /// The outside interface: masquerade source and flowtable device.
+    pub iface: String,
+    /// Ranges whose new flows are forwarded and masqueraded (the VPC's CIDRs).
+    pub private: Vec<Ipv4Cidr>,
+    pub flowtable: bool,
+    pub mss_clamp: bool,
+    pub icmp_rate_per_s: u32,
+}
+
+/// The default table name.
+pub const TABLE: &str = "nat_instance";
+/// The named interval set holding the private ranges.
+pub const PRIVATE_SET: &str = "private";
+/// The flowtable's name.
+pub const FLOWTABLE: &str = "ft";
+
+// Names of the rules that carry counters (NFTA_RULE_USERDATA comments).
+pub const RULE_MASQ: &str = "masquerade";
+pub const RULE_FWD_MSS: &str = "fwd_mss_clamp";
+pub const RULE_FWD_OFFLOAD: &str = "fwd_offload";
+pub const RULE_FWD_ESTABLISHED: &str = "fwd_established";
+pub const RULE_FWD_ICMP: &str = "fwd_icmp_unreachable";
+pub const RULE_FWD_INVALID: &str = "fwd_invalid";
+pub const RULE_FWD_NEW: &str = "fwd_new_private";
+pub const RULE_FWD_DROP: &str = "fwd_drop";
+pub const RULE_IN_LO: &str = "in_loopback";
+pub const RULE_IN_ESTABLISHED: &str = "in_established";
+pub const RULE_IN_INVALID: &str = "in_invalid";
+pub const RULE_IN_ICMP_LIMIT: &str = "in_icmp_over_limit";
+pub const RULE_IN_ICMP: &str = "in_icmp_echo";
+pub const RULE_IN_DHCP: &str = "in_dhcp";
+pub const RULE_IN_DROP: &str = "in_drop";
+
+/// nft's default packet burst for `limit rate`.
+const LIMIT_BURST: u32 = 5;
+
+fn ifname(name: &str) -> Vec<u8> {
+    let mut v = name.as_bytes().to_vec();
+    v.resize(IFNAMSIZ, 0);
+    v
+}
+
+fn meta_cmp(key: u32, op: u32, data: Vec<u8>) -> [Expr; 2] {
+    [
+        Expr::Meta { key, dreg: REG_1 },
+        Expr::Cmp {
+            sreg: REG_1,
+            op,
+            data,
+        },
+    ]
+}
+
+fn payload_cmp(base: u32, offset: u32, data: Vec<u8>) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            base,
+            offset,
+            len: data.len() as u32,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CMP_EQ,
+            data,
+        },
+    ]
+}
+
+fn addr_in_set(daddr: bool, invert: bool) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            base: BASE_NETWORK,
+            offset: if daddr { 16 } else { 12 },
+            len: 4,
+            dreg: REG_1,
+        },
+        Expr::Lookup {
+            set: PRIVATE_SET.into(),
+            sreg: REG_1,
+            invert,
+        },
+    ]
+}
+
+fn ct_state(mask: u32) -> [Expr; 3] {
+    [
+        Expr::Ct {
+            key: CT_STATE,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            len: 4,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CMP_NEQ,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+fn ip_protocol(proto: u8) -> [Expr; 2] {
+    payload_cmp(BASE_NETWORK, 9, vec![proto])
+}
+
+fn counter() -> Expr {
+    Expr::Counter {
+        packets: 0,
+        bytes: 0,
+    }
+}
+
+fn rule(name: &str, parts: &[&[Expr]]) -> Rule {
+    Rule {
+        name: name.into(),
+        exprs: parts.iter().flat_map(|p| p.iter().cloned()).collect(),
+    }
+}
+
+/// The table for `spec`. Pure: same spec, same model, same bytes.
+pub fn build(spec: &RulesetSpec) -> Ruleset {
+    let accept = Expr::Verdict(NF_ACCEPT);
+    let drop = Expr::Verdict(NF_DROP);
+    let c = counter();
+
+    let postrouting = Chain {
+        name: "postrouting".into(),
+        kind: ChainType::Nat,
+        hook: HOOK_POST_ROUTING,
+        priority: 100,
+        policy: NF_ACCEPT,
+        rules: vec![rule(
+            RULE_MASQ,
+            &[
+                &meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)),
+                &addr_in_set(false, false),
+                &addr_in_set(true, true),
+                &[c.clone(), Expr::Masq],
+            ],
+        )],
+    };
+
+    let mut fwd = Vec::new();
+    if spec.mss_clamp {
+        // Before any accept, so SYNs of new and of established-but-restarted flows are clamped.
+        fwd.push(rule(
+            RULE_FWD_MSS,
+            &[
+                &meta_cmp(META_L4PROTO, CMP_EQ, vec![IPPROTO_TCP]),
+                &[
+                    Expr::Payload {
+                        base: BASE_TRANSPORT,
+                        offset: 13,
+                        len: 1,
+                        dreg: REG_1,
+                    },
+                    Expr::Bitwise {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        len: 1,
+                        mask: vec![TCP_SYN],
+                        xor: vec![0],
+                    },
+                    Expr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_NEQ,
+                        data: vec![0],
+                    },
+                    Expr::Rt {
+                        key: RT_TCPMSS,
+                        dreg: REG_1,
+                    },
+                    Expr::Byteorder {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        op: BYTEORDER_HTON,
+                        len: 2,
+                        size: 2,
+                    },
+                    Expr::Exthdr {
+                        op: EXTHDR_OP_TCPOPT,
+                        ty: TCPOPT_MAXSEG,
+                        offset: 2,
+                        len: 2,
+                        flags: 0,
+                        sreg: Some(REG_1),
+                        dreg: None,
+                    },
+                ],
+            ],
+        ));
+    }
+    // `flow add` ends its rule (NFT_BREAK) for whatever it cannot offload: ICMP, and TCP until
+    // the handshake completes. So it has a rule of its own, without a verdict, and the accept
+    // follows in the next one; `... flow add @ft accept` in one rule would drop those packets.
+    if spec.flowtable {
+        let mut offload: Vec<Expr> = ct_state(CT_ESTABLISHED | CT_RELATED).to_vec();
+        offload.extend([
+            c.clone(),
+            Expr::FlowOffload {
+                table: FLOWTABLE.into(),
+            },
+        ]);
+        fwd.push(Rule {
+            name: RULE_FWD_OFFLOAD.into(),
+            exprs: offload,
+        });
+    }
+    fwd.push(rule(
+        RULE_FWD_ESTABLISHED,
+        &[
+            &ct_state(CT_ESTABLISHED | CT_RELATED),
+            &[c.clone(), accept.clone()],
+        ],
+    ));
+    // Before the invalid drop: a "fragmentation needed" for a flow conntrack no longer knows is
+    // invalid, and dropping it would black-hole path MTU discovery.
+    fwd.push(rule(
+        RULE_FWD_ICMP,
+        &[
+            &ip_protocol(IPPROTO_ICMP),
+            &payload_cmp(BASE_TRANSPORT, 0, vec![ICMP_DEST_UNREACH]),
+            &[c.clone(), accept.clone()],
+        ],
+    ));
+    fwd.push(rule(
+        RULE_FWD_INVALID,
+        &[&ct_state(CT_INVALID), &[c.clone(), drop.clone()]],
+    ));
+    fwd.push(rule(
+        RULE_FWD_NEW,
+        &[
+            &addr_in_set(false, false),
+            &ct_state(CT_NEW),
+            &[c.clone(), accept.clone()],
+        ],
+    ));
+    fwd.push(rule(RULE_FWD_DROP, &[&[c.clone(), drop.clone()]]));
+
+    let input = vec![
+        rule(
+            RULE_IN_LO,
+            &[
+                &meta_cmp(META_IIFNAME, CMP_EQ, ifname("lo")),
+                std::slice::from_ref(&accept),
+            ],
+        ),
+        // Echo requests over the rate are dropped before the established rule: one ping session
+        // is a single conntrack entry, so a limit placed after it would never see the flood.
+        rule(
+            RULE_IN_ICMP_LIMIT,
+            &[
+                &ip_protocol(IPPROTO_ICMP),
+                &payload_cmp(BASE_TRANSPORT, 0, vec![ICMP_ECHO_REQUEST]),
+                &[
+                    Expr::Limit {
+                        rate: u64::from(spec.icmp_rate_per_s),
+                        unit_s: 1,
+                        burst: LIMIT_BURST,
+                        kind: LIMIT_PKTS,
+                        flags: LIMIT_F_INV,
+                    },
+                    c.clone(),
+                    drop.clone(),
+                ],
+            ],
+        ),
+        rule(
+            RULE_IN_ESTABLISHED,
+            &[
+                &ct_state(CT_ESTABLISHED | CT_RELATED),
+                &[c.clone(), accept.clone()],
+            ],
+        ),
+        rule(
+            RULE_IN_INVALID,
+            &[&ct_state(CT_INVALID), &[c.clone(), drop.clone()]],
+        ),
+        rule(
+            RULE_IN_ICMP,
+            &[
+                &ip_protocol(IPPROTO_ICMP),
+                &payload_cmp(BASE_TRANSPORT, 0, vec![ICMP_ECHO_REQUEST]),
+                &[c.clone(), accept.clone()],
+            ],
+        ),
+        rule(
+            RULE_IN_DHCP,
+            &[
+                &meta_cmp(META_L4PROTO, CMP_EQ, vec![IPPROTO_UDP]),
+                &payload_cmp(BASE_TRANSPORT, 0, 67u16.to_be_bytes().to_vec()),
+                &payload_cmp(BASE_TRANSPORT, 2, 68u16.to_be_bytes().to_vec()),
+                &[c.clone(), accept.clone()],
+            ],
+        ),
+        rule(RULE_IN_DROP, &[&[c, drop]]),
+    ];
+
+    Ruleset {
+        table: spec.table.clone(),
+        sets: vec![Set {
+            name: PRIVATE_SET.into(),
+            flags: SET_INTERVAL,
+            key_type: TYPE_IPADDR,
+            key_len: 4,
+            // The kernel's interval sets reject overlapping elements.
+            ranges: cidr::merge(&spec.private),
+        }],
+        flowtable: spec.flowtable.then(|| Flowtable {
+            name: FLOWTABLE.into(),
+            hook: HOOK_NETDEV_INGRESS,
+            priority: 0,
+            devices: vec![spec.iface.clone()],
+        }),
+        chains: vec![
+            postrouting,
+            Chain {
+                name: "forward".into(),
+                kind: ChainType::Filter,
+                hook: HOOK_FORWARD,
+                priority: 0,
+                policy: NF_DROP,
+                rules: fwd,
+            },
+            Chain {
+                name: "input".into(),
+                kind: ChainType::Filter,
+                hook: HOOK_LOCAL_IN,
+                priority: 0,
+                policy: NF_DROP,
+                rules: input,
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+pub(super) mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A spec for `ens5` with the default table name and an ICMP rate of 10/s.
+    pub(in crate::nft) fn spec(private: &[&str], flowtable: bool, mss: bool) -> RulesetSpec {
+        RulesetSpec {
+            table: TABLE.into(),
+            iface: "ens5".into(),
+            private: private.iter().map(|s| s.parse().unwrap()).collect(),
+            flowtable,
+            mss_clamp: mss,
+            icmp_rate_per_s: 10,
+        }
+    }
+
+    #[test]
+    fn flowtable_on_and_off() {
+        let off = build(&spec(&["10.0.0.0/16"], false, false));
+        assert!(off.flowtable.is_none());
+        assert!(!off.to_string().contains("flow add"));
+        assert!(!off.to_string().contains("maxseg"));
+        let on = build(&spec(&["10.0.0.0/16"], true, false));
+        let ft = on.flowtable.as_ref().unwrap();
+        assert_eq!(ft.devices, ["ens5"]);
+        assert_eq!(ft.hook, HOOK_NETDEV_INGRESS);
+        let text = on.to_string();
+        assert!(text.contains("flowtable ft { hook ingress priority 0; devices = { ens5 }; }"));
+        assert!(
+            text.contains("ct state established,related counter packets 0 bytes 0 flow add @ft comment \"fwd_offload\""),
+            "{text}"
+        );
+        // The accept is a rule of its own: `flow add` breaks out of its rule for ICMP and for
+        // TCP before the handshake completes.
+        let fwd = on.chains.iter().find(|c| c.name == "forward").unwrap();
+        let names: Vec<&str> = fwd.rules.iter().map(|r| r.name.as_str()).collect();
+        let (o, e) = (
+            names.iter().position(|n| *n == RULE_FWD_OFFLOAD).unwrap(),
+            names
+                .iter()
+                .position(|n| *n == RULE_FWD_ESTABLISHED)
+                .unwrap(),
+        );
+        assert_eq!(o + 1, e);
+        assert!(
+            !fwd.rules[o]
+                .exprs
+                .iter()
+                .any(|x| matches!(x, Expr::Verdict(_)))
+        );
+        assert!(
+            !fwd.rules[e]
+                .exprs
+                .iter()
+                .any(|x| matches!(x, Expr::FlowOffload { .. }))
+        );
+        assert!(!on.differences(&off).is_empty());
+    }
+
+    #[test]
+    fn ranges_merge_and_sort() {
+        let r = build(&spec(
+            &[
+                "192.168.0.0/16",
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "10.0.0.0/16",
+                "11.0.0.0/8",
+                "12.0.0.0/8",
+                "172.16.0.0/12",
+            ],
+            false,
+            false,
+        ));
+        let s = &r.sets[0];
+        assert_eq!(
+            s.to_string(),
+            "set private { type ipv4_addr; flags interval; elements = { 10.0.0.0-12.255.255.255, 172.16.0.0/12, 192.168.0.0/16 } }"
+        );
+        let top = build(&spec(&["255.255.255.0/24", "0.0.0.0/0"], false, false));
+        assert_eq!(
+            top.sets[0].ranges,
+            [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST)]
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! Which configuration wins: whether the user-data is a nat-init document, and where the
+//! private ranges come from (configuration, then the VPC's CIDRs from IMDS, then defaults).
+
+use crate::cidr::Ipv4Cidr;
+use crate::config::Config;
+
+/// What the user-data is, as far as nat-init is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserData<'a> {
+    /// None, or only whitespace.
+    Absent,
+    /// A script or cloud-init document meant for another tool: ignored, said so.
+    Foreign(&'static str),
+    /// A nat-init TOML document (or an attempt at one: errors are reported).
+    Toml(&'a str),
+}
+
+/// Sorts user-data: shell scripts (`#!`), cloud-init documents (`#cloud-config`, MIME
+/// multipart) and gzip are not meant for nat-init; anything else is parsed as its TOML.
+pub fn classify_user_data(text: Option<&str>) -> UserData<'_> {
+    let Some(t) = text else {
+        return UserData::Absent;
+    };
+    let head = t.trim_start();
+    if head.is_empty() {
+        UserData::Absent
+    } else if head.starts_with("#!") {
+        UserData::Foreign("a script")
+    } else if head.starts_with("#cloud-") || head.starts_with("Content-Type: multipart") {
+        UserData::Foreign("a cloud-init document")
+    } else if t.starts_with('\u{1f}') {
+        UserData::Foreign("compressed")
+    } else {
+        UserData::Toml(t)
+    }
+}
+
+/// Where the private ranges came from, for the info line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangesFrom {
+    Config,
+    Imds,
+    Defaults,
+}
+
+impl RangesFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RangesFrom::Config => "config",
+            RangesFrom::Imds => "imds",
+            RangesFrom::Defaults => "defaults",
+        }
+    }
+}
+
+/// The private ranges: configured ones win, then the VPC's CIDRs from IMDS, then RFC 1918 and
+/// 100.64.0.0/10. Sorted and deduplicated so the ruleset and the ready line are deterministic.
+pub fn private_ranges(cfg: &Config, vpc: Option<&[Ipv4Cidr]>) -> (Vec<Ipv4Cidr>, RangesFrom) {
+    let (mut v, from) = match (&cfg.private_ranges, vpc) {
+        (Some(r), _) if !r.is_empty() => (r.clone(), RangesFrom::Config),
+        (_, Some(v)) if !v.is_empty() => (v.to_vec(), RangesFrom::Imds),
+        _ => (Ipv4Cidr::private_defaults(), RangesFrom::Defaults),
+    };
+    if from != RangesFrom::Defaults {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (v, from)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn user_data_kinds() {
+        assert_eq!(classify_user_data(None), UserData::Absent);
+        assert_eq!(classify_user_data(Some(" \n")), UserData::Absent);
+        assert!(matches!(
+            classify_user_data(Some("#!/bin/sh\necho\n")),
+            UserData::Foreign(_)
+        ));
+        assert!(matches!(
+            classify_user_data(Some("#cloud-config\n")),
+            UserData::Foreign(_)
+        ));
+        assert!(matches!(
+            classify_user_data(Some("\u{1f}\u{8b}...")),
+            UserData::Foreign(_)
+        ));
+        assert_eq!(
+            classify_user_data(Some("# nat-init\nrp_filter = 1\n")),
+            UserData::Toml("# nat-init\nrp_filter = 1\n")
+        );
+    }
+
+    #[test]
+    fn private_range_precedence() {
+        let vpc = [
+            cidr("10.1.0.0/16"),
+            cidr("10.0.0.0/16"),
+            cidr("10.1.0.0/16"),
+        ];
+        let cfg = Config::default();
+        assert_eq!(
+            private_ranges(&cfg, Some(&vpc)),
+            (
+                vec![cidr("10.0.0.0/16"), cidr("10.1.0.0/16")],
+                RangesFrom::Imds
+            )
+        );
+        assert_eq!(
+            private_ranges(&cfg, None),
+            (Ipv4Cidr::private_defaults(), RangesFrom::Defaults)
+        );
+        assert_eq!(private_ranges(&cfg, Some(&[])).1, RangesFrom::Defaults);
+        let pinned = Config {
+            private_ranges: Some(vec![cidr("192.168.0.0/16")]),
+            ..Config::default()
+        };
+        assert_eq!(
+            private_ranges(&pinned, Some(&vpc)),
+            (vec![cidr("192.168.0.0/16")], RangesFrom::Config)
+        );
+    }
+}

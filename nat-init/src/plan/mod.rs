@@ -1,0 +1,31 @@
+//! The service's decisions, kept pure so they are unit-tested. The binary's `run` module does the
+//! I/O they call for, in files of the same names:
+//! - `stages`: which [`Stage`] runs next, when a failed one is retried, when `ready` is printed;
+//! - `retry`: the [`Backoff`] of failures and the [`Throttle`] of repeating error lines;
+//! - `link`: which interface nat-init drives and what it should be called;
+//! - `lease`: what a DHCP lease becomes on the interface, and whether that still holds;
+//! - `config`: whether user-data is ours, and where the private ranges come from;
+//! - `ruleset`: the table the configuration asks for, and what to say about the flowtable;
+//! - `sysctl`: the conntrack sizing and the line saying what was set;
+//! - `health`: what the `health` line says;
+//! - `args`: the command line.
+
+mod args;
+mod config;
+mod health;
+mod lease;
+mod link;
+mod retry;
+mod ruleset;
+mod stages;
+mod sysctl;
+
+pub use args::parse_args;
+pub use config::{RangesFrom, UserData, classify_user_data, private_ranges};
+pub use health::{PROC_CONNTRACK, count_offloaded, health};
+pub use lease::{DEFAULT_MTU, LeaseError, LeasePlan, RouteSpec, lease_mtu, plan_lease};
+pub use link::{Interface, resolve_interface};
+pub use retry::{Backoff, RETRY_MAX, RETRY_MIN, Throttle};
+pub use ruleset::{flowtable_line, ruleset_spec};
+pub use stages::{Stage, Stages};
+pub use sysctl::{conntrack_sizing, sysctl_line};

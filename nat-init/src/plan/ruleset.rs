@@ -1,0 +1,79 @@
+//! The table the configuration asks for, and what the ruleset stage says about the flowtable.
+
+use crate::cidr::Ipv4Cidr;
+use crate::config::Config;
+use crate::nft::{self, RulesetSpec};
+
+/// The appliance's table on `iface` for the `private` ranges. `flowtable` is whether it gets one:
+/// the configuration wants it and the kernel can add it (see [`nft::flowtable_supported`]).
+pub fn ruleset_spec(
+    cfg: &Config,
+    iface: &str,
+    private: &[Ipv4Cidr],
+    flowtable: bool,
+) -> RulesetSpec {
+    RulesetSpec {
+        table: nft::TABLE.to_string(),
+        iface: iface.to_string(),
+        private: private.to_vec(),
+        flowtable,
+        mss_clamp: cfg.mss_clamp,
+        icmp_rate_per_s: cfg.icmp_rate,
+    }
+}
+
+/// The info line about the flowtable: off by configuration, active, or missing from the kernel.
+pub fn flowtable_line(configured: bool, active: bool, iface: &str) -> String {
+    if !configured {
+        format!("flowtable {} disabled by config", nft::FLOWTABLE)
+    } else if active {
+        format!("flowtable {} on {iface} active", nft::FLOWTABLE)
+    } else {
+        format!(
+            "flowtable {} unavailable in this kernel; established flows take the slow path",
+            nft::FLOWTABLE
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_follows_the_config() {
+        let cfg = Config {
+            mss_clamp: false,
+            icmp_rate: 3,
+            ..Config::default()
+        };
+        let private = ["10.0.0.0/16".parse().unwrap()];
+        let s = ruleset_spec(&cfg, "ens5", &private, true);
+        assert_eq!(
+            s,
+            RulesetSpec {
+                table: nft::TABLE.into(),
+                iface: "ens5".into(),
+                private: private.to_vec(),
+                flowtable: true,
+                mss_clamp: false,
+                icmp_rate_per_s: 3,
+            }
+        );
+        assert!(!ruleset_spec(&cfg, "ens5", &private, false).flowtable);
+    }
+
+    #[test]
+    fn flowtable_lines() {
+        assert_eq!(
+            flowtable_line(false, false, "ens5"),
+            "flowtable ft disabled by config"
+        );
+        assert_eq!(
+            flowtable_line(true, true, "ens5"),
+            "flowtable ft on ens5 active"
+        );
+        assert!(flowtable_line(true, false, "ens5").contains("unavailable in this kernel"));
+    }
+}

@@ -1,0 +1,162 @@
+//! The service's I/O, one file a stage: `nat_init::plan` decides (in files of the same names),
+//! this module does what it says and prints what happened. [`start`] reads the configuration
+//! and brings up the primary interface; [`Service::run`] is the loop from there on.
+//! - `console`: the lines printed and the boot clock;
+//! - `signals`: SIGTERM and SIGINT end the process, leaving the table in place;
+//! - `link`: finds, renames and brings up the primary interface, waits for carrier;
+//! - `dhcp`: the DHCP client's lease changes and errors, and the `no lease` report;
+//! - `lease` ([`Stage::Address`]): the lease on the interface, and its drift check;
+//! - `config` ([`Stage::Config`]): the baked file, IMDS and user-data;
+//! - `ruleset` ([`Stage::Nft`]): the nftables table, installed and verified;
+//! - `sysctl` ([`Stage::Sysctl`]): forwarding and conntrack, and forwarding off without a table;
+//! - `health`: the `ready` line, the `health` line and the drift checks.
+
+mod config;
+mod console;
+mod dhcp;
+mod health;
+mod lease;
+mod link;
+mod ruleset;
+mod signals;
+mod sysctl;
+
+use std::time::Duration;
+
+use nat_init::cidr::Ipv4Cidr;
+use nat_init::config::Config;
+use nat_init::dhcp::Lease;
+use nat_init::nft;
+use nat_init::plan::{Backoff, LeasePlan, Stage, Stages, Throttle};
+use nat_init::report;
+
+pub use console::{error, info};
+use console::{ms, now_ms};
+use link::Iface;
+pub use signals::install_signal_handlers;
+
+/// Longest single wait in the main loop, so nothing is starved by a far deadline.
+const MAX_WAIT_MS: u64 = 60_000;
+/// Cap of the interval between `no lease` error lines.
+const NO_LEASE_REPORT_MAX: Duration = Duration::from_secs(300);
+
+/// The service once its interface is up: the DHCP client, the stages' schedule, and what each
+/// stage last put in place (so the health check can tell drift).
+pub struct Service {
+    config_path: String,
+    baked: Option<String>,
+    cfg: Config,
+    iface: Iface,
+    client: nat_init::dhcp::Client,
+    /// The lease the DHCP client holds (the last Apply).
+    lease: Option<Lease>,
+    /// What the lease was turned into on the interface, once configured.
+    applied: Option<LeasePlan>,
+    stages: Stages,
+    private: Vec<Ipv4Cidr>,
+    ruleset: Option<nft::Ruleset>,
+    flowtable_active: bool,
+    flowtable_said: Option<String>,
+    sysctl_plan: Vec<(String, String)>,
+    global_ro_said: bool,
+    next_health_ms: u64,
+    dhcp_errors: Throttle,
+    no_lease_since_ms: u64,
+    no_lease_report_ms: u64,
+    no_lease_backoff: Backoff,
+}
+
+/// Reads the baked configuration at `config_path`, brings up the primary interface (waiting for
+/// it as long as it takes) and waits a little for carrier: the service, ready to loop.
+pub fn start(config_path: String) -> Service {
+    let baked = config::read_baked(&config_path);
+    let layered = Config::layered(baked.as_deref().map(|t| (t, config_path.as_str())), None);
+    for e in &layered.errors {
+        error("config", format_args!("{e}; using the defaults"));
+    }
+    let cfg = layered.config;
+    let iface = link::setup_link(&cfg);
+    link::wait_for_carrier(&iface);
+    Service::new(config_path, baked, cfg, iface)
+}
+
+impl Service {
+    fn new(config_path: String, baked: Option<String>, cfg: Config, iface: Iface) -> Self {
+        let salt = report::boot_elapsed_ms().unwrap_or(0) ^ u64::from(std::process::id()) << 32;
+        let client = nat_init::dhcp::Client::new(
+            &iface.name,
+            iface.index,
+            iface.mac,
+            nat_init::dhcp::seed(iface.mac, salt),
+        );
+        let now = now_ms();
+        let timeout = Duration::from_secs(u64::from(cfg.dhcp_timeout));
+        Service {
+            config_path,
+            baked,
+            client,
+            lease: None,
+            applied: None,
+            stages: Stages::new(),
+            private: Vec::new(),
+            ruleset: None,
+            flowtable_active: false,
+            flowtable_said: None,
+            sysctl_plan: Vec::new(),
+            global_ro_said: false,
+            next_health_ms: u64::MAX,
+            dhcp_errors: Throttle::default(),
+            no_lease_since_ms: now,
+            no_lease_report_ms: now.saturating_add(ms(timeout)),
+            no_lease_backoff: Backoff::new(timeout, NO_LEASE_REPORT_MAX.max(timeout)),
+            cfg,
+            iface,
+        }
+    }
+
+    /// Runs the due stages, prints `ready` and `health` when it is time, reports a missing
+    /// lease, then waits in the DHCP client until its next packet or the next deadline.
+    pub fn run(&mut self) -> ! {
+        loop {
+            self.run_due_stages();
+            let now = now_ms();
+            self.announce_and_check(now);
+            self.report_no_lease(now);
+            let mut wake = self.next_health_ms;
+            if let Some(w) = self.stages.wake_ms() {
+                wake = wake.min(w);
+            }
+            if self.lease.is_none() {
+                wake = wake.min(self.no_lease_report_ms);
+            }
+            let wait = wake.saturating_sub(now_ms()).min(MAX_WAIT_MS);
+            self.dhcp_step(Duration::from_millis(wait));
+        }
+    }
+
+    /// Runs every stage that is due, in order, until one fails (it is retried on its back-off).
+    fn run_due_stages(&mut self) {
+        while let Some(stage) = self.stages.next_due(now_ms()) {
+            let r = match stage {
+                Stage::Address => self.configure_address(),
+                Stage::Config => self.load_config(),
+                Stage::Sysctl => self.apply_sysctls(),
+                Stage::Nft => self.install_ruleset(),
+            };
+            match r {
+                Ok(()) => self.stages.succeeded(stage),
+                Err(e) => {
+                    let d = self.stages.failed(stage, now_ms());
+                    error(
+                        stage.what(),
+                        format_args!("{e:#}; retrying in {}", report::seconds(d)),
+                    );
+                    if stage == Stage::Nft {
+                        sysctl::forwarding_off();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
