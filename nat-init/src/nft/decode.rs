@@ -429,7 +429,6 @@ fn comment_from_udata(data: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use crate::netlink::Transport;

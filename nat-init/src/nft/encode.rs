@@ -332,7 +332,6 @@ pub fn encode(r: &Ruleset) -> Vec<(NetfilterMessage, u16, String)> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use crate::nft::policy::build;

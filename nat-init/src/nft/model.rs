@@ -278,7 +278,6 @@ impl Counters {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use crate::nft::policy::build;

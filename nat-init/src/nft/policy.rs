@@ -354,7 +354,6 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 pub(super) mod tests {
     use super::*;
     use std::net::Ipv4Addr;

@@ -355,7 +355,6 @@ impl fmt::Display for Ruleset {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use crate::nft::policy::build;

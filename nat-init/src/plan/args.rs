@@ -21,7 +21,6 @@ pub fn parse_args(args: &[String]) -> Result<Option<String>, String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
