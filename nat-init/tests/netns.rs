@@ -3,6 +3,9 @@
 //! appliance does, then real TCP, UDP and ICMP traffic checks what gets through. `ip`, `nft` and
 //! `ping` are used only to build the fixture and to cross-check. All traffic stays between the
 //! namespaces created here. The namespaces are removed in `Drop`, also when a test fails.
+// The fixture functions below are not #[test]s, so allow-unwrap-in-tests does not reach them:
+// a panic in them is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 use common::{run, sh, spawn_in_ns, tool_hint};

@@ -7,6 +7,10 @@
 //! not verify checksums, and its EBS block size is 512 bytes where AWS's is 512 KiB. The
 //! uploader takes the block size from StartSnapshot's answer, so here it sends 512-byte blocks.
 
+// The helpers below (moto's lifecycle, HTTP to it) are not #[test]s, so allow-unwrap-in-tests
+// does not reach them: a panic in them is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
