@@ -433,7 +433,6 @@ fn key_spans(text: &str) -> Vec<(String, Range<usize>, Range<usize>)> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,7 +1,23 @@
 //! nat-init: the NAT service that init starts and supervises. It names and brings up the primary
 //! interface, leases its address over DHCP, sets the forwarding sysctls, installs and verifies the
 //! appliance's nftables table over netlink, and keeps all of that working. It knows nothing about
-//! PID 1 duties; `init` owns those. The binary in `main.rs` wires these modules together.
+//! PID 1 duties; `init` owns those.
+//!
+//! The library is everything that can be tested without the machine, and the thin edges that
+//! talk to it:
+//! - [`plan`]: the service's decisions (stage order and retries, what a lease becomes on the
+//!   interface, which configuration wins, what the health line says), all pure;
+//! - [`nft`]: the nftables table, from the policy through the nft-syntax printer and the netlink
+//!   codec to the socket;
+//! - [`dhcp`]: the DHCPv4 client (pure state machine, framing, sockets);
+//! - [`naming`]: which interface is the primary one and its udev-style name;
+//! - [`config`]: the TOML configuration and its layering; [`imds`]: the IMDSv2 client;
+//! - [`sysctl`]: the kernel settings, planned then written and read back;
+//! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
+//! - [`cidr`]: IPv4 prefixes; [`report`]: the shape of every console line.
+//!
+//! The binary (`main.rs` and its `run/` module) is the I/O of the service: one file per stage,
+//! named like the `plan` file that decides what it does, and the loop that drives them.
 
 pub mod cidr;
 pub mod config;

@@ -27,8 +27,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config_path = match plan::parse_args(&args) {
         Ok(p) => p.unwrap_or_else(|| config::BAKED_PATH.to_string()),
-        Err(e) => {
-            run::error("usage", &e);
+        Err(exit) if exit.status.is_ok() => {
+            print!("{}", exit.output);
+            std::process::exit(0);
+        }
+        Err(exit) => {
+            run::error("usage", exit.output.trim_end());
             std::process::exit(2);
         }
     };

@@ -294,7 +294,6 @@ fn pci_of_path(path: &Path) -> Option<PciAddr> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;

@@ -204,10 +204,12 @@ impl Transport {
     }
 
     /// Sends one request and collects the replies: for a dump every message up to DONE, otherwise
-    /// the ACK (and any message echoed before it).
-    pub(crate) fn request<T>(&mut self, payload: T, flags: u16, what: &str) -> Result<Vec<T>>
+    /// the ACK (and any message echoed before it). Replies are parsed as `R`, which need not be
+    /// the request's type (nf_tables replies are kept as raw attributes).
+    pub(crate) fn request<Q, R>(&mut self, payload: Q, flags: u16, what: &str) -> Result<Vec<R>>
     where
-        T: NetlinkSerializable + NetlinkDeserializable,
+        Q: NetlinkSerializable,
+        R: NetlinkDeserializable,
     {
         let seq = self.next_seq();
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
@@ -216,7 +218,7 @@ impl Transport {
         self.send(&bytes, what)?;
         let mut out = Vec::new();
         loop {
-            for msg in self.recv::<T>(false, what)? {
+            for msg in self.recv::<R>(false, what)? {
                 if msg.header.sequence_number != seq {
                     continue;
                 }

@@ -152,7 +152,6 @@ pub fn boot_elapsed_ms() -> Result<u64, nix::Error> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

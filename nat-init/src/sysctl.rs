@@ -224,7 +224,6 @@ pub fn mem_total(proc_meminfo: &Path) -> Result<u64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
 

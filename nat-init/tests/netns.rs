@@ -3,7 +3,9 @@
 //! appliance does, then real TCP, UDP and ICMP traffic checks what gets through. `ip`, `nft` and
 //! `ping` are used only to build the fixture and to cross-check. All traffic stays between the
 //! namespaces created here. The namespaces are removed in `Drop`, also when a test fails.
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
+// The fixture functions below are not #[test]s, so allow-unwrap-in-tests does not reach them:
+// a panic in them is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 use common::{run, sh, spawn_in_ns, tool_hint};
@@ -66,17 +68,18 @@ impl Topology {
             ],
         );
         in_ns(&t.nat, || {
-            let mut r = Rtnl::open().unwrap();
-            let lo = r.link("lo").unwrap().unwrap();
-            r.set_up(lo.index).unwrap();
-            let lan = r.link("lan0").unwrap().unwrap();
-            let wan = r.link("ens5").unwrap().unwrap();
+            // A fixture, not a #[test]: failures say which step broke.
+            let mut r = Rtnl::open().expect("rtnetlink socket in the nat namespace");
+            let lo = r.link("lo").expect("reading lo").expect("lo exists");
+            r.set_up(lo.index).expect("lo up");
+            let lan = r.link("lan0").expect("reading lan0").expect("lan0 exists");
+            let wan = r.link("ens5").expect("reading ens5").expect("ens5 exists");
             r.replace_address(lan.index, NAT_LAN_IP, 24, u32::MAX, u32::MAX)
-                .unwrap();
+                .expect("lan0 address");
             r.replace_address(wan.index, NAT_WAN_IP, 24, 3600, 1800)
-                .unwrap();
-            r.set_up(lan.index).unwrap();
-            r.set_up(wan.index).unwrap();
+                .expect("ens5 address");
+            r.set_up(lan.index).expect("lan0 up");
+            r.set_up(wan.index).expect("ens5 up");
         });
         in_ns(&t.client, || {
             let mut r = Rtnl::open().unwrap();

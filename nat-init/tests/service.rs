@@ -6,7 +6,9 @@
 //! read nat-init's console lines, check what it configured with `ip` and `nft`, and send TCP
 //! through it. All traffic stays between these namespaces; they are removed in `Drop`, also when
 //! a test fails.
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
+// The fixture functions below are not #[test]s, so allow-unwrap-in-tests does not reach them:
+// a panic in them is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 use common::{run, sh, spawn_in_ns, tool_hint};

@@ -68,7 +68,7 @@ impl Part {
             "capacity" => Self::Capacity,
             "throughput" => Self::Throughput,
             _ => bail!(
-                "--only {s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput"
+                "{s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput"
             ),
         })
     }
@@ -113,40 +113,6 @@ impl Options {
     fn wants(&self, p: Part) -> bool {
         self.parts.contains(&p)
     }
-}
-
-/// `cargo xtask bench [--quick] [--runs N] [--only LIST] [--flows N]`.
-pub fn parse_args(root: &Path, parser: &mut lexopt::Parser) -> Result<Options> {
-    use lexopt::prelude::*;
-    let (mut quick, mut runs, mut only, mut flows) = (false, None, None, None);
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Long("quick") => quick = true,
-            Long("runs") => runs = Some(parser.value()?.parse::<usize>()?),
-            Long("flows") => flows = Some(parser.value()?.parse::<u64>()?),
-            Long("only") => {
-                let list: String = parser.value()?.string()?;
-                only = Some(
-                    list.split(',')
-                        .map(Part::parse)
-                        .collect::<Result<Vec<_>>>()?,
-                );
-            }
-            _ => bail!("cargo xtask bench: {}", arg.unexpected()),
-        }
-    }
-    let mut o = Options::new(root, quick);
-    if let Some(r) = runs {
-        if r == 0 {
-            bail!("--runs must be at least 1");
-        }
-        o.runs = r;
-    }
-    if let Some(p) = only {
-        o.parts = p;
-    }
-    o.flows = flows;
-    Ok(o)
 }
 
 /// Runs the selected measurements and writes the report; returns report.json's value.

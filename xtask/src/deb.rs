@@ -166,7 +166,6 @@ fn parse_control(text: &str) -> Result<Control> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
 

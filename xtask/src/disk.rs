@@ -803,7 +803,6 @@ impl<S> Seek for ZeroBackedCache<S> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests may unwrap.
 pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;

@@ -509,7 +509,6 @@ fn vmdk_descriptor(capacity: u64, extent_name: &str, cid: u32) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
     use crate::disk::tests::{noise, run, run_ok, same_bytes, scratch};

@@ -330,7 +330,14 @@ fn install(missing: &[&str]) -> Result<()> {
         }
         added_source = Some(file);
     }
-    let mut args = vec!["install", "-y", "-q", "--no-remove"];
+    // Recommends of qemu-system-arm (GUI, OpenGL, spice) pull in and upgrade a desktop stack.
+    let mut args = vec![
+        "install",
+        "-y",
+        "-q",
+        "--no-remove",
+        "--no-install-recommends",
+    ];
     if let Some(suite) = &decision.target_release {
         args.extend(["-t", suite.as_str()]);
     }

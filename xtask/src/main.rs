@@ -6,12 +6,15 @@
 //!   writes the GPT/FAT32 disk in raw, VHD and VMDK forms with a manifest.
 //! - `qemu` boots that disk the way EC2 does: UEFI firmware, NVMe disk, a PCIe NIC in slot 5.
 //! - `test` runs every test: the workspace's unit and namespace tests, then boot tests.
+//!
+//! Every command and flag is declared in `cli`, which also generates `--help`.
 
 mod ami;
 mod bench;
 mod binaries;
 mod buildinfo;
 mod checks;
+mod cli;
 mod deb;
 mod digest;
 mod disk;
@@ -32,25 +35,9 @@ mod vpc;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use lexopt::prelude::*;
+use anyhow::{Result, bail};
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [options]
-
-commands:
-  image [--profile NAME] [--out DIR] [--kernel-deb FILE]... [--locked] [--update]
-        build target/images/<profile>/ (default profile: nat-t4g)
-  qemu  [--profile NAME] [--net user|tap:IFNAME|none] [--mem MIB] [--build]
-        boot the built disk under UEFI firmware with the serial console on stdio
-  ami   [--profile NAME] [--region R] [--name NAME] [--via ebs-direct|s3 --bucket B] [--public] [--dry-run]
-        publish target/images/<profile>/disk.raw as an arm64 AMI (`cargo xtask ami --help`)
-  test  [--only host|image|boot|e2e|bench]
-        run every test: host tests, image checks, boot and end-to-end tests in QEMU, then the
-        bench's smoke test; ends with `xtask: N passed, M failed` (not run counts as failed)
-  bench [--quick] [--runs N] [--only sizes,build,boot,memory,capacity,throughput] [--flows N]
-        measure ours against the by-hand baseline; writes target/bench/report.{md,json}
-";
+use crate::cli::{Command, Parsed};
 
 fn main() -> ExitCode {
     match run() {
@@ -77,35 +64,25 @@ pub fn target_dir(root: &Path) -> PathBuf {
 }
 
 fn run() -> Result<()> {
-    let mut parser = lexopt::Parser::from_env();
-    let cmd = match parser.next()? {
-        Some(Value(v)) => v.string()?,
-        Some(Long("help") | Short('h')) | None => {
-            print!("{USAGE}");
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let root = workspace_root();
+    let command = match cli::parse(&root, &args)? {
+        Parsed::Run(command) => command,
+        Parsed::Usage(text) => {
+            println!("{text}");
             return Ok(());
         }
-        Some(other) => bail!("{}\n{USAGE}", other.unexpected()),
     };
-    let root = workspace_root();
-    match cmd.as_str() {
-        "image" => {
-            let args = parse_image_args(&mut parser)?;
+    match command {
+        Command::Image(args) => {
             image::run(&root, &args)?;
         }
-        "qemu" => {
-            let mut profile = "nat-t4g".to_string();
-            let mut net = qemu::Net::User;
-            let mut mem = 512;
-            let mut build = false;
-            while let Some(arg) = parser.next()? {
-                match arg {
-                    Long("profile") => profile = parser.value()?.string()?,
-                    Long("net") => net = qemu::Net::parse(&parser.value()?.string()?)?,
-                    Long("mem") => mem = parser.value()?.parse()?,
-                    Long("build") => build = true,
-                    _ => bail!("{}\n{USAGE}", arg.unexpected()),
-                }
-            }
+        Command::Qemu {
+            profile,
+            net,
+            mem_mib,
+            build,
+        } => {
             hostdeps::ensure(hostdeps::QEMU)?;
             let dir = if build {
                 image::run(
@@ -125,52 +102,13 @@ fn run() -> Result<()> {
                     dir.display()
                 );
             }
-            qemu::interactive(&dir, net, mem)?;
+            qemu::interactive(&dir, net, mem_mib)?;
         }
-        "test" => {
-            let mut only = None;
-            while let Some(arg) = parser.next()? {
-                match arg {
-                    Long("only") => {
-                        only = Some(testsuite::Part::parse(&parser.value()?.string()?)?)
-                    }
-                    _ => bail!("{}\n{USAGE}", arg.unexpected()),
-                }
-            }
-            testsuite::run(&root, only)?;
-        }
-        "bench" => {
-            let opts = bench::parse_args(&root, &mut parser)?;
+        Command::Test { only } => testsuite::run(&root, only)?,
+        Command::Bench(opts) => {
             bench::run(&root, &opts)?;
         }
-        "ami" => ami::run(&root, parser.raw_args()?.collect())?,
-        other => bail!("unknown command {other:?}\n{USAGE}"),
+        Command::Ami(rest) => ami::run(&root, rest)?,
     }
     Ok(())
-}
-
-fn parse_image_args(parser: &mut lexopt::Parser) -> Result<image::Args> {
-    let mut a = image::Args {
-        profile: "nat-t4g".into(),
-        ..Default::default()
-    };
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Long("profile") => a.profile = parser.value()?.string()?,
-            Long("out") => a.out = Some(PathBuf::from(parser.value()?)),
-            Long("kernel-deb") => {
-                let p = PathBuf::from(parser.value()?);
-                let p = std::fs::canonicalize(&p)
-                    .with_context(|| format!("--kernel-deb {}", p.display()))?;
-                a.kernel_debs.push(p);
-            }
-            Long("locked") => a.locked = true,
-            Long("update") => a.update = true,
-            _ => bail!("{}\n{USAGE}", arg.unexpected()),
-        }
-    }
-    if a.locked && a.update {
-        bail!("--locked and --update contradict each other");
-    }
-    Ok(a)
 }

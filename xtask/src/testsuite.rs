@@ -32,7 +32,7 @@ impl Part {
     pub fn parse(s: &str) -> Result<Self> {
         match Self::ALL.into_iter().find(|p| p.name() == s) {
             Some(p) => Ok(p),
-            None => bail!("--only {s:?}: expected host, image, boot, e2e or bench"),
+            None => bail!("{s:?}: expected host, image, boot, e2e or bench"),
         }
     }
 

@@ -7,25 +7,22 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use argh::FromArgs;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::getpid;
 
-/// Seconds until self-kill, if asked for.
-fn parse_args(args: &[String]) -> anyhow::Result<Option<u64>> {
-    match args {
-        [] => Ok(None),
-        [flag, secs] if flag == "--die-after" => secs
-            .parse()
-            .map(Some)
-            .with_context(|| format!("--die-after {secs:?}: not a number of seconds")),
-        _ => bail!("usage: heartbeat [--die-after SECS]"),
-    }
+/// test service of the boot tests: prints a line every second
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+struct Heartbeat {
+    /// send itself SIGKILL after SECS seconds (init's restart path)
+    #[argh(option, arg_name = "SECS")]
+    die_after: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let die_after = parse_args(&args)?;
+    // Prints usage or the error naming the bad flag, and exits, on anything else.
+    let Heartbeat { die_after } = argh::from_env();
     let start = Instant::now();
     let mut out = std::io::stdout();
     writeln!(out, "heartbeat: started pid={}", getpid())?;
@@ -45,19 +42,25 @@ fn main() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn strings(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
+    /// Seconds until self-kill, if asked for: what `main` gets from `argh::from_env`.
+    fn parse_args(args: &[&str]) -> Result<Option<u64>, argh::EarlyExit> {
+        Heartbeat::from_args(&["heartbeat"], args).map(|h| h.die_after)
     }
 
     #[test]
     fn arguments() {
         assert_eq!(parse_args(&[]).unwrap(), None);
-        assert_eq!(
-            parse_args(&strings(&["--die-after", "5"])).unwrap(),
-            Some(5)
+        assert_eq!(parse_args(&["--die-after", "5"]).unwrap(), Some(5));
+        assert!(parse_args(&["--die-after", "x"]).is_err());
+        assert!(parse_args(&["--die-after"]).is_err());
+        assert!(parse_args(&["--other", "1"]).is_err());
+        let e = parse_args(&["--die-after", "x"]).unwrap_err();
+        assert!(e.output.contains("--die-after"), "{}", e.output);
+        let help = parse_args(&["--help"]).unwrap_err();
+        assert!(help.status.is_ok());
+        assert!(
+            help.output
+                .starts_with("Usage: heartbeat [--die-after <SECS>]")
         );
-        assert!(parse_args(&strings(&["--die-after", "x"])).is_err());
-        assert!(parse_args(&strings(&["--die-after"])).is_err());
-        assert!(parse_args(&strings(&["--other", "1"])).is_err());
     }
 }

@@ -127,7 +127,6 @@ pub fn parse(p: &[u8], dport: u16) -> Option<Datagram<'_>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -555,5 +555,4 @@ fn lease_times(lease_s: u32, t1: Option<u32>, t2: Option<u32>) -> (u32, u32) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests;

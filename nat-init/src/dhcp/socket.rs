@@ -424,5 +424,4 @@ pub fn now_ms() -> Result<u64, DhcpError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests;

@@ -5,14 +5,12 @@
 
 use std::net::Ipv4Addr;
 
-use netlink_packet_core::{Emitable, NLA_TYPE_MASK, NetlinkPayload};
-use netlink_packet_netfilter::nftables::NfTablesMessage;
-use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+use netlink_packet_core::{NLA_TYPE_MASK, NetlinkDeserializable, NetlinkHeader, NetlinkPayload};
 
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::{
     MSG_NEWCHAIN, MSG_NEWFLOWTABLE, MSG_NEWRULE, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE,
-    REG_VERDICT, SET_ELEM_INTERVAL_END,
+    NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, REG_VERDICT, SET_ELEM_INTERVAL_END,
 };
 
 /// A read-back or encoding that does not fit the model.
@@ -196,11 +194,40 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
     })
 }
 
-/// The attribute bytes of a message (what follows the nfgenmsg header).
-pub(super) fn body(m: &NfTablesMessage) -> Vec<u8> {
-    let mut buf = vec![0u8; m.buffer_len()];
-    m.emit(&mut buf);
-    buf
+/// A message from the kernel as it came: its netlink type and the attributes after the nfgenmsg
+/// header. Replies are read this way, never through netlink-packet-netfilter's typed parse,
+/// which panics on a nested attribute longer than its parent (the nft_decode fuzz target's
+/// first find) and would only be emitted back to bytes here anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// nfnetlink subsystem in the high byte, NFT_MSG_* in the low one.
+    pub message_type: u16,
+    pub attrs: Vec<u8>,
+}
+
+impl Reply {
+    /// The NFT_MSG_* type, for an nf_tables message.
+    fn nft_kind(&self) -> Option<u8> {
+        let [subsystem, kind] = self.message_type.to_be_bytes();
+        (subsystem == NFNL_SUBSYS_NFTABLES).then_some(kind)
+    }
+}
+
+impl NetlinkDeserializable for Reply {
+    type Error = DecodeError;
+
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
+        let attrs = payload.get(NFGENMSG_LEN..).ok_or_else(|| {
+            derr(format!(
+                "message of {} bytes is shorter than its nfgenmsg header",
+                payload.len()
+            ))
+        })?;
+        Ok(Reply {
+            message_type: header.message_type,
+            attrs: attrs.to_vec(),
+        })
+    }
 }
 
 fn decode_rule(b: &[u8]) -> Result<(String, Rule), DecodeError> {
@@ -234,10 +261,10 @@ fn decode_hook(b: &[u8], flowtable: bool) -> Result<(u32, i32, Vec<String>), Dec
     ))
 }
 
-/// Builds the model from the bodies of the messages that describe one table: NEWTABLE, NEWSET,
-/// NEWSETELEM, NEWFLOWTABLE, NEWCHAIN and NEWRULE, in any order. Objects of other tables are
-/// skipped.
-pub fn decode(table: &str, msgs: &[NfTablesMessage]) -> Result<Ruleset, DecodeError> {
+/// Builds the model from the messages that describe one table: NEWTABLE, NEWSET, NEWSETELEM,
+/// NEWFLOWTABLE, NEWCHAIN and NEWRULE, in any order. Objects of other tables, and messages of
+/// other subsystems, are skipped.
+pub fn decode(table: &str, msgs: &[Reply]) -> Result<Ruleset, DecodeError> {
     let mut r = Ruleset {
         table: String::new(),
         sets: Vec::new(),
@@ -247,9 +274,10 @@ pub fn decode(table: &str, msgs: &[NfTablesMessage]) -> Result<Ruleset, DecodeEr
     let mut rules: Vec<(String, Rule)> = Vec::new();
     let mut elems: Vec<(String, u32, u32)> = Vec::new();
     for m in msgs {
-        let kind: u8 = m.message_type().into();
-        let b = body(m);
-        let l = attrs(&b)?;
+        let Some(kind) = m.nft_kind() else {
+            continue;
+        };
+        let l = attrs(&m.attrs)?;
         let owner = match kind {
             MSG_NEWSETELEM => string(need(&l, 1, "set element table")?),
             MSG_NEWTABLE => string(need(&l, 1, "table name")?),
@@ -323,7 +351,7 @@ pub fn decode(table: &str, msgs: &[NfTablesMessage]) -> Result<Ruleset, DecodeEr
                     rules: Vec::new(),
                 });
             }
-            MSG_NEWRULE => rules.push(decode_rule(&b)?),
+            MSG_NEWRULE => rules.push(decode_rule(&m.attrs)?),
             _ => {}
         }
     }
@@ -371,19 +399,15 @@ pub fn decode(table: &str, msgs: &[NfTablesMessage]) -> Result<Ruleset, DecodeEr
 /// takes its messages from the socket instead: this is the way in for captured replies and for
 /// the fuzz target, and runs the same parse of each message.
 pub fn decode_replies(table: &str, bytes: &[u8]) -> Result<Ruleset, DecodeError> {
-    let msgs = crate::netlink::split::<NetfilterMessage>(bytes)
-        .map_err(|e| derr(format!("netlink: {e}")))?;
-    let nft: Vec<NfTablesMessage> = msgs
+    let msgs: Vec<Reply> = crate::netlink::split::<Reply>(bytes)
+        .map_err(|e| derr(format!("netlink: {e}")))?
         .into_iter()
         .filter_map(|m| match m.payload {
-            NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::NfTables(n),
-                ..
-            }) => Some(n),
+            NetlinkPayload::InnerMessage(r) => Some(r),
             _ => None,
         })
         .collect();
-    decode(table, &nft)
+    decode(table, &msgs)
 }
 
 /// The comment in nftnl's rule userdata layout (see `encode`), if there is one.
@@ -405,7 +429,6 @@ fn comment_from_udata(data: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use crate::netlink::Transport;
@@ -414,21 +437,17 @@ mod tests {
     use crate::nft::policy::{TABLE, tests::spec};
     use netlink_packet_core::{NLM_F_MULTIPART, NetlinkMessage};
 
-    /// Serialises every message to netlink bytes, parses them back with the crate's parser and
-    /// decodes: the model must survive unchanged.
+    /// Serialises every message to netlink bytes, parses them back as replies and decodes: the
+    /// model must survive unchanged.
     fn round_trip(r: &Ruleset) -> Ruleset {
         let mut parsed = Vec::new();
         for (i, (m, flags, _)) in encode(r).into_iter().enumerate() {
             let bytes = Transport::frame(m, flags, i as u32 + 1);
-            let back = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes).unwrap();
-            let NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::NfTables(n),
-                ..
-            }) = back.payload
-            else {
+            let back = NetlinkMessage::<Reply>::deserialize(&bytes).unwrap();
+            let NetlinkPayload::InnerMessage(reply) = back.payload else {
                 panic!("not an nf_tables message");
             };
-            parsed.push(n);
+            parsed.push(reply);
         }
         decode(&r.table, &parsed).unwrap()
     }
@@ -494,5 +513,78 @@ mod tests {
         );
         let err = decode_replies("other", &bytes).unwrap_err();
         assert_eq!(err.to_string(), "table other not found");
+    }
+
+    /// The nft_decode fuzz target's seeds: dumps in our encoder's layout, which must decode to
+    /// what they were made from. `NAT_INIT_WRITE_SEEDS=1` writes them afresh.
+    #[test]
+    fn fuzz_seeds_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/nft_decode");
+        let all = [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+        ];
+        for (file, r) in [
+            ("ens5.bin", build(&spec(&["10.0.0.0/16"], false, true))),
+            ("flowtable.bin", build(&spec(&all, true, true))),
+        ] {
+            let path = dir.join(file);
+            if std::env::var_os("NAT_INIT_WRITE_SEEDS").is_some() {
+                std::fs::write(&path, dump_bytes(&r)).unwrap();
+            }
+            let seed = std::fs::read(&path).unwrap();
+            assert_eq!(decode_replies(TABLE, &seed).unwrap(), r, "{file}");
+        }
+    }
+
+    /// One netlink attribute, padded, as the kernel lays them out.
+    fn tlv(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = u16::try_from(4 + value.len())
+            .unwrap()
+            .to_ne_bytes()
+            .to_vec();
+        v.extend(kind.to_ne_bytes());
+        v.extend(value);
+        v.resize((v.len() + 3) & !3, 0);
+        v
+    }
+
+    /// The nft_decode fuzz target's first find: a cmp whose data nest holds an attribute longer
+    /// than the nest. netlink-packet-netfilter's typed parse of the rule indexed past the end
+    /// and panicked; read as raw attributes it is an error that says where.
+    #[test]
+    fn nested_attribute_longer_than_its_parent_is_an_error() {
+        const NESTED: u16 = 0x8000;
+        let mut bad_data = tlv(1, &[10, 0, 0, 0]);
+        bad_data[0] = 0; // NFTA_DATA_VALUE claims 256 bytes of the 8 there are
+        bad_data[1] = 1;
+        let cmp = [
+            tlv(1, &1u32.to_be_bytes()),
+            tlv(2, &0u32.to_be_bytes()),
+            tlv(3 | NESTED, &bad_data),
+        ]
+        .concat();
+        let expr = [tlv(1, b"cmp\0"), tlv(2 | NESTED, &cmp)].concat();
+        let attrs = [
+            tlv(1, b"nat_instance\0"),
+            tlv(2, b"forward\0"),
+            tlv(4 | NESTED, &tlv(1 | NESTED, &expr)),
+        ]
+        .concat();
+        let mut msg = Vec::new();
+        let len = u32::try_from(16 + 4 + attrs.len()).unwrap();
+        msg.extend(len.to_ne_bytes());
+        msg.extend((u16::from(NFNL_SUBSYS_NFTABLES) << 8 | u16::from(MSG_NEWRULE)).to_ne_bytes());
+        msg.extend(NLM_F_MULTIPART.to_ne_bytes());
+        msg.extend([0u8; 8]); // sequence number, port
+        msg.extend([2, 0, 0, 0]); // nfgenmsg: AF_INET, version 0, resource id 0
+        msg.extend(&attrs);
+        let err = decode_replies(TABLE, &msg).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "chain forward: bad attribute length 256 at offset 0"
+        );
     }
 }

@@ -332,13 +332,18 @@ pub fn encode(r: &Ruleset) -> Vec<(NetfilterMessage, u16, String)> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
-    use crate::nft::decode::body;
     use crate::nft::policy::build;
     use crate::nft::policy::tests::spec;
     use netlink_packet_netfilter::NetfilterMessageInner;
+
+    /// The attribute bytes of a message (what follows the nfgenmsg header).
+    fn body(m: &NfTablesMessage) -> Vec<u8> {
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.emit(&mut buf);
+        buf
+    }
 
     #[test]
     fn deterministic() {

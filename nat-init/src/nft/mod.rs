@@ -13,14 +13,17 @@
 //! - `socket`: [`Nfnl`], the nfnetlink socket, and the operations on it;
 //! - `uapi`: the kernel's numbers all of them use.
 //!
-//! The wire codec (`encode`, `decode`) is ours. netlink-packet-netfilter 0.4 gives us the
-//! nfnetlink framing (header, batch begin/end), the parse of each reply into an
-//! `NfTablesMessage`, and the rule message's table, chain, user-data and expression-list
-//! attributes. Its typed expressions stop at bitwise, cmp, immediate, lookup, meta and payload:
-//! masq, counter, ct, limit, byteorder, exthdr, rt and flow_offload exist only as raw attributes,
-//! and flowtables only as raw attribute lists. So every expression, and every message but the
-//! rule, is written through its raw `Other` escape hatch, and replies are re-emitted and read
-//! attribute by attribute: one encoder/decoder pair in one layout, whose round trip is exact.
+//! The wire codec (`encode`, `decode`) is ours. What netlink-packet-netfilter 0.4 gives us is
+//! the sending side's framing: the nfnetlink header, batch begin/end, and the rule message's
+//! table, chain, user-data and expression-list attributes. Its typed expressions stop at bitwise,
+//! cmp, immediate, lookup, meta and payload: masq, counter, ct, limit, byteorder, exthdr, rt and
+//! flow_offload exist only as raw attributes, and flowtables only as raw attribute lists. So
+//! every expression, and every message but the rule, is written as raw attributes through its
+//! escape hatches (`Expressions::Other`, `NfTablesMessage::Other`, `NewFlowTable`), in one
+//! layout that `decode` reads back exactly. Replies skip its typed parse altogether ([`Reply`]
+//! keeps their raw attributes): that parse panics on a nested attribute longer than its parent,
+//! which the nft_decode fuzz target found at once.
+//!
 //! The alternatives fit worse: rustables is GPL-3.0-or-later (the binary would be GPL) and runs
 //! bindgen on kernel headers at build time; nftnl binds libnftnl/libmnl (C), a painful static
 //! aarch64-musl build; the nftables crate drives an `nft` binary the image does not have.
@@ -33,7 +36,7 @@ mod print;
 mod socket;
 mod uapi;
 
-pub use decode::{DecodeError, decode, decode_replies};
+pub use decode::{DecodeError, Reply, decode, decode_replies};
 pub use encode::encode;
 pub use model::{Chain, ChainType, Counters, Expr, Flowtable, Rule, Ruleset, Set};
 pub use policy::{

@@ -1,7 +1,8 @@
 //! The ruleset the appliance wants, built from a [`RulesetSpec`] (the configuration's view of
-//! it): masquerade what the private ranges send out of the interface, forward only flows they
-//! start (plus replies and ICMP errors), drop unsolicited input but DHCP, loopback and rate-limited
-//! ping. The order of the rules is part of the policy; the comments at each say why.
+//! it): masquerade what the private ranges send out of the interface to anywhere else, forward
+//! only flows they start (with their replies and ICMP errors), and drop unsolicited input but
+//! loopback, DHCP and rate-limited ping. The order of the rules is part of the policy; the
+//! comments at each say why.
 
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::*;
@@ -353,7 +354,6 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 pub(super) mod tests {
     use super::*;
     use std::net::Ipv4Addr;

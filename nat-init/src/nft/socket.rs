@@ -12,7 +12,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::protocols;
 
-use super::decode::{DecodeError, attrs, body, decode, get, string};
+use super::decode::{DecodeError, Reply, attrs, decode, get, string};
 use super::encode::{encode, hook_attrs, ipv4, nla_str, other, table_msg};
 use super::model::{Counters, Ruleset};
 use super::policy::FLOWTABLE;
@@ -108,7 +108,7 @@ impl Nfnl {
         ));
         self.t.send(&bytes, what)?;
         let mut first_err: Option<NftError> = None;
-        for reply in self.t.drain::<NetfilterMessage>(what)? {
+        for reply in self.t.drain::<Reply>(what)? {
             let seq = reply.header.sequence_number;
             if let NetlinkPayload::Error(e) = reply.payload {
                 let desc = pending
@@ -137,20 +137,8 @@ impl Nfnl {
         Ok(())
     }
 
-    fn dump(
-        &mut self,
-        kind: u8,
-        attrs: Vec<DefaultNla>,
-        what: &str,
-    ) -> Result<Vec<NfTablesMessage>> {
-        let replies = self.t.request(ipv4(other(kind, attrs)), NLM_F_DUMP, what)?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m.inner {
-                NetfilterMessageInner::NfTables(n) => Some(n),
-                _ => None,
-            })
-            .collect())
+    fn dump(&mut self, kind: u8, attrs: Vec<DefaultNla>, what: &str) -> Result<Vec<Reply>> {
+        Ok(self.t.request(ipv4(other(kind, attrs)), NLM_F_DUMP, what)?)
     }
 }
 
@@ -177,20 +165,13 @@ pub fn apply(sock: &mut Nfnl, r: &Ruleset) -> Result<()> {
 /// Reads `table` back from the kernel.
 pub fn read_back(sock: &mut Nfnl, table: &str) -> Result<Ruleset> {
     let what = |x: &str| format!("reading back table {table}: {x}");
-    let mut msgs = sock
+    let mut msgs: Vec<Reply> = sock
         .t
-        .request(table_msg(MSG_GETTABLE, table), 0, &what("table"))?
-        .into_iter()
-        .filter_map(|m| match m.inner {
-            NetfilterMessageInner::NfTables(n) => Some(n),
-            _ => None,
-        })
-        .collect::<Vec<_>>();
+        .request(table_msg(MSG_GETTABLE, table), 0, &what("table"))?;
     let sets = sock.dump(MSG_GETSET, vec![nla_str(1, table)], &what("sets"))?;
     let mut names = Vec::new();
     for s in &sets {
-        let b = body(s);
-        let l = attrs(&b).map_err(|source| NftError::Decode {
+        let l = attrs(&s.attrs).map_err(|source| NftError::Decode {
             what: what("sets"),
             source,
         })?;

@@ -41,7 +41,12 @@ pub(super) const ICMP_ECHO_REQUEST: u8 = 8;
 pub(super) const TCP_SYN: u8 = 0x02;
 pub(super) const IFNAMSIZ: usize = 16;
 
-// NFT_MSG_* message types.
+/// nfnetlink's subsystem number for nf_tables: the high byte of a netlink message type.
+pub(super) const NFNL_SUBSYS_NFTABLES: u8 = 10;
+/// struct nfgenmsg, before a message's attributes: family, version, resource id.
+pub(super) const NFGENMSG_LEN: usize = 4;
+
+// NFT_MSG_* message types: the low byte.
 pub(super) const MSG_NEWTABLE: u8 = 0;
 pub(super) const MSG_GETTABLE: u8 = 1;
 pub(super) const MSG_DELTABLE: u8 = 2;

@@ -1,39 +1,49 @@
-//! The command line: `nat-init [--config PATH]`.
+//! The command line, declared with argh like every other command line in the workspace:
+//! `nat-init [--config PATH]`.
 
-/// `--config PATH`; anything else is a usage error.
-pub fn parse_args(args: &[String]) -> Result<Option<String>, String> {
-    let mut config = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => match it.next() {
-                Some(p) if !p.is_empty() => config = Some(p.clone()),
-                _ => return Err("--config needs a path".to_string()),
-            },
-            other => {
-                return Err(format!(
-                    "unexpected argument {other:?}; usage: nat-init [--config PATH]"
-                ));
-            }
-        }
+use argh::FromArgs;
+
+/// the NAT service that init starts and supervises
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// the configuration file (default: the one baked into the image)
+    #[argh(option, arg_name = "PATH")]
+    pub config: Option<String>,
+}
+
+/// What the command line asks for: a config path (`None`: the baked one), or the text to print
+/// (`--help` is `Err` with `ok = true`, a usage error `Err` with `ok = false`).
+pub fn parse_args(args: &[String]) -> Result<Option<String>, argh::EarlyExit> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let parsed = Args::from_args(&["nat-init"], &args)?;
+    match parsed.config {
+        Some(p) if p.is_empty() => Err(argh::EarlyExit {
+            output: "--config needs a path".into(),
+            status: Err(()),
+        }),
+        other => Ok(other),
     }
-    Ok(config)
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn args() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse_args(&s(&[])), Ok(None));
+        assert_eq!(parse_args(&s(&[])).unwrap(), None);
         assert_eq!(
-            parse_args(&s(&["--config", "/tmp/x.toml"])),
-            Ok(Some("/tmp/x.toml".into()))
+            parse_args(&s(&["--config", "/tmp/x.toml"])).unwrap(),
+            Some("/tmp/x.toml".into())
         );
-        assert!(parse_args(&s(&["--config"])).is_err());
-        assert!(parse_args(&s(&["--bogus"])).is_err());
+        for bad in [&["--config"][..], &["--config", ""], &["--bogus"]] {
+            let e = parse_args(&s(bad)).unwrap_err();
+            assert!(e.status.is_err(), "{bad:?} must be a usage error");
+            assert!(!e.output.is_empty());
+        }
+        let help = parse_args(&s(&["--help"])).unwrap_err();
+        assert!(help.status.is_ok());
+        assert!(help.output.contains("--config"), "{}", help.output);
     }
 }

@@ -69,7 +69,6 @@ pub fn private_ranges(cfg: &Config, vpc: Option<&[Ipv4Cidr]>) -> (Vec<Ipv4Cidr>,
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -163,7 +163,6 @@ pub fn plan_lease(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

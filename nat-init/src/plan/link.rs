@@ -76,7 +76,6 @@ pub fn resolve_interface(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::naming::PciAddr;

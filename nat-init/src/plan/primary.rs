@@ -83,7 +83,6 @@ pub fn decide_primary(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::naming::{NetDevice, PciAddr, PciSlot};

@@ -37,7 +37,6 @@ pub fn flowtable_line(configured: bool, active: bool, iface: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

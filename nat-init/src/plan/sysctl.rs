@@ -30,7 +30,6 @@ pub fn sysctl_line(cfg: &Config, conntrack: Option<(u32, u32)>) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

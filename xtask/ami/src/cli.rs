@@ -1,42 +1,28 @@
-//! Command-line flags of `cargo xtask ami`, parsed with lexopt in one place.
+//! Command-line flags of `cargo xtask ami`, declared once with argh: `--help` prints usage
+//! generated from these declarations. [`parse`] also checks what they cannot (`--via s3`
+//! needs `--bucket`).
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
-use lexopt::prelude::*;
+use anyhow::{Result, anyhow, bail};
+use argh::{FromArgValue, FromArgs};
 
-pub const USAGE: &str = "\
-usage: cargo xtask ami [options]
+/// What `usage:` lines and `--help` call this program: `cargo xtask ami` runs it.
+const PROGRAM: &str = "cargo xtask ami";
 
-Turns target/images/<profile>/disk.raw into a registered arm64 (Graviton) AMI:
-an EBS snapshot, then RegisterImage (arm64, UEFI, ENA, IMDSv2 only, gp3 root /dev/xvda).
-
-options:
-  --profile NAME         image profile (default nat-t4g)
-  --region R             AWS region (default: the AWS config chain)
-  --aws-profile NAME     AWS shared-config profile (default: AWS_PROFILE or the chain)
-  --name NAME            AMI name (default <profile>-<version>-<commit>-<sha256>)
-  --via ebs-direct|s3    snapshot route (default ebs-direct: no bucket, no service role)
-  --bucket B             S3 bucket for --via s3 (ImportSnapshot with the vmimport role)
-  --format vmdk|raw      disk uploaded by --via s3 (default vmdk)
-  --public               make the AMI public after it is available
-  --jobs N               parallel PutSnapshotBlock requests (default 16)
-  --dry-run              print every AWS call and the equivalent aws CLI; needs no credentials
-  --print-policy         print the IAM policies (caller, vmimport role) and exit
-  --endpoint-url URL     send every AWS call to URL (a local test double)
-  --image-dir DIR        image directory (default target/images/<profile>)
-";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromArgValue)]
 pub enum Via {
+    #[argh(name = "ebs-direct")]
     EbsDirect,
+    #[argh(name = "s3")]
     S3,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromArgValue)]
 pub enum Format {
+    #[argh(name = "vmdk")]
     Vmdk,
+    #[argh(name = "raw")]
     Raw,
 }
 
@@ -57,84 +43,75 @@ impl Format {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Turns target/images/<profile>/disk.raw into a registered arm64 (Graviton) AMI: an EBS
+/// snapshot, then RegisterImage (arm64, UEFI, ENA, IMDSv2 only, gp3 root /dev/xvda).
+#[derive(FromArgs, Debug, Clone, PartialEq, Eq)]
+#[argh(help_triggers("-h", "--help", "help"))]
 pub struct Args {
+    /// image profile (default nat-t4g)
+    #[argh(option, arg_name = "NAME", default = "\"nat-t4g\".into()")]
     pub profile: String,
+    /// AWS region (default: the AWS config chain)
+    #[argh(option, arg_name = "R")]
     pub region: Option<String>,
+    /// AWS shared-config profile (default: AWS_PROFILE or the chain)
+    #[argh(option, arg_name = "NAME")]
     pub aws_profile: Option<String>,
+    /// AMI name (default <profile>-<version>-<commit>-<sha256>)
+    #[argh(option, arg_name = "NAME")]
     pub name: Option<String>,
+    /// snapshot route (default ebs-direct: no bucket, no service role)
+    #[argh(option, arg_name = "ebs-direct|s3", default = "Via::EbsDirect")]
     pub via: Via,
+    /// S3 bucket for --via s3 (ImportSnapshot with the vmimport role)
+    #[argh(option, arg_name = "B")]
     pub bucket: Option<String>,
+    /// disk uploaded by --via s3 (default vmdk)
+    #[argh(option, arg_name = "vmdk|raw", default = "Format::Vmdk")]
     pub format: Format,
+    /// make the AMI public after it is available
+    #[argh(switch)]
     pub public: bool,
+    /// parallel PutSnapshotBlock requests (default 16)
+    #[argh(option, arg_name = "N", default = "16", from_str_fn(at_least_one))]
     pub jobs: usize,
+    /// print every AWS call and the equivalent aws CLI; needs no credentials
+    #[argh(switch)]
     pub dry_run: bool,
+    /// print the IAM policies (caller, vmimport role) and exit
+    #[argh(switch)]
     pub print_policy: bool,
+    /// send every AWS call to URL (a local test double)
+    #[argh(option, arg_name = "URL")]
     pub endpoint_url: Option<String>,
+    /// image directory (default target/images/<profile>)
+    #[argh(option, arg_name = "DIR")]
     pub image_dir: Option<PathBuf>,
-    pub help: bool,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Args {
-            profile: "nat-t4g".into(),
-            region: None,
-            aws_profile: None,
-            name: None,
-            via: Via::EbsDirect,
-            bucket: None,
-            format: Format::Vmdk,
-            public: false,
-            jobs: 16,
-            dry_run: false,
-            print_policy: false,
-            endpoint_url: None,
-            image_dir: None,
-            help: false,
-        }
-    }
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    Run(Args),
+    /// `--help`: print this generated usage and stop.
+    Usage(String),
 }
 
-pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
-    let mut a = Args::default();
-    let mut p = lexopt::Parser::from_args(argv);
-    while let Some(arg) = p.next()? {
-        match arg {
-            Long("profile") => a.profile = p.value()?.string()?,
-            Long("region") => a.region = Some(p.value()?.string()?),
-            Long("aws-profile") => a.aws_profile = Some(p.value()?.string()?),
-            Long("name") => a.name = Some(p.value()?.string()?),
-            Long("via") => {
-                a.via = match p.value()?.string()?.as_str() {
-                    "ebs-direct" => Via::EbsDirect,
-                    "s3" => Via::S3,
-                    other => bail!("--via {other}: expected ebs-direct or s3"),
-                }
-            }
-            Long("bucket") => a.bucket = Some(p.value()?.string()?),
-            Long("format") => {
-                a.format = match p.value()?.string()?.as_str() {
-                    "vmdk" => Format::Vmdk,
-                    "raw" => Format::Raw,
-                    other => bail!("--format {other}: expected vmdk or raw"),
-                }
-            }
-            Long("public") => a.public = true,
-            Long("jobs") => {
-                a.jobs = p.value()?.parse()?;
-                if a.jobs == 0 {
-                    bail!("--jobs must be at least 1");
-                }
-            }
-            Long("dry-run") => a.dry_run = true,
-            Long("print-policy") => a.print_policy = true,
-            Long("endpoint-url") => a.endpoint_url = Some(p.value()?.string()?),
-            Long("image-dir") => a.image_dir = Some(p.value()?.into()),
-            Long("help") | Short('h') => a.help = true,
-            other => bail!("{}\n{USAGE}", other.unexpected()),
-        }
-    }
+/// Parses the words after `cargo xtask ami`.
+pub fn parse<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Result<Parsed> {
+    let words = argv
+        .iter()
+        .map(|a| {
+            let a = a.as_ref();
+            a.to_str()
+                .ok_or_else(|| anyhow!("argument {a:?} is not valid UTF-8"))
+        })
+        .collect::<Result<Vec<&str>>>()?;
+    let a = match Args::from_args(&[PROGRAM], &words) {
+        Ok(a) => a,
+        Err(exit) if exit.status.is_ok() => return Ok(Parsed::Usage(exit.output)),
+        Err(exit) => bail!("{}\nsee `{PROGRAM} --help`", exit.output.trim_end()),
+    };
     match (a.via, &a.bucket) {
         (Via::S3, None) => {
             bail!("--via s3 needs --bucket B (an S3 bucket the vmimport role can read)")
@@ -142,7 +119,16 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
         (Via::EbsDirect, Some(_)) => bail!("--bucket is for --via s3 only"),
         _ => {}
     }
-    Ok(a)
+    Ok(Parsed::Run(a))
+}
+
+/// `--jobs`: argh prefixes the error with the flag and the value.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -150,15 +136,51 @@ mod tests {
     use super::*;
 
     fn args(s: &str) -> Result<Args> {
-        parse(s.split_whitespace().map(OsString::from))
+        match parse(&s.split_whitespace().collect::<Vec<_>>())? {
+            Parsed::Run(a) => Ok(a),
+            Parsed::Usage(u) => bail!("usage: {u}"),
+        }
     }
 
     #[test]
     fn defaults() {
         let a = args("").unwrap();
-        assert_eq!(a, Args::default());
+        assert_eq!(
+            a,
+            Args {
+                profile: "nat-t4g".into(),
+                region: None,
+                aws_profile: None,
+                name: None,
+                via: Via::EbsDirect,
+                bucket: None,
+                format: Format::Vmdk,
+                public: false,
+                jobs: 16,
+                dry_run: false,
+                print_policy: false,
+                endpoint_url: None,
+                image_dir: None,
+            }
+        );
         assert_eq!(a.via, Via::EbsDirect);
         assert_eq!(a.profile, "nat-t4g");
+    }
+
+    #[test]
+    fn help_is_generated() {
+        for h in ["--help", "-h", "help"] {
+            let Parsed::Usage(u) = parse(&[h]).unwrap() else {
+                panic!("{h}: no usage")
+            };
+            assert!(
+                u.starts_with("Usage: cargo xtask ami [--profile <NAME>]"),
+                "{u}"
+            );
+            for flag in ["--via <ebs-direct|s3>", "--bucket <B>", "--print-policy"] {
+                assert!(u.contains(flag), "{flag} missing from {u}");
+            }
+        }
     }
 
     #[test]
@@ -189,8 +211,13 @@ mod tests {
                 .contains("--bucket")
         );
         assert!(args("--bucket b").is_err());
-        assert!(args("--via ftp").is_err());
-        assert!(args("--jobs 0").is_err());
-        assert!(args("--frobnicate").is_err());
+        let e = args("--via ftp").unwrap_err().to_string();
+        assert!(e.contains("--via") && e.contains("ftp"), "{e}");
+        let e = args("--format qcow2").unwrap_err().to_string();
+        assert!(e.contains("--format") && e.contains("qcow2"), "{e}");
+        let e = args("--jobs 0").unwrap_err().to_string();
+        assert!(e.contains("--jobs") && e.contains("at least 1"), "{e}");
+        let e = args("--frobnicate").unwrap_err().to_string();
+        assert!(e.contains("--frobnicate"), "{e}");
     }
 }

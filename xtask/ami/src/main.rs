@@ -47,11 +47,14 @@ fn default_image_dir(profile: &str) -> PathBuf {
 }
 
 fn run() -> Result<()> {
-    let args = cli::parse(std::env::args_os().skip(1))?;
-    if args.help {
-        print!("{}", cli::USAGE);
-        return Ok(());
-    }
+    let argv: Vec<_> = std::env::args_os().skip(1).collect();
+    let args = match cli::parse(&argv)? {
+        cli::Parsed::Run(args) => args,
+        cli::Parsed::Usage(text) => {
+            println!("{text}");
+            return Ok(());
+        }
+    };
     if args.print_policy {
         print!("{}", policy::render_all(args.bucket.as_deref()));
         return Ok(());

@@ -7,7 +7,8 @@
 //! not verify checksums, and its EBS block size is 512 bytes where AWS's is 512 KiB. The
 //! uploader takes the block size from StartSnapshot's answer, so here it sends 512-byte blocks.
 
-// Test helpers may unwrap: a panic is the failure report.
+// The helpers below (moto's lifecycle, HTTP to it) are not #[test]s, so allow-unwrap-in-tests
+// does not reach them: a panic in them is the failure report.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +56,17 @@ fn find_moto() -> PathBuf {
         python.display()
     );
     server
+}
+
+/// The SDK has no default HTTP client here (see the workspace's Cargo.toml): the same one the
+/// binary builds. Plain HTTP to moto on loopback; TLS is never negotiated.
+fn http_client() -> aws_sdk_ec2::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }
 
 /// moto_server on loopback; killed when dropped.
@@ -508,6 +520,7 @@ fn ebs_direct_upload_and_register_against_moto() {
         .unwrap();
     rt.block_on(async {
         let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http_client())
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(moto.endpoint())
             .credentials_provider(aws_sdk_ebs::config::Credentials::new(
@@ -723,6 +736,7 @@ fn interrupted_upload_deletes_its_snapshot() {
         .unwrap();
     rt.block_on(async {
         let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http_client())
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(moto.endpoint())
             .credentials_provider(aws_sdk_ebs::config::Credentials::new(

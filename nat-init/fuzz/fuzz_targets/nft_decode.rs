@@ -1,0 +1,25 @@
+//! Fuzzes the nf_tables read-back path on arbitrary bytes: the netlink framing, the crate's parse
+//! of each nfnetlink message, and our decoder of the table; then prints, compares, sums and
+//! re-encodes whatever decoded, as `verify` and `counters` do with a real dump.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nat_init::nft;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(r) = nft::decode_replies(nft::TABLE, data) else {
+        return;
+    };
+    let _ = r.to_string();
+    let _ = nft::build(&nft::RulesetSpec {
+        table: nft::TABLE.into(),
+        iface: "ens5".into(),
+        private: Vec::new(),
+        flowtable: true,
+        mss_clamp: true,
+        icmp_rate_per_s: 10,
+    })
+    .differences(&r);
+    let _ = nft::Counters::of(&r);
+    let _ = nft::encode(&r);
+});
