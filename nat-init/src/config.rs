@@ -412,6 +412,20 @@ impl Config {
     }
 }
 
+/// The top-level keys of a TOML document, in document order (empty when it does not parse):
+/// what a user-data document sets, for the line that says what it changed.
+pub fn document_keys(text: &str) -> Vec<String> {
+    DeTable::parse(text).map_or_else(
+        |_| Vec::new(),
+        |t| {
+            t.get_ref()
+                .iter()
+                .map(|(k, _)| k.get_ref().to_string())
+                .collect()
+        },
+    )
+}
+
 /// The baked file's text, `None` when there is none (an image built without one).
 pub fn read_baked(path: &std::path::Path) -> std::io::Result<Option<String>> {
     match std::fs::read_to_string(path) {
@@ -438,6 +452,15 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         Config::from_toml(text, "user-data").unwrap_err()
+    }
+
+    #[test]
+    fn document_keys_in_order() {
+        assert_eq!(
+            document_keys("# x\nhealth_interval = 2\nicmp_rate = 3\n"),
+            ["health_interval", "icmp_rate"]
+        );
+        assert!(document_keys("not toml [").is_empty());
     }
 
     #[test]

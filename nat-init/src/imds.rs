@@ -1,4 +1,5 @@
-//! IMDSv2 client: the VPC's CIDR blocks, the instance id and the user-data, read once at boot.
+//! IMDSv2 client: the VPC's CIDR blocks, the instance id and the user-data, read at boot and
+//! again in the background until IMDS answers.
 //!
 //! Written on a plain `TcpStream` rather than with an HTTP crate: IMDS is a link-local plain
 //! HTTP/1.1 endpoint with no TLS, redirects or chunking, and five small requests do not justify
@@ -13,7 +14,7 @@ use crate::cidr::Ipv4Cidr;
 
 /// Largest response accepted (headers and body). User-data is at most 16 KiB on EC2.
 pub const MAX_RESPONSE: usize = 64 * 1024;
-/// Token lifetime asked for: the maximum, six hours; nat-init only uses it at boot.
+/// Token lifetime asked for: the maximum, six hours (each fetch asks for a token of its own).
 const TOKEN_TTL_S: u32 = 21600;
 
 /// Where and how patiently to ask.
@@ -24,7 +25,7 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// Per request attempt, from connect to the last byte.
     pub request_timeout: Duration,
-    /// Attempts per request (connection errors, timeouts and 5xx are retried).
+    /// Attempts per request (connection errors, timeouts, 429 and 5xx are retried).
     pub attempts: u32,
     /// Bound on the whole [`fetch`].
     pub budget: Duration,
@@ -225,7 +226,8 @@ fn request(
             std::thread::sleep(Duration::from_millis(50).min(deadline - now));
         }
         match request_once(ep, deadline, what, raw) {
-            Ok(r) if r.status >= 500 => {
+            // IMDS throttles with 429: as transient as a 5xx.
+            Ok(r) if r.status >= 500 || r.status == 429 => {
                 last = Some(ImdsError::Status {
                     what: what.to_string(),
                     status: r.status,
@@ -690,6 +692,30 @@ mod tests {
         });
         assert_eq!(fetch(&ep).unwrap().instance_id, "i-0123456789abcdef0");
         assert_eq!(*count.lock().unwrap(), 6);
+    }
+
+    #[test]
+    fn throttling_is_retried_and_reported_when_it_lasts() {
+        let count = Arc::new(Mutex::new(0));
+        let c2 = count.clone();
+        let (ep, _) = serve(move |h| {
+            let mut n = c2.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                http("429 Too Many Requests", "")
+            } else {
+                imds(h, None)
+            }
+        });
+        assert_eq!(fetch(&ep).unwrap().instance_id, "i-0123456789abcdef0");
+        assert_eq!(*count.lock().unwrap(), 6);
+        let (ep, _) = serve(|_| http("429 Too Many Requests", ""));
+        match fetch(&ep) {
+            Err(ImdsError::Status { what, status }) => {
+                assert_eq!((what.as_str(), status), ("token", 429));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

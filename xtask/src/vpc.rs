@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  private (10.0.1.10/24) --veth-- vpc --veth 1500-- internet (192.0.2.2, server 203.0.113.10)
-//!                                   |
+//!  private2 (198.18.1.10/24) --veth-/|
 //!                      bridge br0 10.0.0.1/24 (public subnet, MTU 9001)
 //!                       |       |          |            |
 //!             tap (NAT VM)   tap2 (its     pubhost      fwd (plain Linux forwarder)
@@ -11,9 +11,11 @@
 //! ```
 //! - vpc: the VPC router. dnsmasq serves DHCP on the bridge (router 10.0.0.1, MTU 9001; fixed
 //!   addresses for the NAT's primary and second ENI); an IMDSv2 double listens on
-//!   169.254.169.254:80 and names the primary ENI's MAC (settable, as tests need). The private subnet's route table sends
-//!   0.0.0.0/0 to the NAT instance (policy routing on packets from the private veth); the
-//!   public subnet's default route goes to the internet.
+//!   169.254.169.254:80 and names the primary ENI's MAC, the VPC's CIDR blocks, and can answer
+//!   503 for a while (all settable, as tests need). The private subnets' route table sends
+//!   0.0.0.0/0 to the NAT instance (policy routing on packets from the private veths); the
+//!   public subnet's default route goes to the internet. private2 is a subnet of a secondary
+//!   VPC CIDR outside RFC 1918 and 100.64.0.0/10, so only IMDS's answer makes it private.
 //! - Internet gateway, in vpc: only public-subnet sources leave; the NAT's private address is
 //!   translated 1:1 to its public address 198.51.100.10. The link to the internet has MTU 1500
 //!   and ICMP "fragmentation needed" is dropped, a path-MTU black hole.
@@ -27,7 +29,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
@@ -41,6 +43,10 @@ pub const NAT_MAC: &str = "52:54:00:0a:00:0a";
 pub const SECOND_MAC: &str = "52:54:00:0a:00:0b";
 pub const SECOND_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+/// The client in the subnet of the secondary CIDR [`CIDR2`].
+pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+/// A secondary VPC CIDR outside nat-init's default private ranges.
+pub const CIDR2: &str = "198.18.0.0/16";
 pub const PUBHOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 pub const FORWARDER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 30);
 pub const PUBHOST2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
@@ -68,6 +74,13 @@ pub struct ImdsState {
     /// `meta-data/mac`, the primary ENI (device index 0); the per-interface documents
     /// (`network/interfaces/macs/<mac>/...`) are served for this MAC only.
     pub mac: String,
+    /// `vpc-ipv4-cidr-blocks`, one per line.
+    pub vpc_cidrs: String,
+    /// Every request is answered 503 until this long after the first one.
+    pub unavailable_for: Duration,
+    pub first_request: Option<Instant>,
+    /// How many requests were answered 503.
+    pub refused: u32,
     pub requests: Vec<String>,
 }
 
@@ -86,7 +99,9 @@ impl Vpc {
     /// Builds the namespaces, links, routes and filters, and starts the services.
     pub fn build(lease_secs: u32, user_data: Option<String>) -> Result<Self> {
         let mut ns = Namespaces::new("vpc");
-        for n in ["vpc", "private", "internet", "pubhost", "pubhost2", "fwd"] {
+        for n in [
+            "vpc", "private", "private2", "internet", "pubhost", "pubhost2", "fwd",
+        ] {
             ns.add(n)?;
         }
         // Readable by others as the pid-named directory it replaces was: dnsmasq drops to
@@ -126,6 +141,12 @@ impl Vpc {
         ns.ip("private", "link set eth0 mtu 9001 up")?;
         ns.ip("private", &format!("addr add {CLIENT}/24 dev eth0"))?;
         ns.ip("private", "route add default via 10.0.1.1")?;
+        ns.veth("private2", "eth0", "vpc", "v-priv2")?;
+        ns.ip("vpc", "link set v-priv2 mtu 9001 up")?;
+        ns.ip("vpc", "addr add 198.18.1.1/24 dev v-priv2")?;
+        ns.ip("private2", "link set eth0 mtu 9001 up")?;
+        ns.ip("private2", &format!("addr add {CLIENT2}/24 dev eth0"))?;
+        ns.ip("private2", "route add default via 198.18.1.1")?;
         // internet: the vpc side of the link is the 1500-byte segment; the server's side is 9001
         ns.veth("internet", "eth0", "vpc", "v-inet")?;
         ns.ip("vpc", "link set v-inet mtu 1500 up")?;
@@ -142,7 +163,9 @@ impl Vpc {
             "vpc",
             &format!("route add default via {NAT_ADDR} dev br0 table 100"),
         )?;
+        ns.ip("vpc", "route add 198.18.1.0/24 dev v-priv2 table 100")?;
         ns.ip("vpc", "rule add iif v-priv lookup 100 priority 100")?;
+        ns.ip("vpc", "rule add iif v-priv2 lookup 100 priority 100")?;
         // an attacker on the internet that sends to private addresses through the NAT
         ns.ip("internet", "route add 10.0.1.0/24 via 192.0.2.1")?;
         ns.ip(
@@ -156,7 +179,7 @@ impl Vpc {
         for n in ["vpc", "fwd"] {
             ns.sysctl(n, "net.ipv4.ip_forward", "1")?;
         }
-        for key in ["all", "default", "br0", "v-priv", "v-inet"] {
+        for key in ["all", "default", "br0", "v-priv", "v-priv2", "v-inet"] {
             ns.sysctl("vpc", &format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
             ns.sysctl("vpc", &format!("net.ipv4.conf.{key}.send_redirects"), "0")?;
         }
@@ -174,6 +197,10 @@ impl Vpc {
         let imds = Arc::new(Mutex::new(ImdsState {
             user_data,
             mac: NAT_MAC.to_string(),
+            vpc_cidrs: VPC_CIDR.to_string(),
+            unavailable_for: Duration::ZERO,
+            first_request: None,
+            refused: 0,
             requests: Vec::new(),
         }));
         start_internet_servers(&ns.name("internet"), Arc::clone(&seen), Arc::clone(&stop))?;
@@ -265,6 +292,23 @@ impl Vpc {
     pub fn set_imds_mac(&self, mac: &str) {
         if let Ok(mut s) = self.imds.lock() {
             s.mac = mac.to_string();
+        }
+    }
+
+    /// What the IMDS double serves as the VPC's CIDR blocks from now on.
+    pub fn set_imds_vpc_cidrs(&self, cidrs: &[&str]) {
+        if let Ok(mut s) = self.imds.lock() {
+            s.vpc_cidrs = cidrs.join("\n");
+        }
+    }
+
+    /// Makes the IMDS double answer 503 to everything until `d` after its next request, as a
+    /// throttled or overloaded IMDS does.
+    pub fn set_imds_unavailable_for(&self, d: Duration) {
+        if let Ok(mut s) = self.imds.lock() {
+            s.unavailable_for = d;
+            s.first_request = None;
+            s.refused = 0;
         }
     }
 
@@ -476,18 +520,29 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     let (method, path, headers) = read_request(&mut r)?;
-    let (user_data, mac) = {
+    let (user_data, mac, cidrs, unavailable) = {
         let mut g = state
             .lock()
             .map_err(|_| anyhow::anyhow!("imds state poisoned"))?;
         g.requests.push(format!("{method} {path}"));
-        (g.user_data.clone(), g.mac.clone())
+        let first = *g.first_request.get_or_insert_with(Instant::now);
+        let unavailable = first.elapsed() < g.unavailable_for;
+        if unavailable {
+            g.refused += 1;
+        }
+        (
+            g.user_data.clone(),
+            g.mac.clone(),
+            g.vpc_cidrs.clone(),
+            unavailable,
+        )
     };
     let authorised = headers
         .get("x-aws-ec2-metadata-token")
         .is_some_and(|t| t == TOKEN);
     let mac_prefix = format!("/latest/meta-data/network/interfaces/macs/{mac}/");
     let (status, body) = match (method.as_str(), path.as_str()) {
+        _ if unavailable => ("503 Service Unavailable", String::new()),
         ("PUT", "/latest/api/token")
             if headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds") =>
         {
@@ -502,10 +557,14 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
             None => ("404 Not Found", String::new()),
         },
         ("GET", p) if p.strip_prefix(&mac_prefix) == Some("vpc-ipv4-cidr-blocks") => {
-            ("200 OK", VPC_CIDR.to_string())
+            ("200 OK", cidrs)
         }
         ("GET", p) if p.strip_prefix(&mac_prefix) == Some("vpc-ipv4-cidr-block") => {
-            ("200 OK", VPC_CIDR.to_string())
+            // The primary CIDR block only.
+            (
+                "200 OK",
+                cidrs.lines().next().unwrap_or_default().to_string(),
+            )
         }
         _ => ("404 Not Found", String::new()),
     };

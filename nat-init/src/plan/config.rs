@@ -1,8 +1,47 @@
 //! Which configuration wins: whether the user-data is a nat-init document, and where the
-//! private ranges come from (configuration, then the VPC's CIDRs from IMDS, then defaults).
+//! private ranges come from (configuration, then the VPC's CIDRs from IMDS, then defaults);
+//! and, when IMDS was not there at boot, how often to ask again and what its late answer changed.
 
+use std::time::Duration;
+
+use super::retry::Backoff;
 use crate::cidr::Ipv4Cidr;
 use crate::config::Config;
+use crate::report;
+
+/// First background retry of an IMDS that did not answer at boot: soon, since a throttled or
+/// slow IMDS usually recovers in seconds and the VPC's ranges may be needed for any NAT at all.
+pub const IMDS_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Cap of that back-off: each retry costs at most the fetch budget of the main loop's time.
+pub const IMDS_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The back-off of the background IMDS retries.
+pub fn imds_backoff() -> Backoff {
+    Backoff::new(IMDS_RETRY_MIN, IMDS_RETRY_MAX)
+}
+
+/// What a late IMDS answer changed, for its info line: the private ranges (when they moved)
+/// and the user-data keys now applied. `None` when it changed nothing.
+pub fn late_imds_changes(
+    before: (&[Ipv4Cidr], RangesFrom),
+    after: (&[Ipv4Cidr], RangesFrom),
+    user_data_keys: &[String],
+) -> Option<String> {
+    let mut parts = Vec::new();
+    if before.0 != after.0 {
+        parts.push(format!(
+            "private={} from {} (was {} from {})",
+            report::ranges_text(after.0),
+            after.1.as_str(),
+            report::ranges_text(before.0),
+            before.1.as_str()
+        ));
+    }
+    if !user_data_keys.is_empty() {
+        parts.push(format!("user-data keys {}", user_data_keys.join(",")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
 
 /// What the user-data is, as far as nat-init is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +135,30 @@ mod tests {
             classify_user_data(Some("# nat-init\nrp_filter = 1\n")),
             UserData::Toml("# nat-init\nrp_filter = 1\n")
         );
+    }
+
+    #[test]
+    fn late_imds_answer_says_what_it_changed() {
+        let defaults = Ipv4Cidr::private_defaults();
+        let vpc = [cidr("10.0.0.0/16"), cidr("198.18.0.0/16")];
+        assert_eq!(
+            late_imds_changes(
+                (&defaults, RangesFrom::Defaults),
+                (&vpc, RangesFrom::Imds),
+                &["health_interval".to_string(), "icmp_rate".to_string()]
+            )
+            .as_deref(),
+            Some(
+                "private=10.0.0.0/16,198.18.0.0/16 from imds (was 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10 from defaults); user-data keys health_interval,icmp_rate"
+            )
+        );
+        assert_eq!(
+            late_imds_changes((&vpc, RangesFrom::Config), (&vpc, RangesFrom::Config), &[]),
+            None
+        );
+        let mut b = imds_backoff();
+        let d: Vec<u64> = (0..8).map(|_| b.failure().as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 60, 60]);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! [`Stage::Config`]: the configuration in force. The baked file is read once at start; this
 //! stage asks IMDS (unless the baked file says not to) for the VPC's ranges and the user-data,
 //! layers a nat-init user-data document over the baked file, and settles the private ranges.
+//! An IMDS that does not answer (down, slow, throttled) does not hold the NAT back: the stage
+//! settles on the baked file and the default ranges, and IMDS is asked again in the background
+//! on a back-off until it answers; its answer then rebuilds the table and says what changed.
 
 use std::path::Path;
 
@@ -9,11 +12,11 @@ use anyhow::Result;
 use nat_init::cidr::Ipv4Cidr;
 use nat_init::config::{self, Config};
 use nat_init::imds;
-use nat_init::plan::{self, Stage, UserData};
+use nat_init::plan::{self, RangesFrom, Stage, UserData};
 use nat_init::report;
 
 use super::Service;
-use super::console::{error, info};
+use super::console::{error, info, ms, now_ms};
 
 /// Reads the baked configuration; a missing file means the defaults, an unreadable one is
 /// reported and also means the defaults.
@@ -34,46 +37,154 @@ pub fn read_baked(path: &str) -> Option<String> {
     }
 }
 
+/// What IMDS said, as far as the configuration goes.
+enum Answer {
+    /// Turned off in the baked file.
+    Off,
+    /// No usable answer (the error, for the console).
+    Unavailable(String),
+    Answered {
+        vpc: Vec<Ipv4Cidr>,
+        user_data: Option<String>,
+    },
+}
+
 impl Service {
     /// [`Stage::Config`]: IMDS (VPC ranges, user-data), layered configuration, private ranges.
     pub(super) fn load_config(&mut self) -> Result<()> {
-        // Owned: the primary-ENI check below needs `self` mutably.
-        let (baked_text, config_path) = (self.baked.clone(), self.config_path.clone());
-        let baked = baked_text.as_deref().map(|t| (t, config_path.as_str()));
-        let imds_on = Config::layered(baked, None).config.imds;
-        let mut vpc: Option<Vec<Ipv4Cidr>> = None;
-        let mut user_data: Option<String> = None;
-        let mut unavailable: Option<String> = None;
-        if !imds_on {
-            info("imds disabled by config");
-        } else {
-            match imds::fetch(&imds::Endpoint::default()) {
-                Ok(d) => {
-                    info(format_args!(
-                        "imds instance={} mac={} vpc={}",
-                        d.instance_id,
-                        d.mac,
-                        report::ranges_text(&d.vpc_cidrs)
-                    ));
-                    self.check_primary(&d.mac)?;
-                    if self.switch_to.is_some() {
-                        // The rest is for the primary, once nat-init drives it.
-                        return Ok(());
-                    }
-                    vpc = Some(d.vpc_cidrs);
-                    match plan::classify_user_data(d.user_data.as_deref()) {
-                        UserData::Absent => {}
-                        UserData::Foreign(kind) => {
-                            info(format_args!(
-                                "user-data is {kind}, not a nat-init document; ignored"
-                            ));
-                        }
-                        UserData::Toml(t) => user_data = Some(t.to_string()),
-                    }
-                }
-                Err(e) => unavailable = Some(format!("{e:#}")),
+        let answer = self.ask_imds()?;
+        if self.switch_to.is_some() {
+            // The rest is for the primary, once nat-init drives it.
+            return Ok(());
+        }
+        if let Answer::Unavailable(why) = &answer {
+            let d = self.imds_backoff.failure();
+            self.imds_retry_ms = Some(now_ms().saturating_add(ms(d)));
+            let (ranges, from) = self.settle_config(None);
+            info(format_args!(
+                "imds unavailable ({why}); using private={} from {}; asking again in the background, first in {}",
+                report::ranges_text(&ranges),
+                from.as_str(),
+                report::seconds(d)
+            ));
+            return Ok(());
+        }
+        let user_data = match &answer {
+            Answer::Answered { vpc, user_data } => Some((vpc.clone(), user_data.clone())),
+            _ => None,
+        };
+        let (ranges, from) = self.settle_config(user_data);
+        info(format_args!(
+            "config private={} from {}",
+            report::ranges_text(&ranges),
+            from.as_str()
+        ));
+        Ok(())
+    }
+
+    /// The background retry of an IMDS that did not answer at boot, when it is due: again later
+    /// if it still does not, else the late answer applied (the table rebuilt in one transaction,
+    /// the sysctls and the address redone) and what it changed said.
+    pub(super) fn retry_imds(&mut self, now: u64) {
+        if self.imds_retry_ms.is_none_or(|at| at > now) {
+            return;
+        }
+        let answer = match self.ask_imds() {
+            Ok(a) => a,
+            Err(e) => Answer::Unavailable(format!("{e:#}")),
+        };
+        if self.switch_to.is_some() {
+            return;
+        }
+        let (vpc, user_data) = match answer {
+            Answer::Answered { vpc, user_data } => (vpc, user_data),
+            Answer::Off => {
+                self.imds_retry_ms = None;
+                return;
+            }
+            Answer::Unavailable(why) => {
+                let d = self.imds_backoff.failure();
+                self.imds_retry_ms = Some(now_ms().saturating_add(ms(d)));
+                info(format_args!(
+                    "imds still unavailable ({why}); asking again in {}",
+                    report::seconds(d)
+                ));
+                return;
+            }
+        };
+        self.imds_retry_ms = None;
+        self.imds_backoff.success();
+        let before = (self.private.clone(), self.private_from);
+        let keys = user_data
+            .as_deref()
+            .map(config::document_keys)
+            .unwrap_or_default();
+        let (ranges, from) = self.settle_config(Some((vpc, user_data)));
+        match plan::late_imds_changes((&before.0, before.1), (&ranges, from), &keys) {
+            None => info("imds answered; nothing changed"),
+            Some(what) => {
+                info(format_args!(
+                    "imds answered; applying {what}; rebuilding the table"
+                ));
+                let now = now_ms();
+                self.stages.invalidate(Stage::Nft, now);
+                self.stages.invalidate(Stage::Sysctl, now);
             }
         }
+    }
+
+    /// Asks IMDS, and checks the interface against the primary ENI it names (which may leave a
+    /// switch in `switch_to`). An error only when that check fails: the stage is retried.
+    fn ask_imds(&mut self) -> Result<Answer> {
+        let baked = self
+            .baked
+            .as_deref()
+            .map(|t| (t, self.config_path.as_str()));
+        if !Config::layered(baked, None).config.imds {
+            info("imds disabled by config");
+            return Ok(Answer::Off);
+        }
+        let d = match imds::fetch(&imds::Endpoint::default()) {
+            Ok(d) => d,
+            Err(e) => return Ok(Answer::Unavailable(format!("{e:#}"))),
+        };
+        info(format_args!(
+            "imds instance={} mac={} vpc={}",
+            d.instance_id,
+            d.mac,
+            report::ranges_text(&d.vpc_cidrs)
+        ));
+        self.check_primary(&d.mac)?;
+        let user_data = match plan::classify_user_data(d.user_data.as_deref()) {
+            UserData::Absent => None,
+            UserData::Foreign(kind) => {
+                info(format_args!(
+                    "user-data is {kind}, not a nat-init document; ignored"
+                ));
+                None
+            }
+            UserData::Toml(t) => Some(t.to_string()),
+        };
+        Ok(Answer::Answered {
+            vpc: d.vpc_cidrs,
+            user_data,
+        })
+    }
+
+    /// Layers the user-data of IMDS's answer (`(vpc, user_data)`, none when it did not answer)
+    /// over the baked file, and puts the result and its private ranges in force.
+    fn settle_config(
+        &mut self,
+        answer: Option<(Vec<Ipv4Cidr>, Option<String>)>,
+    ) -> (Vec<Ipv4Cidr>, RangesFrom) {
+        let (vpc, user_data) = match answer {
+            Some((v, u)) => (Some(v), u),
+            None => (None, None),
+        };
+        let baked = self
+            .baked
+            .as_deref()
+            .map(|t| (t, self.config_path.as_str()));
         let layered = Config::layered(baked, user_data.as_deref());
         for e in layered
             .errors
@@ -95,24 +206,13 @@ impl Service {
             info("config interface, rename and name from user-data apply from the next boot only");
         }
         let (ranges, from) = plan::private_ranges(&new, vpc.as_deref());
-        match unavailable {
-            Some(why) => info(format_args!(
-                "imds unavailable ({why}); using private={} from {}",
-                report::ranges_text(&ranges),
-                from.as_str()
-            )),
-            None => info(format_args!(
-                "config private={} from {}",
-                report::ranges_text(&ranges),
-                from.as_str()
-            )),
-        }
         let route_mtu_changed = new.default_route_mtu != self.cfg.default_route_mtu;
-        self.private = ranges;
+        self.private = ranges.clone();
+        self.private_from = from;
         self.cfg = new;
         if route_mtu_changed {
             self.stages.invalidate(Stage::Address, 0);
         }
-        Ok(())
+        (ranges, from)
     }
 }

@@ -7,7 +7,8 @@
 //! - `primary`: whether that is the primary ENI IMDS names, and the switch when it is not;
 //! - `dhcp`: the DHCP client's lease changes and errors, and the `no lease` report;
 //! - `lease` ([`Stage::Address`]): the lease on the interface, and its drift check;
-//! - `config` ([`Stage::Config`]): the baked file, IMDS and user-data;
+//! - `config` ([`Stage::Config`]): the baked file, IMDS and user-data, and IMDS asked again in
+//!   the background when it did not answer;
 //! - `ruleset` ([`Stage::Nft`]): the nftables table, installed and verified;
 //! - `sysctl` ([`Stage::Sysctl`]): forwarding and conntrack, and forwarding off without a table;
 //! - `health`: the `ready` line, the `health` line and the drift checks.
@@ -29,7 +30,7 @@ use nat_init::cidr::Ipv4Cidr;
 use nat_init::config::Config;
 use nat_init::dhcp::Lease;
 use nat_init::nft;
-use nat_init::plan::{Backoff, LeasePlan, Stage, Stages, Throttle};
+use nat_init::plan::{self, Backoff, LeasePlan, RangesFrom, Stage, Stages, Throttle};
 use nat_init::report;
 
 pub use console::{error, info};
@@ -56,6 +57,10 @@ pub struct Service {
     applied: Option<LeasePlan>,
     stages: Stages,
     private: Vec<Ipv4Cidr>,
+    private_from: RangesFrom,
+    /// IMDS did not answer at boot: when to ask again (boot-clock ms), on `imds_backoff`.
+    imds_retry_ms: Option<u64>,
+    imds_backoff: Backoff,
     ruleset: Option<nft::Ruleset>,
     flowtable_active: bool,
     flowtable_said: Option<String>,
@@ -110,6 +115,9 @@ impl Service {
             applied: None,
             stages: Stages::new(),
             private: Vec::new(),
+            private_from: RangesFrom::Defaults,
+            imds_retry_ms: None,
+            imds_backoff: plan::imds_backoff(),
             ruleset: None,
             flowtable_active: false,
             flowtable_said: None,
@@ -136,9 +144,16 @@ impl Service {
                 continue;
             }
             let now = now_ms();
+            self.retry_imds(now);
+            if self.switch_to.is_some() {
+                continue;
+            }
             self.announce_and_check(now);
             self.report_no_lease(now);
             let mut wake = self.next_health_ms;
+            if let Some(at) = self.imds_retry_ms {
+                wake = wake.min(at);
+            }
             if let Some(w) = self.stages.wake_ms() {
                 wake = wake.min(w);
             }

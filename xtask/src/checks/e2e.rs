@@ -9,7 +9,8 @@
 //! state (renewal after traffic, supervision after renewal, power-off last). Two short boots
 //! follow on the same VPC: two NICs in slots 5 and 6 with IMDS naming the slot-6 one the
 //! primary ENI (first naming a MAC no NIC has, which must keep nat-init from being ready), and
-//! the NIC on the root bus at 00:05.0 without a hotplug slot (`enp0s5`).
+//! the NIC on the root bus at 00:05.0 without a hotplug slot (`enp0s5`), with an IMDS that
+//! answers 503 for its first 10 s and then names a secondary VPC CIDR outside the defaults.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -54,6 +55,12 @@ const POWERDOWN: &str = "e2e-virt-4.1-gpio-power-button-off-within-15s";
 const ABSENT_PRIMARY: &str = "e2e-two-nics-imds-primary-absent-not-ready";
 const SLOT6_PRIMARY: &str = "e2e-two-nics-imds-primary-in-slot-6-ready-on-ens6";
 const ROOT_BUS: &str = "e2e-nic-on-root-bus-00-05-ready-on-enp0s5";
+const IMDS_SLOW: &str = "e2e-imds-503-for-10s-nat-works-on-defaults";
+const IMDS_LATE: &str = "e2e-imds-late-answer-applies-vpc-cidr-and-user-data";
+/// How long the IMDS double answers 503 in the root-bus boot.
+const IMDS_DOWN: Duration = Duration::from_secs(10);
+/// The user-data of that boot: health lines every 2 s instead of 60 once it is applied.
+const LATE_USER_DATA: &str = "# nat-init user-data\nhealth_interval = 2\n";
 pub const CHECKS: &[&str] = &[
     READY,
     MODULES,
@@ -71,6 +78,8 @@ pub const CHECKS: &[&str] = &[
     ABSENT_PRIMARY,
     SLOT6_PRIMARY,
     ROOT_BUS,
+    IMDS_SLOW,
+    IMDS_LATE,
 ];
 
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
@@ -193,8 +202,13 @@ fn ready_has(line: &str, want: &[(&str, String)]) -> Result<()> {
 /// UDP echoes from the private client through the NAT, all seen by the server from the NAT's
 /// public address.
 fn echoes_through_nat(vpc: &Vpc, count: usize) -> Result<()> {
+    echoes_from(vpc, "private", count)
+}
+
+/// [`echoes_through_nat`] from the client in namespace `ns`.
+fn echoes_from(vpc: &Vpc, ns: &str, count: usize) -> Result<()> {
     let before = vpc.seen()?.udp_clients.len();
-    let echoed = vpc::udp_echo(&vpc.ns.name("private"), count)?;
+    let echoed = vpc::udp_echo(&vpc.ns.name(ns), count)?;
     if echoed != count {
         bail!("{echoed} of {count} UDP datagrams echoed through the NAT");
     }
@@ -579,7 +593,10 @@ fn two_nics(disk: &Path, manifest: &Value, vpc: &mut Vpc, report: &mut Report) {
 }
 
 /// The NIC on the root bus at 00:05.0, without a root port or hotplug slot, as other instance
-/// types have it: named `enp0s5`, and the NAT works all the same.
+/// types have it: named `enp0s5`, and the NAT works all the same. In the same boot IMDS answers
+/// 503 for its first [`IMDS_DOWN`]: the NAT must be ready on the default ranges meanwhile, and
+/// once IMDS answers, apply the VPC's secondary CIDR (outside the defaults: its client gets NAT
+/// only then) and the user-data.
 fn root_bus(disk: &Path, manifest: &Value, vpc: &mut Vpc, report: &mut Report) {
     let cfg = graviton_like(
         disk,
@@ -590,8 +607,11 @@ fn root_bus(disk: &Path, manifest: &Value, vpc: &mut Vpc, report: &mut Report) {
             place: PciPlace::RootBus { addr: 5 },
         }],
     );
+    vpc.set_user_data(Some(LATE_USER_DATA.to_string()));
+    vpc.set_imds_vpc_cidrs(&[vpc::VPC_CIDR, vpc::CIDR2]);
+    vpc.set_imds_unavailable_for(IMDS_DOWN);
     let mut vm: Option<Vm> = None;
-    let ok = report.check(ROOT_BUS, || {
+    let mut ok = report.check(ROOT_BUS, || {
         let v = vm.insert(Vm::start(&cfg)?);
         let (_, line) = v.wait_for_from(0, "nat-init: ready ", BOOT)?;
         say(&line);
@@ -605,6 +625,65 @@ fn root_bus(disk: &Path, manifest: &Value, vpc: &mut Vpc, report: &mut Report) {
         kmod::modules_loaded(v, manifest, Duration::from_secs(1))?;
         echoes_through_nat(vpc, 3)
     });
+    ok &= report.check_after(ROOT_BUS, IMDS_SLOW, || {
+        let v = vm.as_mut().context("the VM did not start")?;
+        let (u, unavailable) = v.wait_for_from(0, "nat-init: imds unavailable", Duration::ZERO)?;
+        let (r, ready) = v.wait_for_from(0, "nat-init: ready ", Duration::ZERO)?;
+        say(&format!("{unavailable}\n{ready}"));
+        if r < u {
+            bail!("ready before IMDS was found unavailable");
+        }
+        ready_has(
+            &ready,
+            &[(
+                "private",
+                "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10".to_string(),
+            )],
+        )?;
+        let refused = vpc.imds_state()?.refused;
+        if refused == 0 {
+            bail!("the IMDS double refused nothing: the test did not test a slow IMDS");
+        }
+        if let Ok((_, l)) = v.wait_for_from(0, "nat-init: imds answered", Duration::ZERO) {
+            bail!("IMDS answered before the private2 check could run: {l}");
+        }
+        // The control: not private yet, so not NATed (no open relay for unknown sources).
+        let echoed = vpc::udp_echo(&vpc.ns.name("private2"), 2)?;
+        if echoed != 0 {
+            bail!(
+                "{echoed} datagrams from {} NATed before IMDS named its CIDR",
+                vpc::CLIENT2
+            );
+        }
+        Ok(())
+    });
+    ok &= report.check_after(IMDS_SLOW, IMDS_LATE, || {
+        let v = vm.as_mut().context("the VM did not start")?;
+        let (a, answered) =
+            v.wait_for_from(0, "nat-init: imds answered", Duration::from_secs(90))?;
+        say(&answered);
+        for want in [vpc::CIDR2, "health_interval"] {
+            if !answered.contains(want) {
+                bail!("the late IMDS line does not name {want}: {answered}");
+            }
+        }
+        let (r, ready) = v.wait_for_from(a, "nat-init: ready ", Duration::from_secs(30))?;
+        say(&ready);
+        ready_has(
+            &ready,
+            &[("private", format!("{},{}", vpc::VPC_CIDR, vpc::CIDR2))],
+        )?;
+        echoes_from(vpc, "private2", 3)?;
+        echoes_through_nat(vpc, 3)?;
+        // user-data's health_interval = 2: two health lines within seconds, not a minute.
+        let (h, _) = v.wait_for_from(r, "nat-init: health ", Duration::from_secs(20))?;
+        v.wait_for_from(h + 1, "nat-init: health ", Duration::from_secs(10))
+            .context("user-data's health_interval = 2 is not in effect")?;
+        Ok(())
+    });
+    vpc.set_imds_unavailable_for(Duration::ZERO);
+    vpc.set_imds_vpc_cidrs(&[vpc::VPC_CIDR]);
+    vpc.set_user_data(None);
     if !ok && let Some(v) = &vm {
         diagnose(v, vpc);
     }
