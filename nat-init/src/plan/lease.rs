@@ -181,6 +181,7 @@ mod tests {
             t1_s: 1800,
             t2_s: 3150,
             start_ms: 10_000,
+            granted_lease_s: 3600,
         }
     }
 
