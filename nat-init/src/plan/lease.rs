@@ -41,7 +41,22 @@ pub struct LeasePlan {
     /// is outside the subnet) and the default route are listed.
     pub routes: Vec<RouteSpec>,
     pub gateway: Ipv4Addr,
+    /// What the lease got wrong and what was kept instead, one error line each.
+    pub problems: Vec<LeaseProblem>,
 }
+
+/// What the interface holds now, for the values a bad lease cannot set.
+#[derive(Debug, Clone, Copy)]
+pub struct Current<'a> {
+    /// The interface's MTU now.
+    pub link_mtu: u32,
+    /// The plan in force (from the earlier lease), if any.
+    pub previous: Option<&'a LeasePlan>,
+}
+
+/// A value of a lease that was not used, and what was used instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseProblem {}
 
 impl LeasePlan {
     /// The plan when the interface refused the lease's MTU and keeps `link_mtu`: no route may
@@ -112,7 +127,10 @@ pub fn plan_lease(
     now_ms: u64,
     existing: &[(Ipv4Addr, u8)],
     default_route_mtu: u16,
+    current: Current<'_>,
 ) -> Result<LeasePlan, LeaseError> {
+    let _ = current;
+    let problems = Vec::new();
     let gateway = lease.router.ok_or(LeaseError::NoRouter {
         addr: lease.addr,
         prefix_len: lease.prefix_len,
@@ -159,12 +177,19 @@ pub fn plan_lease(
         remove,
         routes,
         gateway,
+        problems,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first lease on an interface at 1500.
+    const FRESH: Current<'static> = Current {
+        link_mtu: 1500,
+        previous: None,
+    };
 
     fn cidr(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()
@@ -187,7 +212,7 @@ mod tests {
 
     #[test]
     fn lease_plan_for_a_vpc_lease() {
-        let p = plan_lease(&lease(), 10_000, &[], 1500).unwrap();
+        let p = plan_lease(&lease(), 10_000, &[], 1500, FRESH).unwrap();
         assert_eq!(p.mtu, 9001);
         assert_eq!((p.addr, p.prefix_len), (Ipv4Addr::new(10, 0, 1, 23), 24));
         assert_eq!((p.valid_lft_s, p.preferred_lft_s), (3600, 3600));
@@ -202,7 +227,7 @@ mod tests {
         );
         assert!(p.remove.is_empty());
         // Later: the lifetime is what is left.
-        let p = plan_lease(&lease(), 10_000 + 600_500, &[], 1500).unwrap();
+        let p = plan_lease(&lease(), 10_000 + 600_500, &[], 1500, FRESH).unwrap();
         assert_eq!(p.valid_lft_s, 2999);
     }
 
@@ -210,27 +235,27 @@ mod tests {
     fn lease_plan_mtu_rules() {
         let mut l = lease();
         l.mtu = None;
-        let p = plan_lease(&l, 10_000, &[], 1500).unwrap();
+        let p = plan_lease(&l, 10_000, &[], 1500, FRESH).unwrap();
         assert_eq!(p.mtu, 1500);
         l.mtu = Some(40);
-        assert_eq!(plan_lease(&l, 10_000, &[], 1500).unwrap().mtu, 1500);
+        assert_eq!(plan_lease(&l, 10_000, &[], 1500, FRESH).unwrap().mtu, 1500);
         // The default route never exceeds the interface MTU.
         l.mtu = Some(1400);
-        let p = plan_lease(&l, 10_000, &[], 1500).unwrap();
+        let p = plan_lease(&l, 10_000, &[], 1500, FRESH).unwrap();
         assert_eq!(p.routes[0].mtu, Some(1400));
         l.mtu = Some(9001);
-        let p = plan_lease(&l, 10_000, &[], 9001).unwrap();
+        let p = plan_lease(&l, 10_000, &[], 9001, FRESH).unwrap();
         assert_eq!(p.routes[0].mtu, Some(9001));
     }
 
     #[test]
     fn refused_mtu_caps_the_routes() {
-        let p = plan_lease(&lease(), 10_000, &[], 1500)
+        let p = plan_lease(&lease(), 10_000, &[], 1500, FRESH)
             .unwrap()
             .with_link_mtu(1280);
         assert_eq!(p.mtu, 1280);
         assert_eq!(p.routes[0].mtu, Some(1280));
-        let p = plan_lease(&lease(), 10_000, &[], 1500)
+        let p = plan_lease(&lease(), 10_000, &[], 1500, FRESH)
             .unwrap()
             .with_link_mtu(4000);
         assert_eq!((p.mtu, p.routes[0].mtu), (4000, Some(1500)));
@@ -243,7 +268,7 @@ mod tests {
             (Ipv4Addr::new(10, 0, 1, 99), 24),
             (Ipv4Addr::new(10, 0, 1, 23), 16),
         ];
-        let p = plan_lease(&lease(), 10_000, &existing, 1500).unwrap();
+        let p = plan_lease(&lease(), 10_000, &existing, 1500, FRESH).unwrap();
         assert_eq!(
             p.remove,
             vec![
@@ -257,7 +282,7 @@ mod tests {
     fn lease_plan_router_outside_subnet_gets_a_host_route() {
         let mut l = lease();
         l.prefix_len = 32;
-        let p = plan_lease(&l, 10_000, &[], 1500).unwrap();
+        let p = plan_lease(&l, 10_000, &[], 1500, FRESH).unwrap();
         assert_eq!(p.routes.len(), 2);
         assert_eq!(p.routes[0].dst, cidr("10.0.1.1/32"));
         assert_eq!(p.routes[0].gateway, None);
@@ -269,23 +294,23 @@ mod tests {
         let mut l = lease();
         l.router = None;
         assert!(matches!(
-            plan_lease(&l, 10_000, &[], 1500),
+            plan_lease(&l, 10_000, &[], 1500, FRESH),
             Err(LeaseError::NoRouter { .. })
         ));
         let l = lease();
         assert!(matches!(
-            plan_lease(&l, 10_000 + 3_600_000, &[], 1500),
+            plan_lease(&l, 10_000 + 3_600_000, &[], 1500, FRESH),
             Err(LeaseError::Expired { .. })
         ));
         let mut l = lease();
         l.lease_s = u32::MAX;
-        let p = plan_lease(&l, 99_999_999, &[], 1500).unwrap();
+        let p = plan_lease(&l, 99_999_999, &[], 1500, FRESH).unwrap();
         assert_eq!(p.valid_lft_s, u32::MAX);
     }
 
     #[test]
     fn drift_checks_find_a_missing_address_or_route() {
-        let p = plan_lease(&lease(), 10_000, &[], 1500).unwrap();
+        let p = plan_lease(&lease(), 10_000, &[], 1500, FRESH).unwrap();
         let here = [(Ipv4Addr::new(10, 0, 1, 23), 24)];
         assert_eq!(p.check_address("ens5", &here), Ok(()));
         assert_eq!(

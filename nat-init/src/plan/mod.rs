@@ -25,7 +25,9 @@ mod sysctl;
 pub use args::parse_args;
 pub use config::{RangesFrom, UserData, classify_user_data, private_ranges};
 pub use health::{PROC_CONNTRACK, count_offloaded, health};
-pub use lease::{DEFAULT_MTU, LeaseError, LeasePlan, RouteSpec, lease_mtu, plan_lease};
+pub use lease::{
+    Current, DEFAULT_MTU, LeaseError, LeasePlan, LeaseProblem, RouteSpec, lease_mtu, plan_lease,
+};
 pub use link::{Interface, resolve_interface};
 pub use primary::{Primary, PrimaryMissing, decide_primary};
 pub use retry::{Backoff, RETRY_MAX, RETRY_MIN, Throttle};

@@ -29,7 +29,20 @@ impl Service {
             .find(|l| l.index == index)
             .ok_or_else(|| anyhow!("interface {} is gone", self.iface.name))?;
         let existing = rtnl.addresses(index)?;
-        let mut plan = plan::plan_lease(&lease, now_ms(), &existing, self.cfg.default_route_mtu)?;
+        let current = plan::Current {
+            link_mtu: link.mtu,
+            previous: self.applied.as_ref(),
+        };
+        let mut plan = plan::plan_lease(
+            &lease,
+            now_ms(),
+            &existing,
+            self.cfg.default_route_mtu,
+            current,
+        )?;
+        for p in &plan.problems {
+            error("dhcp", format_args!("{p}"));
+        }
         if link.mtu != plan.mtu
             && let Err(e) = rtnl.set_mtu(index, plan.mtu)
         {
