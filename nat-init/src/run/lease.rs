@@ -70,15 +70,20 @@ impl Service {
         Ok(())
     }
 
-    /// Takes a lost lease off the interface: its default route and address (already gone is fine).
+    /// Takes a lost lease off the interface: its default route and address (already gone is fine),
+    /// as configured (a bad prefix or router in the lease may have been replaced).
     pub(super) fn remove_lease(&mut self, l: &Lease) -> Result<()> {
+        let (prefix_len, router) = match &self.applied {
+            Some(p) if p.addr == l.addr => (p.prefix_len, Some(p.gateway)),
+            _ => (l.prefix_len, l.router),
+        };
         let mut rtnl = Rtnl::open()?;
         let default = Ipv4Cidr::containing(Ipv4Addr::UNSPECIFIED, 0);
-        match rtnl.delete_route(default, l.router, Some(self.iface.index)) {
+        match rtnl.delete_route(default, router, Some(self.iface.index)) {
             Err(e) if e.errno() == Some(libc::ESRCH) => {}
             r => r?,
         }
-        match rtnl.delete_address(self.iface.index, l.addr, l.prefix_len) {
+        match rtnl.delete_address(self.iface.index, l.addr, prefix_len) {
             Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => {}
             r => r?,
         }
