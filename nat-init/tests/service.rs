@@ -50,6 +50,16 @@ impl Fixture {
     /// [vpc] br0 10.77.0.1/24 (dnsmasq when `dhcp`), lo 198.51.100.2/32; on the bridge:
     /// eth0 [nat] and eth0 10.77.0.10/24 [client].
     fn new(dhcp: bool) -> Fixture {
+        let options = [
+            format!("option:router,{VPC_ROUTER}"),
+            "option:mtu,9001".to_string(),
+        ];
+        Fixture::with_dhcp_options(dhcp.then_some(&options[..]))
+    }
+
+    /// As [`Fixture::new`], with dnsmasq (when `Some`) giving these `--dhcp-option`s instead
+    /// of the router and MTU 9001.
+    fn with_dhcp_options(dhcp_options: Option<&[String]>) -> Fixture {
         let n = SERIAL.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let dir = std::env::temp_dir().join(format!("nat-init-service-{pid}-{n}"));
@@ -125,7 +135,7 @@ impl Fixture {
         );
         sh("ip", &["-n", &c, "link", "set", "lo", "up"]);
         sh("ip", &["-n", &c, "link", "set", "eth0", "up"]);
-        if dhcp {
+        if let Some(options) = dhcp_options {
             let leases = f.dir.join("leases");
             let log = f.dir.join("dnsmasq.log");
             let child = Command::new("ip")
@@ -140,10 +150,9 @@ impl Fixture {
                     "--pid-file=",
                     // dnsmasq's shortest lease: renewals come after a minute.
                     "--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,2m",
-                    &format!("--dhcp-option=option:router,{VPC_ROUTER}"),
-                    "--dhcp-option=option:mtu,9001",
                     "--log-dhcp",
                 ])
+                .args(options.iter().map(|o| format!("--dhcp-option={o}")))
                 .arg(format!("--dhcp-leasefile={}", leases.display()))
                 .arg(format!("--log-facility={}", log.display()))
                 .stdin(Stdio::null())
@@ -242,6 +251,20 @@ impl NatInit {
                 ),
             }
         }
+    }
+
+    /// Every line printed within `d` from now (no failure when there are none).
+    fn lines_for(&mut self, d: Duration) -> Vec<String> {
+        let end = Instant::now() + d;
+        let mut got = Vec::new();
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(l.clone());
+            got.push(l);
+        }
+        got
     }
 
     fn signal(&self, sig: &str) {
@@ -541,4 +564,198 @@ fn bad_config_and_missing_interface_are_reported_not_silent() {
     assert!(e.contains("retrying in"), "{e}");
     n.signal("-TERM");
     assert_eq!(n.wait_exit(Duration::from_secs(3)).code(), Some(0));
+}
+
+/// The interface MTU of `dev` in namespace `ns`.
+fn link_mtu(ns: &str, dev: &str) -> u32 {
+    let link = sh("ip", &["-n", ns, "-o", "link", "show", dev]);
+    link.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no mtu in {link:?}"))
+}
+
+#[test]
+fn a_lease_with_mtu_68_is_refused_with_an_error_line_and_the_mtu_stays() {
+    let options = [format!("option:router,{VPC_ROUTER}"), "26,68".to_string()];
+    let mut f = Fixture::with_dhcp_options(Some(&options));
+    let before = link_mtu(&f.nat, "eth0");
+    let cfg = f.write_config("interface = \"eth0\"\nrename = false\nimds = false\n");
+    f.start(&cfg);
+    let n = f.nat_init();
+    let e = n.wait_for("dhcp MTU error", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: error dhcp ")
+    });
+    assert!(
+        e.contains("MTU 68 (option 26) is outside 576..=9216")
+            && e.ends_with(&format!("keeping the interface MTU {before}")),
+        "{e}"
+    );
+    let ready = n.wait_for("ready", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    assert_eq!(field(&ready, "mtu"), before.to_string(), "{ready}");
+    assert_eq!(link_mtu(&f.nat, "eth0"), before);
+    let routes = f.ns(&["ip", "route", "show", "default"]);
+    assert!(
+        routes.contains(&format!("default via {VPC_ROUTER} dev eth0")),
+        "{routes}"
+    );
+}
+
+/// A DHCP server that is not the lease's: in the vpc namespace it watches the bridge for the
+/// first renewal REQUEST (ciaddr set, unicast to the real server) and answers it with a NAK
+/// with the same xid and chaddr but server identifier `rogue_id`, from the real server's
+/// address (spoofed, so only the server identifier tells them apart). Returns the xid.
+fn rogue_nak(f: &Fixture, rogue_id: Ipv4Addr, timeout: Duration) -> std::thread::JoinHandle<u32> {
+    use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
+    use dhcproto::{Decodable, Encodable};
+    use nat_init::dhcp::frame;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let (tx, rx) = mpsc::channel();
+    let h = spawn_in_ns(&f.vpc, move || {
+        let ifindex = nix::net::if_::if_nametoindex("br0").unwrap();
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: plain socket(2); the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+        assert!(raw >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sll = |mac: Option<[u8; 6]>| {
+            // SAFETY: sockaddr_ll is plain old data; zero is valid.
+            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_protocol = proto;
+            sa.sll_ifindex = ifindex as i32;
+            if let Some(m) = mac {
+                sa.sll_halen = 6;
+                sa.sll_addr[..6].copy_from_slice(&m);
+            }
+            sa
+        };
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        let sa = sll(None);
+        // SAFETY: `sa` is a valid sockaddr_ll of `len` bytes.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: `tv` is a valid timeval for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        tx.send(()).unwrap();
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < end {
+            // SAFETY: `buf` is valid for writing its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else { continue };
+            let Some(d) = frame::parse(&buf[..n], frame::SERVER_PORT) else {
+                continue;
+            };
+            let Ok(req) = Message::from_bytes(d.payload) else {
+                continue;
+            };
+            if req.opcode() != Opcode::BootRequest
+                || req.opts().msg_type() != Some(MessageType::Request)
+                || req.ciaddr().is_unspecified()
+            {
+                continue;
+            }
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&req.chaddr()[..6]);
+            let mut nak = Message::default();
+            nak.set_opcode(Opcode::BootReply)
+                .set_xid(req.xid())
+                .set_chaddr(&mac);
+            nak.opts_mut()
+                .insert(DhcpOption::MessageType(MessageType::Nak));
+            nak.opts_mut()
+                .insert(DhcpOption::ServerIdentifier(rogue_id));
+            nak.opts_mut()
+                .insert(DhcpOption::Message("rogue says no".into()));
+            let src: Ipv4Addr = VPC_ROUTER.parse().unwrap();
+            let packet = frame::build(
+                src,
+                req.ciaddr(),
+                frame::SERVER_PORT,
+                frame::CLIENT_PORT,
+                &nak.to_vec().unwrap(),
+            )
+            .unwrap();
+            let to = sll(Some(mac));
+            // SAFETY: `packet` and `to` are valid for the lengths passed.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const to).cast(),
+                    len,
+                )
+            };
+            assert_eq!(
+                rc as usize,
+                packet.len(),
+                "{}",
+                std::io::Error::last_os_error()
+            );
+            return req.xid();
+        }
+        panic!("no renewal REQUEST seen on br0 within {timeout:?}");
+    });
+    rx.recv().unwrap();
+    h
+}
+
+#[test]
+fn a_nak_from_another_server_while_renewing_is_ignored() {
+    // T1 at 4 s so the renewal comes quickly.
+    let options = [
+        format!("option:router,{VPC_ROUTER}"),
+        "option:mtu,9001".to_string(),
+        "option:T1,4".to_string(),
+    ];
+    let mut f = Fixture::with_dhcp_options(Some(&options));
+    let cfg = f.write_config("interface = \"eth0\"\nrename = false\nimds = false\n");
+    let rogue = rogue_nak(&f, Ipv4Addr::new(10, 77, 0, 66), Duration::from_secs(20));
+    f.start(&cfg);
+    let n = f.nat_init();
+    let lease = n.wait_for("dhcp lease", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: dhcp lease ")
+    });
+    // The real server goes quiet: the renewal REQUEST waits in its socket, and only the rogue
+    // answers meanwhile.
+    let dnsmasq = f.dnsmasq.as_ref().unwrap().id().to_string();
+    sh("kill", &["-STOP", &dnsmasq]);
+    let addr = field(&lease, "addr").to_string();
+    let xid = rogue.join().unwrap();
+    let n = f.nat_init();
+    let after = n.lines_for(Duration::from_secs(2));
+    sh("kill", &["-CONT", &dnsmasq]);
+    // The real server's ACK to the same REQUEST renews the lease kept all along.
+    let renewed = n.wait_for("dhcp renewed", Duration::from_secs(10), |l| {
+        l.starts_with("nat-init: dhcp renewed ")
+    });
+    assert_eq!(field(&renewed, "addr"), addr);
+    assert!(
+        !n.seen.iter().any(|l| l.contains("lease lost")),
+        "a NAK (xid {xid:#x}) from a server that is not the lease's dropped the lease: {after:?}\n{:?}",
+        n.seen
+    );
+    let addrs = f.ns(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("inet {addr} ")), "{addrs}");
 }

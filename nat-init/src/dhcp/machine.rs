@@ -1,12 +1,18 @@
 //! The DHCPv4 client state machine (RFC 2131 section 4.4), pure: time comes in as milliseconds
 //! from a monotonic clock, packets come in decoded, and what to do goes out as [`Action`]s plus
-//! the next deadline. No sockets, no clock reads, no randomness beyond the seeded [`Rng`].
+//! the next deadline. No sockets, no clock reads; randomness (xids, jitter) comes in through
+//! [`Random`].
 //!
 //! Deliberate departures from the RFC, for an appliance that wants its address fast:
 //! - no random 1-10 s wait before the first DISCOVER (one client per link, nothing to spread);
 //! - the first OFFER is taken at once instead of collecting offers;
 //! - retransmission starts at 0.5 s and doubles to a 4 s cap (RFC: 4 s doubling to 64 s), with
-//!   +-25 % jitter instead of +-1 s;
+//!   +-25 % jitter instead of +-1 s; the first DISCOVER is repeated after only 0.25 s, so one
+//!   lost at link start-up costs a quarter of a second;
+//! - ACKs and NAKs are taken only from the server in use (the OFFER's in REQUESTING, the
+//!   lease's in RENEWING and REBINDING): in REBINDING the RFC hears any server, but a VPC has
+//!   one, and a NAK drops the address and every masqueraded flow;
+//! - a lease under [`MIN_LEASE_S`] is held for that long (see there);
 //! - INIT-REBOOT is not implemented (the appliance has no storage for a previous lease);
 //! - no ARP probe / DECLINE: in a VPC the address is the ENI's, assigned by AWS.
 
@@ -15,7 +21,12 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
 
-/// First retransmission delay.
+pub use super::random::Random;
+
+/// First retransmission delay of the first DISCOVER: a DISCOVER lost while the link settles
+/// (seen through UEFI boot) should cost well under a second.
+const FIRST_DISCOVER_RETRANSMIT_MS: u64 = 250;
+/// Retransmission delay after that (and for REQUESTs), doubling to the cap.
 const RETRANSMIT_BASE_MS: u64 = 500;
 /// Retransmission delay cap.
 const RETRANSMIT_CAP_MS: u64 = 4000;
@@ -29,48 +40,19 @@ const NAK_BACKOFF_CAP_MS: u64 = 8000;
 const INFINITE: u32 = u32::MAX;
 /// Largest DHCP message we accept (our receive buffers are bigger).
 const MAX_MESSAGE_SIZE: u16 = 1500;
+/// Shortest lease held. A shorter one (a rogue or misconfigured server) would have us renew
+/// every few seconds and the address flap; a VPC address is the ENI's and cannot go to anyone
+/// else meanwhile, so holding it a little longer than granted harms nobody. The lease keeps
+/// the granted time in [`Lease::granted_lease_s`] so the caller can say so.
+pub const MIN_LEASE_S: u32 = 60;
 
-/// A small xorshift64* generator: jitter and transaction ids need no more, and the caller seeds
-/// it (MAC and boot time) so tests are deterministic.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        // Zero is xorshift's fixed point.
-        Rng(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        })
+/// `ms` scaled by a random factor in [0.75, 1.25].
+fn jitter(random: &mut impl Random, ms: u64) -> u64 {
+    let quarter = ms / 4;
+    if quarter == 0 {
+        return ms;
     }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// `ms` scaled by a random factor in [0.75, 1.25].
-    fn jitter(&mut self, ms: u64) -> u64 {
-        let quarter = ms / 4;
-        if quarter == 0 {
-            return ms;
-        }
-        ms - quarter + self.next_u64() % (2 * quarter + 1)
-    }
-}
-
-/// A seed for [`Machine::new`] from the MAC and something that differs between boots (the boot
-/// clock in nanoseconds, say), so xids differ between instances and between boots.
-pub fn seed(mac: [u8; 6], salt: u64) -> u64 {
-    let mut m = [0u8; 8];
-    m[..6].copy_from_slice(&mac);
-    let mut r = Rng::new(u64::from_le_bytes(m) ^ salt.rotate_left(17));
-    r.next_u64()
+    ms - quarter + u64::from(random.next_u32()) % (2 * quarter + 1)
 }
 
 /// The client's states (RFC 2131 figure 5, without INIT-REBOOT/REBOOTING).
@@ -96,12 +78,15 @@ pub struct Lease {
     pub mtu: Option<u16>,
     /// Option 54.
     pub server: Ipv4Addr,
-    /// Lease time, T1 and T2 in seconds as granted (T1/T2 defaulted when absent).
+    /// Lease time, T1 and T2 in seconds as held: as granted, T1/T2 defaulted when absent, and
+    /// the lease time raised to [`MIN_LEASE_S`].
     pub lease_s: u32,
     pub t1_s: u32,
     pub t2_s: u32,
     /// When the REQUEST that got this lease was sent: the lease counts from there.
     pub start_ms: u64,
+    /// Option 51 as the server sent it (differs from `lease_s` when raised).
+    pub granted_lease_s: u32,
 }
 
 impl Lease {
@@ -171,9 +156,9 @@ struct Offer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub struct Machine<R: Random> {
     mac: [u8; 6],
-    rng: Rng,
+    random: R,
     state: State,
     xid: u32,
     /// When the current exchange began, for the `secs` field.
@@ -195,23 +180,29 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
     Message::from_bytes(bytes).ok().filter(|m| m.hlen() <= 16)
 }
 
-impl Machine {
-    /// A client in INIT whose first DISCOVER is due at once.
-    pub fn new(mac: [u8; 6], seed: u64) -> Self {
+impl<R: Random> Machine<R> {
+    /// A client in INIT whose first DISCOVER is due at once, drawing xids and jitter from
+    /// `random`.
+    pub fn new(mac: [u8; 6], random: R) -> Self {
         Machine {
             mac,
-            rng: Rng::new(seed),
+            random,
             state: State::Init,
             xid: 0,
             exchange_start_ms: 0,
             request_sent_ms: 0,
-            retransmit_ms: RETRANSMIT_BASE_MS,
+            retransmit_ms: FIRST_DISCOVER_RETRANSMIT_MS,
             attempts: 0,
             naks: 0,
             offer: None,
             lease: None,
             deadline_ms: 0,
         }
+    }
+
+    /// The randomness source (to collect its failures).
+    pub fn random_mut(&mut self) -> &mut R {
+        &mut self.random
     }
 
     pub fn state(&self) -> State {
@@ -314,11 +305,8 @@ impl Machine {
                 self.send_request(now, out);
             }
             (State::Requesting | State::Renewing | State::Rebinding, MessageType::Ack) => {
-                if self.state == State::Requesting {
-                    let expected = self.offer.as_ref().map(|o| o.server);
-                    if server_id(msg).is_some_and(|s| Some(s) != expected) {
-                        return;
-                    }
+                if !self.sent_by_our_server(msg) {
+                    return;
                 }
                 let Some(lease) = lease_from_ack(msg, self.request_sent_ms) else {
                     return;
@@ -336,11 +324,8 @@ impl Machine {
                 out.push(Action::Apply(lease));
             }
             (State::Requesting | State::Renewing | State::Rebinding, MessageType::Nak) => {
-                if self.state == State::Requesting {
-                    let expected = self.offer.as_ref().map(|o| o.server);
-                    if server_id(msg).is_some_and(|s| Some(s) != expected) {
-                        return;
-                    }
+                if !self.sent_by_our_server(msg) {
+                    return;
                 }
                 if let Some(old) = self.lease.take() {
                     out.push(Action::Drop(old));
@@ -357,11 +342,23 @@ impl Machine {
                 if backoff == 0 {
                     self.discover(now, out);
                 } else {
-                    self.deadline_ms = now + self.rng.jitter(backoff);
+                    self.deadline_ms = now + jitter(&mut self.random, backoff);
                 }
             }
             _ => {}
         }
+    }
+
+    /// Whether an ACK or NAK carries the server identifier of the server in use: the OFFER's
+    /// in REQUESTING, the lease's in RENEWING and REBINDING. Both must carry one (RFC 2131
+    /// table 3); without it anyone on the link could end the lease.
+    fn sent_by_our_server(&self, msg: &Message) -> bool {
+        let expected = match self.state {
+            State::Requesting => self.offer.as_ref().map(|o| o.server),
+            State::Renewing | State::Rebinding => self.lease.as_ref().map(|l| l.server),
+            _ => None,
+        };
+        expected.is_some() && server_id(msg) == expected
     }
 
     fn expire(&mut self, now: u64, out: &mut Vec<Action>) {
@@ -372,7 +369,7 @@ impl Machine {
     }
 
     fn new_exchange(&mut self, now: u64) {
-        self.xid = self.rng.next_u64() as u32;
+        self.xid = self.random.next_u32();
         self.exchange_start_ms = now;
         self.retransmit_ms = RETRANSMIT_BASE_MS;
         self.attempts = 0;
@@ -383,6 +380,7 @@ impl Machine {
         self.state = State::Selecting;
         self.offer = None;
         self.new_exchange(now);
+        self.retransmit_ms = FIRST_DISCOVER_RETRANSMIT_MS;
         self.send_discover(now, out);
     }
 
@@ -393,7 +391,11 @@ impl Machine {
     }
 
     fn bump_retransmit(&mut self) {
-        self.retransmit_ms = (self.retransmit_ms * 2).min(RETRANSMIT_CAP_MS);
+        self.retransmit_ms = if self.retransmit_ms < RETRANSMIT_BASE_MS {
+            RETRANSMIT_BASE_MS
+        } else {
+            (self.retransmit_ms * 2).min(RETRANSMIT_CAP_MS)
+        };
     }
 
     fn base_message(&self, now: u64, kind: MessageType) -> Message {
@@ -428,7 +430,7 @@ impl Machine {
             out.push(Action::Send(Transmit::Raw(bytes)));
         }
         self.attempts = self.attempts.saturating_add(1);
-        self.deadline_ms = now + self.rng.jitter(self.retransmit_ms);
+        self.deadline_ms = now + jitter(&mut self.random, self.retransmit_ms);
     }
 
     fn send_request(&mut self, now: u64, out: &mut Vec<Action>) {
@@ -445,7 +447,7 @@ impl Machine {
                 if let Ok(bytes) = m.to_vec() {
                     out.push(Action::Send(Transmit::Raw(bytes)));
                 }
-                self.deadline_ms = now + self.rng.jitter(self.retransmit_ms);
+                self.deadline_ms = now + jitter(&mut self.random, self.retransmit_ms);
             }
             State::Renewing | State::Rebinding => {
                 let Some(lease) = &self.lease else { return };
@@ -509,17 +511,18 @@ fn lease_from_ack(msg: &Message, start_ms: u64) -> Option<Lease> {
         Some(DhcpOption::Router(r)) => r.iter().copied().find(|r| usable_addr(*r)),
         _ => None,
     };
+    // As sent: whether it is sane is the interface's business (`plan::plan_lease`).
     let mtu = match opts.get(OptionCode::InterfaceMtu) {
-        // RFC 2132: at least 68.
-        Some(DhcpOption::InterfaceMtu(m)) if *m >= 68 => Some(*m),
+        Some(DhcpOption::InterfaceMtu(m)) => Some(*m),
         _ => None,
     };
     let server = server_id(msg)?;
-    let lease_s = match opts.get(OptionCode::AddressLeaseTime) {
+    let granted_lease_s = match opts.get(OptionCode::AddressLeaseTime) {
         Some(DhcpOption::AddressLeaseTime(t)) if *t > 0 => *t,
         // An ACK must carry it (RFC 2131 table 3); without it the ACK is unusable.
         _ => return None,
     };
+    let lease_s = granted_lease_s.max(MIN_LEASE_S);
     let t1 = match opts.get(OptionCode::Renewal) {
         Some(DhcpOption::Renewal(t)) => Some(*t),
         _ => None,
@@ -527,6 +530,12 @@ fn lease_from_ack(msg: &Message, start_ms: u64) -> Option<Lease> {
     let t2 = match opts.get(OptionCode::Rebinding) {
         Some(DhcpOption::Rebinding(t)) => Some(*t),
         _ => None,
+    };
+    // A raised lease's T1/T2 were meant for the short one: default them.
+    let (t1, t2) = if lease_s == granted_lease_s {
+        (t1, t2)
+    } else {
+        (None, None)
     };
     let (t1_s, t2_s) = lease_times(lease_s, t1, t2);
     Some(Lease {
@@ -539,6 +548,7 @@ fn lease_from_ack(msg: &Message, start_ms: u64) -> Option<Lease> {
         t1_s,
         t2_s,
         start_ms,
+        granted_lease_s,
     })
 }
 

@@ -17,6 +17,7 @@ use nix::sys::socket::{
 
 use super::frame::{self, CLIENT_PORT, SERVER_PORT};
 use super::machine::{self, Action, Event, Lease, Machine, State, Transmit};
+use super::random::KernelRandom;
 
 /// Receive buffer: a full Ethernet frame's IP packet.
 const RECV_BUF: usize = 2048;
@@ -36,6 +37,8 @@ pub enum DhcpError {
     Recv { source: io::Error },
     #[error("reading the clock: {0}")]
     Clock(nix::Error),
+    #[error("reading the kernel's random source (getrandom): {0}; xids come from the clock")]
+    Random(io::Error),
 }
 
 /// A lease change for the caller to carry out on the interface.
@@ -231,7 +234,7 @@ fn open_udp(ifname: &str) -> io::Result<UdpSocket> {
 pub struct Client {
     ifname: String,
     ifindex: u32,
-    machine: Machine,
+    machine: Machine<KernelRandom>,
     raw: Option<RawSocket>,
     udp: Option<UdpSocket>,
     buf: Vec<u8>,
@@ -239,20 +242,19 @@ pub struct Client {
 
 impl Client {
     /// A client for interface `ifname` (its final name: the UDP socket binds to it by name)
-    /// with index `ifindex` and MAC `mac`. `seed` feeds xids and jitter: mix in the MAC and the
-    /// boot time so two instances do not collide.
-    pub fn new(ifname: &str, ifindex: u32, mac: [u8; 6], seed: u64) -> Client {
+    /// with index `ifindex` and MAC `mac`; xids and jitter come from the kernel.
+    pub fn new(ifname: &str, ifindex: u32, mac: [u8; 6]) -> Client {
         Client {
             ifname: ifname.to_string(),
             ifindex,
-            machine: Machine::new(mac, seed),
+            machine: Machine::new(mac, KernelRandom::new()),
             raw: None,
             udp: None,
             buf: vec![0; RECV_BUF],
         }
     }
 
-    pub fn machine(&self) -> &Machine {
+    pub fn machine(&self) -> &Machine<KernelRandom> {
         &self.machine
     }
 
@@ -382,6 +384,9 @@ impl Client {
     }
 
     fn perform(&mut self, actions: Vec<Action>, step: &mut Step) {
+        if let Some(e) = self.machine.random_mut().take_failure() {
+            step.errors.push(DhcpError::Random(e));
+        }
         for a in actions {
             match a {
                 Action::Apply(l) => step.changes.push(LeaseChange::Apply(l)),

@@ -28,7 +28,9 @@ pub use config::{
     late_imds_changes, private_ranges,
 };
 pub use health::{PROC_CONNTRACK, count_offloaded, health};
-pub use lease::{DEFAULT_MTU, LeaseError, LeasePlan, RouteSpec, lease_mtu, plan_lease};
+pub use lease::{
+    Current, DEFAULT_MTU, LeaseError, LeasePlan, LeaseProblem, RouteSpec, lease_mtu, plan_lease,
+};
 pub use link::{Interface, resolve_interface};
 pub use primary::{Primary, PrimaryMissing, decide_primary};
 pub use retry::{Backoff, RETRY_MAX, RETRY_MIN, Throttle};

@@ -29,7 +29,20 @@ impl Service {
             .find(|l| l.index == index)
             .ok_or_else(|| anyhow!("interface {} is gone", self.iface.name))?;
         let existing = rtnl.addresses(index)?;
-        let mut plan = plan::plan_lease(&lease, now_ms(), &existing, self.cfg.default_route_mtu)?;
+        let current = plan::Current {
+            link_mtu: link.mtu,
+            previous: self.applied.as_ref(),
+        };
+        let mut plan = plan::plan_lease(
+            &lease,
+            now_ms(),
+            &existing,
+            self.cfg.default_route_mtu,
+            current,
+        )?;
+        for p in &plan.problems {
+            error("dhcp", format_args!("{p}"));
+        }
         if link.mtu != plan.mtu
             && let Err(e) = rtnl.set_mtu(index, plan.mtu)
         {
@@ -57,15 +70,20 @@ impl Service {
         Ok(())
     }
 
-    /// Takes a lost lease off the interface: its default route and address (already gone is fine).
+    /// Takes a lost lease off the interface: its default route and address (already gone is fine),
+    /// as configured (a bad prefix or router in the lease may have been replaced).
     pub(super) fn remove_lease(&mut self, l: &Lease) -> Result<()> {
+        let (prefix_len, router) = match &self.applied {
+            Some(p) if p.addr == l.addr => (p.prefix_len, Some(p.gateway)),
+            _ => (l.prefix_len, l.router),
+        };
         let mut rtnl = Rtnl::open()?;
         let default = Ipv4Cidr::containing(Ipv4Addr::UNSPECIFIED, 0);
-        match rtnl.delete_route(default, l.router, Some(self.iface.index)) {
+        match rtnl.delete_route(default, router, Some(self.iface.index)) {
             Err(e) if e.errno() == Some(libc::ESRCH) => {}
             r => r?,
         }
-        match rtnl.delete_address(self.iface.index, l.addr, l.prefix_len) {
+        match rtnl.delete_address(self.iface.index, l.addr, prefix_len) {
             Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => {}
             r => r?,
         }

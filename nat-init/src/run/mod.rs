@@ -98,13 +98,7 @@ pub fn start(config_path: String) -> Service {
 
 impl Service {
     fn new(config_path: String, baked: Option<String>, cfg: Config, iface: Iface) -> Self {
-        let salt = report::boot_elapsed_ms().unwrap_or(0) ^ u64::from(std::process::id()) << 32;
-        let client = nat_init::dhcp::Client::new(
-            &iface.name,
-            iface.index,
-            iface.mac,
-            nat_init::dhcp::seed(iface.mac, salt),
-        );
+        let client = nat_init::dhcp::Client::new(&iface.name, iface.index, iface.mac);
         let now = now_ms();
         let timeout = Duration::from_secs(u64::from(cfg.dhcp_timeout));
         Service {

@@ -1,6 +1,40 @@
 //! Lifecycle tests of the state machine, driven by server messages shaped like dnsmasq's.
 
 use super::*;
+use crate::dhcp::KernelRandom;
+
+/// A deterministic [`Random`] for tests: xorshift64*, low 32 bits.
+#[derive(Debug, Clone)]
+struct Seeded(u64);
+
+impl Seeded {
+    fn new(seed: u64) -> Seeded {
+        Seeded(seed.max(1))
+    }
+}
+
+impl Random for Seeded {
+    fn next_u32(&mut self) -> u32 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) as u32
+    }
+}
+
+/// The values given, in a loop.
+#[derive(Debug, Clone)]
+struct Sequence(Vec<u32>, usize);
+
+impl Random for Sequence {
+    fn next_u32(&mut self) -> u32 {
+        let v = self.0[self.1 % self.0.len()];
+        self.1 += 1;
+        v
+    }
+}
 
 const MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x07];
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
@@ -76,7 +110,7 @@ impl Reply {
     }
 
     /// Through the wire format and back, as the socket layer would deliver it.
-    fn feed(&self, m: &mut Machine, now: u64) -> Vec<Action> {
+    fn feed(&self, m: &mut Machine<impl Random>, now: u64) -> Vec<Action> {
         let msg = decode(&self.bytes()).unwrap();
         m.handle(now, Event::Packet(&msg))
     }
@@ -113,7 +147,7 @@ fn applied(actions: &[Action]) -> Lease {
 }
 
 /// Runs DISCOVER/OFFER/REQUEST/ACK starting at `t0`.
-fn bind(m: &mut Machine, t0: u64) -> Lease {
+fn bind(m: &mut Machine<impl Random>, t0: u64) -> Lease {
     let a = m.handle(t0, Event::Timer);
     let discover = only_sent(&a);
     assert_eq!(discover.opts().msg_type(), Some(MessageType::Discover));
@@ -129,7 +163,7 @@ fn bind(m: &mut Machine, t0: u64) -> Lease {
 
 #[test]
 fn discover_is_well_formed() {
-    let mut m = Machine::new(MAC, 42);
+    let mut m = Machine::new(MAC, Seeded::new(42));
     assert_eq!(m.deadline_ms(), 0);
     let a = m.handle(0, Event::Timer);
     assert!(matches!(&a[..], [Action::Send(Transmit::Raw(_))]), "{a:?}");
@@ -148,9 +182,9 @@ fn discover_is_well_formed() {
         }
         other => panic!("{other:?}"),
     }
-    // First retransmission 0.5 s +- 25 %.
+    // First retransmission 0.25 s +- 25 %.
     assert!(
-        (375..=625).contains(&m.deadline_ms()),
+        (188..=312).contains(&m.deadline_ms()),
         "{}",
         m.deadline_ms()
     );
@@ -158,7 +192,7 @@ fn discover_is_well_formed() {
 
 #[test]
 fn full_bind_applies_lease_with_router_and_mtu() {
-    let mut m = Machine::new(MAC, 1);
+    let mut m = Machine::new(MAC, Seeded::new(1));
     m.handle(1000, Event::Timer);
     let a = Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 1005);
     let req = only_sent(&a);
@@ -185,6 +219,7 @@ fn full_bind_applies_lease_with_router_and_mtu() {
             t1_s: 60,
             t2_s: 105,
             start_ms: 1005,
+            granted_lease_s: 120,
         }
     );
     assert_eq!(m.deadline_ms(), 61_005);
@@ -194,7 +229,7 @@ fn full_bind_applies_lease_with_router_and_mtu() {
 
 #[test]
 fn renews_at_t1_by_unicast_then_rebinds_at_t2_by_broadcast() {
-    let mut m = Machine::new(MAC, 7);
+    let mut m = Machine::new(MAC, Seeded::new(7));
     let lease = bind(&mut m, 0);
     let t1 = lease.renew_at_ms();
     assert!(m.handle(t1 - 1, Event::Timer).is_empty());
@@ -250,7 +285,7 @@ fn renews_at_t1_by_unicast_then_rebinds_at_t2_by_broadcast() {
 
 #[test]
 fn renewal_ack_refreshes_times() {
-    let mut m = Machine::new(MAC, 8);
+    let mut m = Machine::new(MAC, Seeded::new(8));
     let lease = bind(&mut m, 0);
     m.handle(lease.renew_at_ms(), Event::Timer);
     let renew_xid = m.xid();
@@ -264,7 +299,7 @@ fn renewal_ack_refreshes_times() {
 
 #[test]
 fn expiry_drops_address_and_restarts() {
-    let mut m = Machine::new(MAC, 9);
+    let mut m = Machine::new(MAC, Seeded::new(9));
     let lease = bind(&mut m, 0);
     let mut now = lease.renew_at_ms();
     let mut dropped = None;
@@ -290,7 +325,7 @@ fn expiry_drops_address_and_restarts() {
 
 #[test]
 fn nak_in_requesting_restarts_discovery() {
-    let mut m = Machine::new(MAC, 10);
+    let mut m = Machine::new(MAC, Seeded::new(10));
     m.handle(0, Event::Timer);
     Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 1);
     let old_xid = m.xid();
@@ -311,7 +346,7 @@ fn nak_in_requesting_restarts_discovery() {
 
 #[test]
 fn nak_while_renewing_drops_lease() {
-    let mut m = Machine::new(MAC, 11);
+    let mut m = Machine::new(MAC, Seeded::new(11));
     let lease = bind(&mut m, 0);
     m.handle(lease.renew_at_ms(), Event::Timer);
     let a = Reply::new(MessageType::Nak, m.xid()).feed(&mut m, lease.renew_at_ms() + 1);
@@ -323,7 +358,7 @@ fn nak_while_renewing_drops_lease() {
 
 #[test]
 fn ignores_wrong_xid_mac_opcode_and_type() {
-    let mut m = Machine::new(MAC, 12);
+    let mut m = Machine::new(MAC, Seeded::new(12));
     m.handle(0, Event::Timer);
     let xid = m.xid();
     let deadline = m.deadline_ms();
@@ -369,7 +404,7 @@ fn ignores_wrong_xid_mac_opcode_and_type() {
 
 #[test]
 fn ack_from_another_server_while_requesting_is_ignored() {
-    let mut m = Machine::new(MAC, 13);
+    let mut m = Machine::new(MAC, Seeded::new(13));
     m.handle(0, Event::Timer);
     Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 1);
     let mut other = Reply::new(MessageType::Ack, m.xid());
@@ -380,7 +415,7 @@ fn ack_from_another_server_while_requesting_is_ignored() {
 
 #[test]
 fn offer_without_router_gives_lease_without_router() {
-    let mut m = Machine::new(MAC, 14);
+    let mut m = Machine::new(MAC, Seeded::new(14));
     m.handle(0, Event::Timer);
     let mut offer = Reply::new(MessageType::Offer, m.xid());
     offer.router = None;
@@ -395,7 +430,7 @@ fn offer_without_router_gives_lease_without_router() {
 
 #[test]
 fn missing_t1_t2_default_to_half_and_seven_eighths() {
-    let mut m = Machine::new(MAC, 15);
+    let mut m = Machine::new(MAC, Seeded::new(15));
     m.handle(0, Event::Timer);
     Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 0);
     let mut ack = Reply::new(MessageType::Ack, m.xid());
@@ -410,7 +445,7 @@ fn missing_t1_t2_default_to_half_and_seven_eighths() {
 
 #[test]
 fn ack_without_lease_time_is_ignored() {
-    let mut m = Machine::new(MAC, 16);
+    let mut m = Machine::new(MAC, Seeded::new(16));
     m.handle(0, Event::Timer);
     Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 0);
     let mut ack = Reply::new(MessageType::Ack, m.xid());
@@ -421,7 +456,7 @@ fn ack_without_lease_time_is_ignored() {
 
 #[test]
 fn infinite_lease_never_renews() {
-    let mut m = Machine::new(MAC, 17);
+    let mut m = Machine::new(MAC, Seeded::new(17));
     m.handle(0, Event::Timer);
     Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 0);
     let mut ack = Reply::new(MessageType::Ack, m.xid());
@@ -434,7 +469,7 @@ fn infinite_lease_never_renews() {
 
 #[test]
 fn retransmits_double_to_cap_with_jitter() {
-    let mut m = Machine::new(MAC, 18);
+    let mut m = Machine::new(MAC, Seeded::new(18));
     m.handle(0, Event::Timer);
     let xid = m.xid();
     let mut now = 0;
@@ -446,7 +481,7 @@ fn retransmits_double_to_cap_with_jitter() {
         let a = m.handle(now, Event::Timer);
         assert_eq!(only_sent(&a).xid(), xid, "same xid while selecting");
     }
-    let nominal = [500, 1000, 2000, 4000, 4000, 4000, 4000];
+    let nominal = [250, 500, 1000, 2000, 4000, 4000, 4000];
     for (g, n) in gaps.iter().zip(nominal) {
         assert!(*g >= n * 3 / 4 && *g <= n * 5 / 4, "{gaps:?}");
     }
@@ -457,7 +492,7 @@ fn retransmits_double_to_cap_with_jitter() {
 
 #[test]
 fn requesting_gives_up_after_a_few_requests() {
-    let mut m = Machine::new(MAC, 19);
+    let mut m = Machine::new(MAC, Seeded::new(19));
     m.handle(0, Event::Timer);
     Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 0);
     let mut requests = 1;
@@ -475,7 +510,7 @@ fn requesting_gives_up_after_a_few_requests() {
 
 #[test]
 fn renew_now_only_when_bound() {
-    let mut m = Machine::new(MAC, 20);
+    let mut m = Machine::new(MAC, Seeded::new(20));
     assert!(m.renew_now(0).is_empty());
     bind(&mut m, 0);
     let a = m.renew_now(100);
@@ -486,7 +521,7 @@ fn renew_now_only_when_bound() {
 #[test]
 fn same_seed_same_bytes() {
     let run = |seed| {
-        let mut m = Machine::new(MAC, seed);
+        let mut m = Machine::new(MAC, Seeded::new(seed));
         let a = m.handle(0, Event::Timer);
         (a, m.deadline_ms())
     };
@@ -506,16 +541,15 @@ fn mask_helpers() {
 }
 
 #[test]
-fn rng_is_never_stuck() {
-    let mut r = Rng::new(0);
-    let a = r.next_u64();
-    assert_ne!(a, 0);
-    assert_ne!(a, r.next_u64());
+fn jitter_stays_within_a_quarter() {
+    let mut r = Seeded::new(0);
     for _ in 0..100 {
-        let j = r.jitter(1000);
+        let j = jitter(&mut r, 1000);
         assert!((750..=1250).contains(&j));
     }
-    assert_eq!(r.jitter(3), 3);
+    assert_eq!(jitter(&mut r, 3), 3);
+    assert_eq!(jitter(&mut Sequence(vec![0], 0), 1000), 750);
+    assert_eq!(jitter(&mut Sequence(vec![500], 0), 1000), 1250);
 }
 
 /// Replies recorded from dnsmasq 2.90 (see tests/data/README.md).
@@ -525,13 +559,13 @@ const REC_OFFER: &[u8] = include_bytes!("../../../tests/data/dnsmasq-offer.bin")
 const REC_ACK: &[u8] = include_bytes!("../../../tests/data/dnsmasq-ack.bin");
 const REC_NAK: &[u8] = include_bytes!("../../../tests/data/dnsmasq-nak.bin");
 
-fn feed_bytes(m: &mut Machine, now: u64, bytes: &[u8]) -> Vec<Action> {
+fn feed_bytes(m: &mut Machine<impl Random>, now: u64, bytes: &[u8]) -> Vec<Action> {
     m.handle(now, Event::Packet(&decode(bytes).unwrap()))
 }
 
 #[test]
 fn recorded_dnsmasq_offer_and_ack_bind() {
-    let mut m = Machine::new(REC_MAC, REC_SEED);
+    let mut m = Machine::new(REC_MAC, Seeded::new(REC_SEED));
     m.handle(0, Event::Timer);
     assert_eq!(m.xid(), 0x0bec_184a, "fixtures were recorded for this xid");
     let a = feed_bytes(&mut m, 3, REC_OFFER);
@@ -557,6 +591,7 @@ fn recorded_dnsmasq_offer_and_ack_bind() {
             t1_s: 60,
             t2_s: 105,
             start_ms: 3,
+            granted_lease_s: 120,
         }
     );
     // A replayed OFFER or ACK once bound changes nothing.
@@ -566,7 +601,7 @@ fn recorded_dnsmasq_offer_and_ack_bind() {
 
 #[test]
 fn recorded_dnsmasq_nak_restarts() {
-    let mut m = Machine::new(REC_MAC, REC_SEED);
+    let mut m = Machine::new(REC_MAC, Seeded::new(REC_SEED));
     m.handle(0, Event::Timer);
     // A NAK is not an answer to a DISCOVER.
     assert!(feed_bytes(&mut m, 1, REC_NAK).is_empty());
@@ -578,19 +613,11 @@ fn recorded_dnsmasq_nak_restarts() {
 
 #[test]
 fn recorded_replies_for_another_client_are_ignored() {
-    let mut m = Machine::new([0x02, 0, 0, 0, 0, 0x99], REC_SEED);
+    let mut m = Machine::new([0x02, 0, 0, 0, 0, 0x99], Seeded::new(REC_SEED));
     m.handle(0, Event::Timer);
     assert_eq!(m.xid(), 0x0bec_184a, "same xid, other chaddr");
     assert!(feed_bytes(&mut m, 1, REC_OFFER).is_empty());
     assert_eq!(m.state(), State::Selecting);
-}
-
-#[test]
-fn seeds_differ_by_mac_and_salt() {
-    let a = seed(MAC, 1);
-    assert_ne!(a, seed(MAC, 2));
-    assert_ne!(a, seed([2, 0, 0, 0, 0, 8], 1));
-    assert_eq!(a, seed(MAC, 1));
 }
 
 #[test]
@@ -600,7 +627,7 @@ fn oversized_hardware_length_does_not_panic() {
     bytes[2] = 200;
     assert!(decode(&bytes).is_none());
     let msg = Message::from_bytes(&bytes).unwrap();
-    let mut m = Machine::new(REC_MAC, REC_SEED);
+    let mut m = Machine::new(REC_MAC, Seeded::new(REC_SEED));
     m.handle(0, Event::Timer);
     assert!(m.handle(1, Event::Packet(&msg)).is_empty());
     // hlen 16 with our MAC in front is not ours either: Ethernet addresses are 6 bytes.
@@ -611,4 +638,126 @@ fn oversized_hardware_length_does_not_panic() {
         only_sent(&feed_bytes(&mut m, 1, &bytes)).opts().msg_type(),
         Some(MessageType::Request)
     );
+}
+
+const ROGUE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 66);
+
+/// Feeds `reply` and checks it changed nothing: no action, same state, same lease.
+fn assert_ignored(m: &mut Machine<impl Random>, now: u64, reply: &Reply) {
+    let state = m.state();
+    let lease = m.lease().cloned();
+    let a = reply.feed(m, now);
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(m.state(), state);
+    assert_eq!(m.lease().cloned(), lease);
+}
+
+#[test]
+fn renewing_and_rebinding_take_ack_and_nak_only_from_the_lease_server() {
+    let mut m = Machine::new(MAC, Seeded::new(21));
+    let lease = bind(&mut m, 0);
+    let t1 = lease.renew_at_ms();
+    m.handle(t1, Event::Timer);
+    assert_eq!(m.state(), State::Renewing);
+    for kind in [MessageType::Nak, MessageType::Ack] {
+        let mut rogue = Reply::new(kind, m.xid());
+        rogue.server = Some(ROGUE);
+        assert_ignored(&mut m, t1 + 1, &rogue);
+        rogue.server = None;
+        assert_ignored(&mut m, t1 + 1, &rogue);
+    }
+    // Rebinding too: the broadcast REQUEST reaches every server on the link.
+    let t2 = lease.rebind_at_ms();
+    while m.state() == State::Renewing {
+        m.handle(m.deadline_ms(), Event::Timer);
+    }
+    assert_eq!(m.state(), State::Rebinding);
+    for kind in [MessageType::Nak, MessageType::Ack] {
+        let mut rogue = Reply::new(kind, m.xid());
+        rogue.server = Some(ROGUE);
+        assert_ignored(&mut m, t2 + 1, &rogue);
+        rogue.server = None;
+        assert_ignored(&mut m, t2 + 1, &rogue);
+    }
+    // The lease's own server is still heard.
+    let a = Reply::new(MessageType::Nak, m.xid()).feed(&mut m, t2 + 2);
+    assert_eq!(a[0], Action::Drop(lease));
+}
+
+#[test]
+fn requesting_takes_ack_and_nak_only_from_the_chosen_server() {
+    let mut m = Machine::new(MAC, Seeded::new(22));
+    m.handle(0, Event::Timer);
+    Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 1);
+    assert_eq!(m.state(), State::Requesting);
+    for kind in [MessageType::Nak, MessageType::Ack] {
+        let mut rogue = Reply::new(kind, m.xid());
+        rogue.server = Some(ROGUE);
+        assert_ignored(&mut m, 2, &rogue);
+        rogue.server = None;
+        assert_ignored(&mut m, 2, &rogue);
+    }
+    let a = Reply::new(MessageType::Ack, m.xid()).feed(&mut m, 3);
+    assert_eq!(applied(&a).server, SERVER);
+}
+
+#[test]
+fn xids_are_not_derived_from_mac_and_boot_time() {
+    // Two boots of the same instance reach DHCP at about the same boot-clock time: their
+    // xids must still differ, and so must those of successive exchanges.
+    let xid = || {
+        let mut m = Machine::new(MAC, KernelRandom::new());
+        m.handle(0, Event::Timer);
+        m.xid()
+    };
+    assert_ne!(xid(), xid());
+    let mut m = Machine::new(MAC, KernelRandom::new());
+    let lease = bind(&mut m, 0);
+    let first = m.xid();
+    m.handle(lease.renew_at_ms(), Event::Timer);
+    assert_ne!(m.xid(), first);
+    assert!(m.random_mut().take_failure().is_none());
+}
+
+#[test]
+fn xids_and_jitter_come_from_the_random_source() {
+    let mut m = Machine::new(MAC, Sequence(vec![0xdead_beef, 0, 124], 0));
+    let a = m.handle(0, Event::Timer);
+    assert_eq!(m.xid(), 0xdead_beef);
+    assert_eq!(only_sent(&a).xid(), 0xdead_beef);
+    // 250 ms - 62 + 0 % 125.
+    assert_eq!(m.deadline_ms(), 188);
+    m.handle(188, Event::Timer);
+    // 500 ms - 125 + 124 % 251.
+    assert_eq!(m.deadline_ms(), 188 + 499);
+}
+
+#[test]
+fn first_discover_retransmit_is_fast() {
+    let mut m = Machine::new(MAC, Seeded::new(23));
+    m.handle(0, Event::Timer);
+    let first = m.deadline_ms();
+    assert!(
+        (188..=312).contains(&first),
+        "first retransmit after {first} ms"
+    );
+    m.handle(first, Event::Timer);
+    let second = m.deadline_ms() - first;
+    assert!((375..=625).contains(&second), "second after {second} ms");
+}
+
+#[test]
+fn short_lease_is_held_for_a_minute_with_default_t1_t2() {
+    let mut m = Machine::new(MAC, Seeded::new(24));
+    m.handle(0, Event::Timer);
+    Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 0);
+    let mut ack = Reply::new(MessageType::Ack, m.xid());
+    ack.lease_s = Some(10);
+    ack.t1_t2 = Some((2, 5));
+    let l = applied(&ack.feed(&mut m, 1));
+    assert_eq!(
+        (l.granted_lease_s, l.lease_s, l.t1_s, l.t2_s),
+        (10, MIN_LEASE_S, 30, 52)
+    );
+    assert_eq!(m.deadline_ms(), 30_000);
 }

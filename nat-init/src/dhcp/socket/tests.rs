@@ -143,7 +143,7 @@ fn binds_and_renews_against_dnsmasq() {
     let client_if = lab.client_if.clone();
     let client_ns = lab.client_ns.clone();
     let result = lab.in_client(move |ifindex| {
-        let mut client = Client::new(&client_if, ifindex, CLIENT_MAC, 0x1234);
+        let mut client = Client::new(&client_if, ifindex, CLIENT_MAC);
         let started = Instant::now();
         let (changes, errors) = step_until_change(&mut client, Duration::from_secs(15));
         let bound_after = started.elapsed();
