@@ -37,9 +37,14 @@ pub struct Config {
     /// `rp_filter` (default 0): reverse-path filter for `all` and the interface: 0 off, 1 strict,
     /// 2 loose. Traffic enters and leaves one ENI, so 0 is right for a single interface.
     pub rp_filter: u8,
-    /// `conntrack_max` (default 0): connection-tracking table size; 0 sizes it from RAM.
+    /// `conntrack_max` (default 0): connection-tracking table size; 0 sizes it from RAM. A
+    /// size whose full table (324 bytes an entry with its share of the hash) would take more
+    /// than a quarter of `MemTotal` is refused when the sysctls are applied, with an error
+    /// line, and sized from RAM instead (`plan::conntrack_sizing`).
     pub conntrack_max: u32,
-    /// `conntrack_buckets` (default 0): conntrack hash buckets; 0 derives them from the size.
+    /// `conntrack_buckets` (default 0): conntrack hash buckets; 0 derives them from the size
+    /// (half). Refused like `conntrack_max` when the hash (8 bytes a bucket) does not fit in
+    /// what a quarter of `MemTotal` leaves beside a full table.
     pub conntrack_buckets: u32,
     /// `tcp_established_timeout` (default 7440, 60..=432000): seconds an idle established TCP
     /// flow keeps its mapping. RFC 5382 asks for at least 7440 (2 h 4 min); lower values are
@@ -561,6 +566,21 @@ dhcp_timeout = 10
                 dhcp_timeout: 10,
             }
         );
+    }
+
+    #[test]
+    fn default_timeouts_follow_rfc_5382_and_rfc_4787() {
+        let d = Config::default();
+        // RFC 5382 REQ-5: established at least 2 h 4 min, transitory at least 4 min.
+        assert_eq!(d.tcp_established_timeout, 7440);
+        assert_eq!(d.tcp_transitory_timeout, 240);
+        assert_eq!(d.tcp_time_wait_timeout, 120);
+        // RFC 4787 REQ-5: a UDP mapping at least 2 min; 5 min or more recommended, and NAT
+        // Gateway's 350 s idle timeout for streams.
+        assert_eq!(d.udp_timeout, 120);
+        assert_eq!(d.udp_timeout_stream, 350);
+        let c = Config::layered(Some(("udp_timeout = 30\n", BAKED_PATH)), None).config;
+        assert_eq!((c.udp_timeout, c.udp_timeout_stream), (30, 350));
     }
 
     #[test]

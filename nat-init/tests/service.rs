@@ -575,6 +575,7 @@ fn send_ra(ns: &str, dev: &'static str, ra: Vec<u8>) -> Result<(), String> {
         }
         let hops: libc::c_int = 255;
         let idx = ifindex as libc::c_int;
+        // SAFETY: sockaddr_in6 is plain data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
         addr.sin6_addr.s6_addr = "ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets();

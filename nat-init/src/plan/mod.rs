@@ -31,4 +31,6 @@ pub use primary::{Primary, PrimaryMissing, decide_primary};
 pub use retry::{Backoff, RETRY_MAX, RETRY_MIN, Throttle};
 pub use ruleset::{flowtable_line, ruleset_spec};
 pub use stages::{Stage, Stages};
-pub use sysctl::{conntrack_sizing, sysctl_line};
+pub use sysctl::{
+    CONNTRACK_BUCKET_BYTES, CONNTRACK_RAM_SHARE, ConntrackSizing, conntrack_sizing, sysctl_line,
+};
