@@ -24,7 +24,10 @@ mod sysctl;
 
 pub use args::parse_args;
 pub use config::{RangesFrom, UserData, classify_user_data, private_ranges};
-pub use health::{PROC_CONNTRACK, count_offloaded, health};
+pub use health::{
+    ConntrackStatError, PROC_CONNTRACK, PROC_CONNTRACK_STAT, conntrack_drops, count_offloaded,
+    ena_allowances, health, parse_conntrack_stat,
+};
 pub use lease::{DEFAULT_MTU, LeaseError, LeasePlan, RouteSpec, lease_mtu, plan_lease};
 pub use link::{Interface, resolve_interface};
 pub use primary::{Primary, PrimaryMissing, decide_primary};
