@@ -739,3 +739,27 @@ fn ipv6_is_off_router_advertisements_configure_nothing_and_timeouts_are_set() {
     });
     assert_eq!(read(&f, "net/ipv6/conf/wan0/disable_ipv6"), "1");
 }
+
+#[test]
+fn a_conntrack_size_beyond_ram_is_refused_and_the_nat_comes_up() {
+    let mut f = Fixture::new(true);
+    let cfg = f.write_config(
+        "interface = \"eth0\"\nrename = false\nimds = false\nconntrack_max = 4000000000\n",
+    );
+    f.start(&cfg);
+    let n = f.nat_init();
+    let e = n.wait_for("conntrack_max refused", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: error config conntrack_max=")
+    });
+    assert!(
+        e.starts_with("nat-init: error config conntrack_max=4000000000 does not fit in RAM: ")
+            && e.contains(" more than a quarter of MemTotal ")
+            && e.contains(" entries); using "),
+        "{e}"
+    );
+    n.wait_for("ready", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    n.signal("-TERM");
+    assert_eq!(n.wait_exit(Duration::from_secs(3)).code(), Some(0));
+}

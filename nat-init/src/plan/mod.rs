@@ -7,8 +7,8 @@
 //! - `lease`: what a DHCP lease becomes on the interface, and whether that still holds;
 //! - `config`: whether user-data is ours, and where the private ranges come from;
 //! - `ruleset`: the table the configuration asks for, and what to say about the flowtable;
-//! - `sysctl`: the conntrack sizing and the line saying what was set;
-//! - `health`: what the `health` line says;
+//! - `sysctl`: the conntrack sizing (checked against RAM) and the line saying what was set;
+//! - `health`: what the `health` line says, and when conntrack dropping flows is an error;
 //! - `args`: the command line.
 
 mod args;
