@@ -72,8 +72,8 @@ pub struct Health {
 
 /// conntrack's statistics summed over the CPUs: each counts packets whose new flow could not
 /// be tracked. `drop`: the table was full and no entry could be evicted; `early_drop`: an
-/// unconfirmed entry was evicted to make room (the table is full); `insert_failed`: the entry
-/// clashed with another one being inserted.
+/// entry not yet assured (a half-open TCP flow, unanswered UDP) was evicted to make room (the
+/// table is full); `insert_failed`: the entry clashed with another one being inserted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConntrackStats {
     pub drop: u64,
