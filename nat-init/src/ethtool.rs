@@ -118,9 +118,10 @@ pub fn stats(iface: &str) -> Result<Vec<(String, u64)>, EthtoolError> {
         });
     }
     // The kernel writes as many entries as the driver has at the call, not as many as asked
-    // for, and a driver's count changes only when its queues are reconfigured (nothing here
-    // does that): room for twice the count read above covers such a change in between, and
-    // the count it reports back is checked.
+    // for. That count changes only when the device's queues are reconfigured (`ethtool -L`,
+    // XDP), which nothing on the appliance does, so the count just read holds, as ethtool(8)
+    // itself assumes. Twice the room is a margin on top, and the count reported back is
+    // checked.
     let room = 2 * n + 8;
 
     // struct ethtool_gstrings: cmd, string_set, len (u32 each), then len x 32 bytes.
