@@ -37,14 +37,38 @@ pub struct Config {
     /// `rp_filter` (default 0): reverse-path filter for `all` and the interface: 0 off, 1 strict,
     /// 2 loose. Traffic enters and leaves one ENI, so 0 is right for a single interface.
     pub rp_filter: u8,
-    /// `conntrack_max` (default 0): connection-tracking table size; 0 sizes it from RAM.
+    /// `conntrack_max` (default 0): connection-tracking table size; 0 sizes it from RAM. A
+    /// size whose full table (324 bytes an entry with its share of the hash) would take more
+    /// than a quarter of `MemTotal` is refused when the sysctls are applied, with an error
+    /// line, and sized from RAM instead (`plan::conntrack_sizing`).
     pub conntrack_max: u32,
-    /// `conntrack_buckets` (default 0): conntrack hash buckets; 0 derives them from the size.
+    /// `conntrack_buckets` (default 0): conntrack hash buckets; 0 derives them from the size
+    /// (half). Refused like `conntrack_max` when the hash (8 bytes a bucket) does not fit in
+    /// what a quarter of `MemTotal` leaves beside a full table.
     pub conntrack_buckets: u32,
     /// `tcp_established_timeout` (default 7440, 60..=432000): seconds an idle established TCP
     /// flow keeps its mapping. RFC 5382 asks for at least 7440 (2 h 4 min); lower values are
     /// accepted (NAT Gateway uses 350) because some operators want them, at their own risk.
     pub tcp_established_timeout: u32,
+    /// `tcp_transitory_timeout` (default 240, 30..=86400): seconds an idle TCP flow that is
+    /// partially open (`SYN_SENT`, `SYN_RECV`) or partially closed (`FIN_WAIT`, `CLOSE_WAIT`,
+    /// `LAST_ACK`) keeps its mapping. RFC 5382 asks for at least 240 (4 min); the kernel's
+    /// defaults are 30 to 120. NAT Gateway drops any flow idle for 350 s.
+    pub tcp_transitory_timeout: u32,
+    /// `tcp_time_wait_timeout` (default 120, 10..=3600): seconds a TCP flow closed from both
+    /// ends (`TIME_WAIT`) keeps its mapping, for a retransmitted last FIN and ACK. RFC 5382's
+    /// 4 minutes is for partially closed flows; 120 s (the kernel's, twice Linux's 60-s
+    /// TIME_WAIT) is kept because closed flows dominate the table of a busy NAT.
+    pub tcp_time_wait_timeout: u32,
+    /// `udp_timeout` (default 120, 10..=3600): seconds an idle UDP flow keeps its mapping
+    /// until it is a stream: unanswered, or answered within its first 2 s (a DNS query).
+    /// RFC 4787 (REQ-5): a UDP mapping lasts at least 2 minutes; the kernel's default is 30.
+    pub udp_timeout: u32,
+    /// `udp_timeout_stream` (default 350, 30..=86400): seconds an idle UDP stream (traffic
+    /// both ways past its first 2 s) keeps its mapping. RFC 4787 recommends 5 minutes or
+    /// more; 350 s is NAT Gateway's idle timeout, so a flow kept alive behind NAT Gateway is
+    /// kept alive here. The kernel's default is 120.
+    pub udp_timeout_stream: u32,
     /// `flowtable` (default `true`): offload established flows to the nftables flowtable fast
     /// path when the kernel supports it. Offloaded packets skip the forward counters.
     pub flowtable: bool,
@@ -76,6 +100,10 @@ impl Default for Config {
             conntrack_max: 0,
             conntrack_buckets: 0,
             tcp_established_timeout: 7440,
+            tcp_transitory_timeout: 240,
+            tcp_time_wait_timeout: 120,
+            udp_timeout: 120,
+            udp_timeout_stream: 350,
             flowtable: true,
             mss_clamp: true,
             default_route_mtu: 1500,
@@ -132,6 +160,10 @@ struct RawConfig {
     conntrack_max: Option<u32>,
     conntrack_buckets: Option<u32>,
     tcp_established_timeout: Option<u32>,
+    tcp_transitory_timeout: Option<u32>,
+    tcp_time_wait_timeout: Option<u32>,
+    udp_timeout: Option<u32>,
+    udp_timeout_stream: Option<u32>,
     flowtable: Option<bool>,
     mss_clamp: Option<bool>,
     default_route_mtu: Option<u16>,
@@ -155,6 +187,10 @@ impl RawConfig {
             tcp_established_timeout: over
                 .tcp_established_timeout
                 .or(self.tcp_established_timeout),
+            tcp_transitory_timeout: over.tcp_transitory_timeout.or(self.tcp_transitory_timeout),
+            tcp_time_wait_timeout: over.tcp_time_wait_timeout.or(self.tcp_time_wait_timeout),
+            udp_timeout: over.udp_timeout.or(self.udp_timeout),
+            udp_timeout_stream: over.udp_timeout_stream.or(self.udp_timeout_stream),
             flowtable: over.flowtable.or(self.flowtable),
             mss_clamp: over.mss_clamp.or(self.mss_clamp),
             default_route_mtu: over.default_route_mtu.or(self.default_route_mtu),
@@ -183,6 +219,14 @@ impl RawConfig {
             tcp_established_timeout: self
                 .tcp_established_timeout
                 .unwrap_or(d.tcp_established_timeout),
+            tcp_transitory_timeout: self
+                .tcp_transitory_timeout
+                .unwrap_or(d.tcp_transitory_timeout),
+            tcp_time_wait_timeout: self
+                .tcp_time_wait_timeout
+                .unwrap_or(d.tcp_time_wait_timeout),
+            udp_timeout: self.udp_timeout.unwrap_or(d.udp_timeout),
+            udp_timeout_stream: self.udp_timeout_stream.unwrap_or(d.udp_timeout_stream),
             flowtable: self.flowtable.unwrap_or(d.flowtable),
             mss_clamp: self.mss_clamp.unwrap_or(d.mss_clamp),
             default_route_mtu: self.default_route_mtu.unwrap_or(d.default_route_mtu),
@@ -346,6 +390,28 @@ fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
     )?;
     check_range(
         doc,
+        "tcp_transitory_timeout",
+        num(raw.tcp_transitory_timeout),
+        30,
+        86400,
+    )?;
+    check_range(
+        doc,
+        "tcp_time_wait_timeout",
+        num(raw.tcp_time_wait_timeout),
+        10,
+        3600,
+    )?;
+    check_range(doc, "udp_timeout", num(raw.udp_timeout), 10, 3600)?;
+    check_range(
+        doc,
+        "udp_timeout_stream",
+        num(raw.udp_timeout_stream),
+        30,
+        86400,
+    )?;
+    check_range(
+        doc,
         "default_route_mtu",
         raw.default_route_mtu.map(u64::from),
         576,
@@ -484,6 +550,10 @@ rp_filter = 2
 conntrack_max = 262144
 conntrack_buckets = 65536
 tcp_established_timeout = 350
+tcp_transitory_timeout = 300
+tcp_time_wait_timeout = 60
+udp_timeout = 30
+udp_timeout_stream = 600
 flowtable = false
 mss_clamp = false
 default_route_mtu = 1400
@@ -507,6 +577,10 @@ dhcp_timeout = 10
                 conntrack_max: 262144,
                 conntrack_buckets: 65536,
                 tcp_established_timeout: 350,
+                tcp_transitory_timeout: 300,
+                tcp_time_wait_timeout: 60,
+                udp_timeout: 30,
+                udp_timeout_stream: 600,
                 flowtable: false,
                 mss_clamp: false,
                 default_route_mtu: 1400,
@@ -515,6 +589,21 @@ dhcp_timeout = 10
                 dhcp_timeout: 10,
             }
         );
+    }
+
+    #[test]
+    fn default_timeouts_follow_rfc_5382_and_rfc_4787() {
+        let d = Config::default();
+        // RFC 5382 REQ-5: established at least 2 h 4 min, transitory at least 4 min.
+        assert_eq!(d.tcp_established_timeout, 7440);
+        assert_eq!(d.tcp_transitory_timeout, 240);
+        assert_eq!(d.tcp_time_wait_timeout, 120);
+        // RFC 4787 REQ-5: a UDP mapping at least 2 min; 5 min or more recommended, and NAT
+        // Gateway's 350 s idle timeout for streams.
+        assert_eq!(d.udp_timeout, 120);
+        assert_eq!(d.udp_timeout_stream, 350);
+        let c = Config::layered(Some(("udp_timeout = 30\n", BAKED_PATH)), None).config;
+        assert_eq!((c.udp_timeout, c.udp_timeout_stream), (30, 350));
     }
 
     #[test]
@@ -592,6 +681,14 @@ dhcp_timeout = 10
             ("icmp_rate = 0", "icmp_rate"),
             ("dhcp_timeout = 0", "dhcp_timeout"),
             ("dhcp_timeout = 3601", "dhcp_timeout"),
+            ("tcp_transitory_timeout = 29", "tcp_transitory_timeout"),
+            ("tcp_transitory_timeout = 86401", "tcp_transitory_timeout"),
+            ("tcp_time_wait_timeout = 9", "tcp_time_wait_timeout"),
+            ("tcp_time_wait_timeout = 3601", "tcp_time_wait_timeout"),
+            ("udp_timeout = 9", "udp_timeout"),
+            ("udp_timeout = 3601", "udp_timeout"),
+            ("udp_timeout_stream = 29", "udp_timeout_stream"),
+            ("udp_timeout_stream = 86401", "udp_timeout_stream"),
         ] {
             let e = err(&format!("\n{text}\n"));
             assert_eq!(e.key.as_deref(), Some(key), "{text}");

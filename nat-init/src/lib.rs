@@ -13,6 +13,7 @@
 //! - [`naming`]: which interface is the primary one and its udev-style name;
 //! - [`config`]: the TOML configuration and its layering; [`imds`]: the IMDSv2 client;
 //! - [`sysctl`]: the kernel settings, planned then written and read back;
+//! - [`ethtool`]: a device's driver statistics (ENA's allowance counters);
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
 //! - [`cidr`]: IPv4 prefixes; [`report`]: the shape of every console line.
 //!
@@ -22,6 +23,7 @@
 pub mod cidr;
 pub mod config;
 pub mod dhcp;
+pub mod ethtool;
 pub mod imds;
 pub mod naming;
 pub mod netlink;

@@ -63,7 +63,34 @@ pub struct Health {
     /// Flows in the flowtable now (conntrack entries marked offloaded); where that list cannot
     /// be read, the `flow add` rule's packet counter. Zero without a flowtable.
     pub offloaded: u64,
+    /// conntrack's statistics (`/proc/net/stat/nf_conntrack`), when they could be read.
+    pub conntrack_stats: Option<ConntrackStats>,
+    /// The ENA driver's allowance counters it has, in [`ENA_ALLOWANCES`] order; empty on
+    /// other drivers (virtio in QEMU, veth in the tests).
+    pub ena: Vec<(&'static str, u64)>,
 }
+
+/// conntrack's statistics summed over the CPUs: each counts packets whose new flow could not
+/// be tracked. `drop`: the table was full and no entry could be evicted; `early_drop`: an
+/// entry not yet assured (a half-open TCP flow, unanswered UDP) was evicted to make room (the
+/// table is full); `insert_failed`: the entry clashed with another one being inserted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConntrackStats {
+    pub drop: u64,
+    pub early_drop: u64,
+    pub insert_failed: u64,
+}
+
+/// The ENA driver's ethtool statistics that count packets the instance's limits dropped
+/// (bandwidth in and out, packets per second, tracked connections, link-local services such
+/// as DNS, IMDS and NTP): on Nitro the only sign of those drops.
+pub const ENA_ALLOWANCES: [&str; 5] = [
+    "bw_in_allowance_exceeded",
+    "bw_out_allowance_exceeded",
+    "pps_allowance_exceeded",
+    "conntrack_allowance_exceeded",
+    "linklocal_allowance_exceeded",
+];
 
 impl Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,7 +104,18 @@ impl Display for Health {
             self.conntrack_max,
             self.lease_left_s,
             self.offloaded
-        )
+        )?;
+        if let Some(s) = &self.conntrack_stats {
+            write!(
+                f,
+                " ct_drop={} ct_early_drop={} ct_insert_failed={}",
+                s.drop, s.early_drop, s.insert_failed
+            )?;
+        }
+        for (name, value) in &self.ena {
+            write!(f, " {name}={value}")?;
+        }
+        Ok(())
     }
 }
 
@@ -203,10 +241,27 @@ mod tests {
             conntrack_max: 65536,
             lease_left_s: 3500,
             offloaded: 3,
+            ..Health::default()
         };
         assert_eq!(
             h.to_string(),
             "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3"
+        );
+        let h = Health {
+            conntrack_stats: Some(ConntrackStats {
+                drop: 4,
+                early_drop: 5,
+                insert_failed: 6,
+            }),
+            ena: vec![
+                ("bw_in_allowance_exceeded", 1),
+                ("pps_allowance_exceeded", 2),
+            ],
+            ..h
+        };
+        assert_eq!(
+            h.to_string(),
+            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3 ct_drop=4 ct_early_drop=5 ct_insert_failed=6 bw_in_allowance_exceeded=1 pps_allowance_exceeded=2"
         );
     }
 

@@ -1,6 +1,7 @@
-//! Kernel settings a NAT instance needs: forwarding on, redirects off, reverse-path filtering and a
-//! conntrack table sized for the machine's memory. The plan is pure; `apply` writes it below a root
-//! directory (`/proc/sys` on the appliance, a temp dir in tests) and reads every value back.
+//! Kernel settings a NAT instance needs: forwarding on, redirects off, reverse-path filtering, a
+//! conntrack table sized for the machine's memory with timeouts that follow RFC 5382 and
+//! RFC 4787, and IPv6 off. The plan is pure; `apply` writes it below a root directory
+//! (`/proc/sys` on the appliance, a temp dir in tests) and reads every value back.
 
 use std::fs;
 use std::io;
@@ -26,7 +27,26 @@ pub struct SysctlSettings {
     /// Not part of `plan`: a module parameter, written by [`apply_conntrack_buckets`].
     pub conntrack_buckets: u32,
     pub tcp_established_timeout_s: u32,
+    /// `SYN_SENT`, `SYN_RECV`, `FIN_WAIT`, `CLOSE_WAIT` and `LAST_ACK`: RFC 5382's
+    /// "transitory" (partially open or partially closed) connections.
+    pub tcp_transitory_timeout_s: u32,
+    pub tcp_time_wait_timeout_s: u32,
+    /// `nf_conntrack_udp_timeout`: unanswered UDP, or answered within its first 2 s.
+    pub udp_timeout_s: u32,
+    /// `nf_conntrack_udp_timeout_stream`: UDP with traffic both ways past its first 2 s.
+    pub udp_timeout_stream_s: u32,
+    /// The devices under [`IPV6_CONF`] (`lo` and the interfaces), whose IPv6 is turned off
+    /// together with `all` and `default`; `None` where the kernel has no IPv6.
+    pub ipv6_devices: Option<Vec<String>>,
 }
+
+/// Where the kernel lists its IPv6 devices; absent without IPv6 (or with `ipv6.disable=1`).
+pub const IPV6_CONF: &str = "net/ipv6/conf";
+
+/// The TCP states RFC 5382 calls transitory, as they are named in the
+/// `nf_conntrack_tcp_timeout_*` sysctls.
+pub const TCP_TRANSITORY_STATES: [&str; 5] =
+    ["syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysctlError {
@@ -104,11 +124,64 @@ pub fn plan(s: &SysctlSettings) -> Vec<(String, String)> {
         "net/netfilter/nf_conntrack_max".into(),
         s.conntrack_max.to_string(),
     ));
-    p.push((
-        "net/netfilter/nf_conntrack_tcp_timeout_established".into(),
-        s.tcp_established_timeout_s.to_string(),
-    ));
+    let timeout = |p: &mut Vec<(String, String)>, name: &str, v: u32| {
+        p.push((format!("net/netfilter/nf_conntrack_{name}"), v.to_string()));
+    };
+    timeout(
+        &mut p,
+        "tcp_timeout_established",
+        s.tcp_established_timeout_s,
+    );
+    for state in TCP_TRANSITORY_STATES {
+        timeout(
+            &mut p,
+            &format!("tcp_timeout_{state}"),
+            s.tcp_transitory_timeout_s,
+        );
+    }
+    timeout(&mut p, "tcp_timeout_time_wait", s.tcp_time_wait_timeout_s);
+    timeout(&mut p, "udp_timeout", s.udp_timeout_s);
+    timeout(&mut p, "udp_timeout_stream", s.udp_timeout_stream_s);
+    if let Some(devices) = &s.ipv6_devices {
+        // Nothing here manages IPv6 (no filter, no addresses, no routes): off everywhere.
+        // Writing `all` turns it off on every device and on `default` too (new devices);
+        // each is listed so the drift check sees one turned back on.
+        let all = ["all", "default"].into_iter();
+        for dev in all.clone().chain(devices.iter().map(String::as_str)) {
+            p.push((format!("{IPV6_CONF}/{dev}/disable_ipv6"), "1".into()));
+        }
+        // Belt and braces for the moment between someone turning IPv6 back on and the drift
+        // check: no router advertisement is taken (no SLAAC address, no default route).
+        // `all` has no effect on accept_ra, so it is not written.
+        for dev in std::iter::once("default").chain(devices.iter().map(String::as_str)) {
+            p.push((format!("{IPV6_CONF}/{dev}/accept_ra"), "0".into()));
+        }
+    }
     p
+}
+
+/// The devices under [`IPV6_CONF`] below `root` but `all` and `default`, sorted; `None`
+/// where the kernel has no IPv6.
+pub fn ipv6_devices(root: &Path) -> Result<Option<Vec<String>>> {
+    let dir = root.join(IPV6_CONF);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(SysctlError::Read { path: dir, source }),
+    };
+    let mut devices = Vec::new();
+    for e in entries {
+        let e = e.map_err(|source| SysctlError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != "all" && name != "default" {
+            devices.push(name);
+        }
+    }
+    devices.sort();
+    Ok(Some(devices))
 }
 
 fn write_verify(path: &Path, value: &str) -> Result<()> {
@@ -236,6 +309,11 @@ mod tests {
             conntrack_max: 131072,
             conntrack_buckets: 65536,
             tcp_established_timeout_s: 7440,
+            tcp_transitory_timeout_s: 240,
+            tcp_time_wait_timeout_s: 120,
+            udp_timeout_s: 120,
+            udp_timeout_stream_s: 350,
+            ipv6_devices: Some(vec!["ens5".into(), "lo".into()]),
         }
     }
 
@@ -276,13 +354,68 @@ mod tests {
                 "net/ipv4/conf/ens5/rp_filter",
                 "net/netfilter/nf_conntrack_max",
                 "net/netfilter/nf_conntrack_tcp_timeout_established",
+                "net/netfilter/nf_conntrack_tcp_timeout_syn_sent",
+                "net/netfilter/nf_conntrack_tcp_timeout_syn_recv",
+                "net/netfilter/nf_conntrack_tcp_timeout_fin_wait",
+                "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+                "net/netfilter/nf_conntrack_tcp_timeout_last_ack",
+                "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+                "net/netfilter/nf_conntrack_udp_timeout",
+                "net/netfilter/nf_conntrack_udp_timeout_stream",
+                "net/ipv6/conf/all/disable_ipv6",
+                "net/ipv6/conf/default/disable_ipv6",
+                "net/ipv6/conf/ens5/disable_ipv6",
+                "net/ipv6/conf/lo/disable_ipv6",
+                "net/ipv6/conf/default/accept_ra",
+                "net/ipv6/conf/ens5/accept_ra",
+                "net/ipv6/conf/lo/accept_ra",
             ]
         );
         let get = |k: &str| p.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
         assert_eq!(get("net/ipv4/ip_forward"), Some("1"));
         assert_eq!(get("net/ipv4/conf/ens5/rp_filter"), Some("2"));
         assert_eq!(get("net/netfilter/nf_conntrack_max"), Some("131072"));
+        assert_eq!(
+            get("net/netfilter/nf_conntrack_tcp_timeout_syn_sent"),
+            Some("240")
+        );
+        assert_eq!(
+            get("net/netfilter/nf_conntrack_tcp_timeout_time_wait"),
+            Some("120")
+        );
+        assert_eq!(get("net/netfilter/nf_conntrack_udp_timeout"), Some("120"));
+        assert_eq!(
+            get("net/netfilter/nf_conntrack_udp_timeout_stream"),
+            Some("350")
+        );
+        assert_eq!(get("net/ipv6/conf/lo/disable_ipv6"), Some("1"));
+        assert_eq!(get("net/ipv6/conf/ens5/accept_ra"), Some("0"));
         assert_eq!(plan(&settings()), p, "deterministic");
+    }
+
+    #[test]
+    fn without_ipv6_nothing_of_it_is_planned() {
+        let s = SysctlSettings {
+            ipv6_devices: None,
+            ..settings()
+        };
+        let p = plan(&s);
+        assert!(p.iter().all(|(k, _)| !k.contains("ipv6")), "{p:?}");
+        assert_eq!(p.len(), plan(&settings()).len() - 7);
+    }
+
+    #[test]
+    fn ipv6_devices_are_listed_sorted_without_all_and_default() {
+        let root = temp_root("ipv6");
+        assert_eq!(ipv6_devices(&root).unwrap(), None, "no IPv6 in the kernel");
+        for d in ["lo", "all", "wan0", "default", "eth1"] {
+            fs::create_dir_all(root.join(IPV6_CONF).join(d)).unwrap();
+        }
+        assert_eq!(
+            ipv6_devices(&root).unwrap(),
+            Some(vec!["eth1".into(), "lo".into(), "wan0".into()])
+        );
+        fs::remove_dir_all(&root).unwrap();
     }
 
     fn temp_root(tag: &str) -> PathBuf {

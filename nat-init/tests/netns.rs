@@ -174,6 +174,11 @@ fn apply_sysctls(ns: &str) {
             conntrack_max: 131072,
             conntrack_buckets: 65536,
             tcp_established_timeout_s: 7440,
+            tcp_transitory_timeout_s: 240,
+            tcp_time_wait_timeout_s: 120,
+            udp_timeout_s: 120,
+            udp_timeout_stream_s: 350,
+            ipv6_devices: Some(vec!["ens5".into(), "lan0".into(), "lo".into()]),
         })
         .into_iter()
         .filter(|(k, _)| k != "net/netfilter/nf_conntrack_max")

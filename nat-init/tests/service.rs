@@ -759,3 +759,224 @@ fn a_nak_from_another_server_while_renewing_is_ignored() {
     let addrs = f.ns(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains(&format!("inet {addr} ")), "{addrs}");
 }
+
+/// A router advertisement (RFC 4861 4.2) from the vpc namespace's bridge to all nodes: router
+/// lifetime 1800 s (a default route) and one prefix, on-link and autonomous (SLAAC).
+fn router_advertisement(prefix: [u8; 16]) -> Vec<u8> {
+    let mut p = vec![134, 0, 0, 0, 64, 0];
+    p.extend_from_slice(&1800u16.to_be_bytes());
+    p.extend_from_slice(&[0; 8]); // reachable time, retrans timer
+    // Prefix information: type 3, length 4 (32 bytes), /64, L and A flags.
+    p.extend_from_slice(&[3, 4, 64, 0xc0]);
+    p.extend_from_slice(&86400u32.to_be_bytes());
+    p.extend_from_slice(&14400u32.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    p.extend_from_slice(&prefix);
+    p
+}
+
+/// Sends `ra` from `dev` in namespace `ns` to ff02::1 with hop limit 255 (receivers drop an RA
+/// with any other); the kernel fills in the ICMPv6 checksum of a raw ICMPv6 socket.
+fn send_ra(ns: &str, dev: &'static str, ra: Vec<u8>) -> Result<(), String> {
+    spawn_in_ns(ns, move || {
+        let name = std::ffi::CString::new(dev).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(format!("no {dev}"));
+        }
+        // SAFETY: plain socket(2) call; the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let hops: libc::c_int = 255;
+        let idx = ifindex as libc::c_int;
+        // SAFETY: sockaddr_in6 is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        addr.sin6_addr.s6_addr = "ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        addr.sin6_scope_id = ifindex;
+        // SAFETY: the option values are c_ints that outlive the calls, the address a
+        // sockaddr_in6 of the given size, the buffer `ra` of its length.
+        let r = unsafe {
+            let int = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MULTICAST_HOPS,
+                (&hops as *const libc::c_int).cast(),
+                int,
+            );
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MULTICAST_IF,
+                (&idx as *const libc::c_int).cast(),
+                int,
+            );
+            let r = libc::sendto(
+                fd,
+                ra.as_ptr().cast(),
+                ra.len(),
+                0,
+                (&addr as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            );
+            libc::close(fd);
+            r
+        };
+        if r < 0 {
+            return Err(format!("sendto: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap()
+}
+
+fn global_ipv6(ns: &str, dev: &str) -> String {
+    sh(
+        "ip",
+        &[
+            "-n", ns, "-6", "-o", "addr", "show", "dev", dev, "scope", "global",
+        ],
+    )
+}
+
+#[test]
+fn ipv6_is_off_router_advertisements_configure_nothing_and_timeouts_are_set() {
+    let mut f = Fixture::new(true);
+    let cfg = f
+        .write_config("interface = \"eth0\"\nname = \"wan0\"\nimds = false\nhealth_interval = 1\n");
+    f.start(&cfg);
+    let n = f.nat_init();
+    n.wait_for("ready", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    let health = n.wait_for("health", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: health ")
+    });
+    eprintln!("health line: {health}");
+
+    // The control: the client namespace, which nothing manages, takes an address from the RA.
+    let mut prefix = [0u8; 16];
+    prefix[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x00, 0x01]);
+    let end = Instant::now() + Duration::from_secs(20);
+    let client_addr = loop {
+        send_ra(&f.vpc, "br0", router_advertisement(prefix)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let a = global_ipv6(&f.client, "eth0");
+        if a.contains("2001:db8:1:") {
+            break a;
+        }
+        assert!(
+            Instant::now() < end,
+            "the client never took the RA's prefix: {a:?}"
+        );
+    };
+    let client_route = sh("ip", &["-n", &f.client, "-6", "route", "show", "default"]);
+    assert!(client_route.contains("default via fe80:"), "{client_route}");
+    // A few more after the client has it, so the NAT has seen several.
+    for _ in 0..3 {
+        send_ra(&f.vpc, "br0", router_advertisement(prefix)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("client: {client_addr}");
+    let nat_addrs = f.ns(&["ip", "-6", "-o", "addr", "show", "scope", "global"]);
+    assert_eq!(
+        nat_addrs.trim(),
+        "",
+        "the NAT took an IPv6 address from the RA"
+    );
+    let nat_routes = f.ns(&["ip", "-6", "route", "show"]);
+    assert!(
+        !nat_routes.contains("default"),
+        "the NAT took an IPv6 default route: {nat_routes}"
+    );
+    let nat_all = f.ns(&["ip", "-6", "-o", "addr", "show"]);
+    assert_eq!(
+        nat_all.trim(),
+        "",
+        "IPv6 is off on every interface, link-local and ::1 too"
+    );
+
+    // What the sysctl stage set, read back from the kernel.
+    let read = |f: &Fixture, k: &str| f.ns(&["cat", &format!("/proc/sys/{k}")]).trim().to_string();
+    for dev in ["all", "default", "wan0", "lo"] {
+        assert_eq!(
+            read(&f, &format!("net/ipv6/conf/{dev}/disable_ipv6")),
+            "1",
+            "{dev}"
+        );
+    }
+    for (k, v) in [
+        ("tcp_timeout_established", "7440"),
+        ("tcp_timeout_syn_sent", "240"),
+        ("tcp_timeout_syn_recv", "240"),
+        ("tcp_timeout_fin_wait", "240"),
+        ("tcp_timeout_close_wait", "240"),
+        ("tcp_timeout_last_ack", "240"),
+        ("tcp_timeout_time_wait", "120"),
+        ("udp_timeout", "120"),
+        ("udp_timeout_stream", "350"),
+    ] {
+        assert_eq!(
+            read(&f, &format!("net/netfilter/nf_conntrack_{k}")),
+            v,
+            "{k}"
+        );
+    }
+
+    // The health line: conntrack's statistics; no ENA allowances on a veth.
+    for k in ["ct_drop", "ct_early_drop", "ct_insert_failed"] {
+        field(&health, k).parse::<u64>().unwrap();
+    }
+    assert!(!health.contains("allowance"), "{health}");
+    let n = f.nat_init();
+    assert!(
+        !n.seen.iter().any(|l| l.starts_with("nat-init: error")),
+        "no error on a clean boot: {:?}",
+        n.seen
+    );
+
+    // Drift: IPv6 turned back on on the interface; the next health tick turns it off again.
+    f.ns(&[
+        "sh",
+        "-c",
+        "echo 0 > /proc/sys/net/ipv6/conf/wan0/disable_ipv6",
+    ]);
+    let n = f.nat_init();
+    let drift = n.wait_for("sysctl drift", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: error sysctl ")
+    });
+    assert!(drift.contains("ipv6/conf/wan0/disable_ipv6"), "{drift}");
+    n.wait_for("ready again", Duration::from_secs(5), |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    assert_eq!(read(&f, "net/ipv6/conf/wan0/disable_ipv6"), "1");
+}
+
+#[test]
+fn a_conntrack_size_beyond_ram_is_refused_and_the_nat_comes_up() {
+    let mut f = Fixture::new(true);
+    let cfg = f.write_config(
+        "interface = \"eth0\"\nrename = false\nimds = false\nconntrack_max = 4000000000\n",
+    );
+    f.start(&cfg);
+    let n = f.nat_init();
+    let e = n.wait_for("conntrack_max refused", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: error config conntrack_max=")
+    });
+    assert!(
+        e.starts_with("nat-init: error config conntrack_max=4000000000 does not fit in RAM: ")
+            && e.contains(" more than a quarter of MemTotal ")
+            && e.contains(" entries); using "),
+        "{e}"
+    );
+    n.wait_for("ready", READY_TIMEOUT, |l| {
+        l.starts_with("nat-init: ready ")
+    });
+    n.signal("-TERM");
+    assert_eq!(n.wait_exit(Duration::from_secs(3)).code(), Some(0));
+}

@@ -7,8 +7,8 @@
 //! - `lease`: what a DHCP lease becomes on the interface, and whether that still holds;
 //! - `config`: whether user-data is ours, and where the private ranges come from;
 //! - `ruleset`: the table the configuration asks for, and what to say about the flowtable;
-//! - `sysctl`: the conntrack sizing and the line saying what was set;
-//! - `health`: what the `health` line says;
+//! - `sysctl`: the conntrack sizing (checked against RAM) and the line saying what was set;
+//! - `health`: what the `health` line says, and when conntrack dropping flows is an error;
 //! - `args`: the command line.
 
 mod args;
@@ -27,7 +27,10 @@ pub use config::{
     IMDS_RETRY_MAX, IMDS_RETRY_MIN, RangesFrom, UserData, classify_user_data, imds_backoff,
     late_imds_changes, private_ranges,
 };
-pub use health::{PROC_CONNTRACK, count_offloaded, health};
+pub use health::{
+    ConntrackStatError, PROC_CONNTRACK, PROC_CONNTRACK_STAT, conntrack_drops, count_offloaded,
+    ena_allowances, health, parse_conntrack_stat,
+};
 pub use lease::{
     Current, DEFAULT_MTU, LeaseError, LeasePlan, LeaseProblem, RouteSpec, lease_mtu, plan_lease,
 };
@@ -36,4 +39,6 @@ pub use primary::{Primary, PrimaryMissing, decide_primary};
 pub use retry::{Backoff, RETRY_MAX, RETRY_MIN, Throttle};
 pub use ruleset::{flowtable_line, ruleset_spec};
 pub use stages::{Stage, Stages};
-pub use sysctl::{conntrack_sizing, sysctl_line};
+pub use sysctl::{
+    CONNTRACK_BUCKET_BYTES, CONNTRACK_RAM_SHARE, ConntrackSizing, conntrack_sizing, sysctl_line,
+};

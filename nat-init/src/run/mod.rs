@@ -66,6 +66,9 @@ pub struct Service {
     flowtable_said: Option<String>,
     sysctl_plan: Vec<(String, String)>,
     global_ro_said: bool,
+    ipv6_absent_said: bool,
+    /// What the health tick remembers between ticks.
+    watch: health::Watch,
     next_health_ms: u64,
     dhcp_errors: Throttle,
     no_lease_since_ms: u64,
@@ -117,6 +120,8 @@ impl Service {
             flowtable_said: None,
             sysctl_plan: Vec::new(),
             global_ro_said: false,
+            ipv6_absent_said: false,
+            watch: health::Watch::default(),
             next_health_ms: u64::MAX,
             dhcp_errors: Throttle::default(),
             no_lease_since_ms: now,
