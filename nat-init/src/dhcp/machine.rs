@@ -180,6 +180,32 @@ pub fn decode(bytes: &[u8]) -> Option<Message> {
     Message::from_bytes(bytes).ok().filter(|m| m.hlen() <= 16)
 }
 
+/// A BOOTREQUEST with every field zero, then the magic cookie and END: the 236-byte fixed
+/// header of RFC 2131 section 2 plus 5 bytes.
+const BLANK_REQUEST: [u8; 241] = {
+    let mut b = [0u8; 241];
+    b[0] = 1; // op BOOTREQUEST
+    b[1] = 1; // htype Ethernet
+    b[2] = 6; // hlen
+    b[236] = 99;
+    b[237] = 130;
+    b[238] = 83;
+    b[239] = 99;
+    b[240] = 255;
+    b
+};
+
+/// What every message the client sends starts from. Not `Message::default()` (nor `new`, nor
+/// `new_with_id`, which uses it): each draws an xid from `rand::random()`, whose first call seeds
+/// from getrandom(2) in blocking mode, and that waits until the kernel's CRNG is ready. Through
+/// UEFI no early seed reaches the kernel (direct boot gets the device tree's `rng-seed`), so the
+/// first DISCOVER waited a second for the kernel's jitter entropy. Decoding builds no xid.
+fn blank_request() -> Message {
+    Message::decode(&mut dhcproto::Decoder::new(&BLANK_REQUEST))
+        // Cannot fail on this fixed template; the fallback only costs that wait.
+        .unwrap_or_default()
+}
+
 impl<R: Random> Machine<R> {
     /// A client in INIT whose first DISCOVER is due at once, drawing xids and jitter from
     /// `random`.
@@ -399,7 +425,7 @@ impl<R: Random> Machine<R> {
     }
 
     fn base_message(&self, now: u64, kind: MessageType) -> Message {
-        let mut m = Message::default();
+        let mut m = blank_request();
         m.set_opcode(Opcode::BootRequest)
             .set_xid(self.xid)
             .set_chaddr(&self.mac)

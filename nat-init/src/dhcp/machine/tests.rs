@@ -761,3 +761,16 @@ fn short_lease_is_held_for_a_minute_with_default_t1_t2() {
     );
     assert_eq!(m.deadline_ms(), 30_000);
 }
+
+#[test]
+fn blank_request_is_what_default_built_without_its_random_xid() {
+    let blank = Message::decode(&mut dhcproto::Decoder::new(&BLANK_REQUEST))
+        .expect("the template decodes, so the fallback is never taken");
+    let mac = [2, 0, 0, 0, 0, 5];
+    let mut a = blank_request();
+    a.set_xid(7).set_chaddr(&mac);
+    let mut b = Message::default();
+    b.set_xid(7).set_chaddr(&mac);
+    assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    assert_eq!((blank.xid(), blank.opts().iter().count()), (0, 0));
+}
