@@ -231,6 +231,14 @@ pub fn boot_times(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Value>
             _ => Value::Null,
         };
         let own = o["own_work_ms"]["median"].as_f64();
+        // Paired runs (ours, then the baseline, booted one after the other): in how many was
+        // ours ready first.
+        let pairs: Vec<bool> = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .filter_map(|(a, b)| Some(a["ready_ms"].as_f64()? < b["ready_ms"].as_f64()?))
+            .collect();
+        let first = pairs.iter().filter(|f| **f).count();
         out.insert(
             how.name().into(),
             json!({
@@ -242,6 +250,8 @@ pub fn boot_times(vpc: &mut Vpc, imgs: &Images, opts: &Options) -> Result<Value>
                     "ratio_met": ratio.as_f64().map(|r| r <= 0.5),
                     "own_work_under_ms": 50,
                     "own_work_met": own.map(|w| w < 50.0),
+                    "ready_before_baseline_runs": format!("{first}/{}", pairs.len()),
+                    "ready_before_baseline_met": (!pairs.is_empty()).then_some(first == pairs.len()),
                 },
             }),
         );
