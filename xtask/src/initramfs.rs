@@ -1,6 +1,6 @@
-//! The initramfs: the root tree as a newc cpio archive, gzip-compressed, byte-for-byte
-//! deterministic (sorted entries, uid/gid 0, one mtime, sequential inode numbers, gzip header
-//! without a timestamp or file name).
+//! The initramfs: the root tree as a newc cpio archive, gzip-compressed or not as the profile
+//! says, byte-for-byte deterministic (sorted entries, uid/gid 0, one mtime, sequential inode
+//! numbers, gzip header without a timestamp or file name).
 
 use std::io::Write;
 
@@ -8,10 +8,20 @@ use anyhow::{Context, Result};
 use cpio::newc::{Builder, ModeFileType};
 use flate2::{Compression, GzBuilder};
 
+use crate::profile::InitramfsCompression;
 use crate::rootfs::{Node, Tree};
 
-/// Writes `tree` as `initramfs.cpio.gz` content.
-pub fn write(tree: &Tree, mtime: u64, out: impl Write) -> Result<()> {
+/// Writes `tree` as `initramfs.img` content.
+pub fn write(
+    tree: &Tree,
+    mtime: u64,
+    compression: InitramfsCompression,
+    mut out: impl Write,
+) -> Result<()> {
+    if compression == InitramfsCompression::None {
+        write_cpio(tree, mtime, &mut out)?.flush()?;
+        return Ok(());
+    }
     // Level 9: the initramfs is read once per boot, and smaller means a smaller upload.
     let gz = GzBuilder::new().mtime(0).write(out, Compression::best());
     let gz = write_cpio(tree, mtime, gz)?;
@@ -108,10 +118,23 @@ mod tests {
         t.file("etc/hostname", 0o644, b"nat\n".to_vec());
         let mut a = Vec::new();
         let mut b = Vec::new();
-        write(&t, 7, &mut a).unwrap();
-        write(&t, 7, &mut b).unwrap();
+        write(&t, 7, InitramfsCompression::Gzip, &mut a).unwrap();
+        write(&t, 7, InitramfsCompression::Gzip, &mut b).unwrap();
         assert_eq!(a, b);
         // gzip MTIME field is zero
         assert_eq!(&a[4..8], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn uncompressed_is_the_plain_newc_archive() {
+        let mut t = Tree::new();
+        t.file("etc/hostname", 0o644, b"nat\n".to_vec());
+        let mut plain = Vec::new();
+        write(&t, 7, InitramfsCompression::None, &mut plain).unwrap();
+        assert_eq!(plain, write_cpio(&t, 7, Vec::new()).unwrap());
+        assert!(plain.starts_with(b"070701"), "newc magic");
+        let mut gz = Vec::new();
+        write(&t, 7, InitramfsCompression::Gzip, &mut gz).unwrap();
+        assert_ne!(plain, gz);
     }
 }

@@ -28,6 +28,20 @@ pub struct ImageSection {
     pub hostname: String,
     #[serde(default = "default_disk_size")]
     pub disk_size_gib: u64,
+    /// How `initramfs.img` is stored: `gzip` (the default) or `none`.
+    #[serde(default)]
+    pub initramfs_compression: InitramfsCompression,
+}
+
+/// The initramfs's compression. `none` suits an initramfs of already compressed content (xz
+/// modules, a static binary): gzip saves little there and costs the kernel a decompression
+/// pass at every boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitramfsCompression {
+    #[default]
+    Gzip,
+    None,
 }
 
 /// Settings for PID 1 beyond its service list.

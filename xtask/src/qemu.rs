@@ -158,7 +158,7 @@ impl DirectBoot {
         }
         Ok(Self {
             kernel,
-            initrd: image_dir.join("initramfs.cpio.gz"),
+            initrd: image_dir.join("initramfs.img"),
             cmdline: m["cmdline"]
                 .as_str()
                 .with_context(|| format!("{} has no cmdline", mpath.display()))?
@@ -679,12 +679,12 @@ mod tests {
         let mut cfg = VmConfig::new("/x/disk.raw".into());
         cfg.direct = Some(DirectBoot {
             kernel: "/k/vmlinuz".into(),
-            initrd: "/i/initramfs.cpio.gz".into(),
+            initrd: "/i/initramfs.img".into(),
             cmdline: "console=ttyAMA0 panic=10".into(),
         });
         let a = args(&cfg, Path::new("/v"), None);
         let s = a.join(" ");
-        assert!(s.contains("-kernel /k/vmlinuz -initrd /i/initramfs.cpio.gz"));
+        assert!(s.contains("-kernel /k/vmlinuz -initrd /i/initramfs.img"));
         let i = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(a[i + 1], "console=ttyAMA0 panic=10");
         assert!(!s.contains("pflash") && !s.contains("nvme"));

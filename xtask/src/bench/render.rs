@@ -171,7 +171,7 @@ pub fn markdown(r: &Value) -> String {
         let _ = writeln!(s, "|---|---|---|---|");
         for (k, label) in [
             ("disk_vmdk", "disk.vmdk"),
-            ("initramfs_cpio_gz", "initramfs.cpio.gz"),
+            ("initramfs", "initramfs.img"),
             ("rootfs_tar", "rootfs.tar (uncompressed tree)"),
             (
                 "ebs_upload",

@@ -48,7 +48,7 @@ fn image_sizes(dir: &Path) -> Result<Value> {
     let blocks = nonzero_blocks(&dir.join("disk.raw"), EBS_BLOCK)?;
     Ok(json!({
         "disk_vmdk": size("disk.vmdk")?,
-        "initramfs_cpio_gz": size("initramfs.cpio.gz")?,
+        "initramfs": size("initramfs.img")?,
         "rootfs_tar": size("rootfs.tar")?,
         "disk_raw": size("disk.raw")?,
         "ebs_upload": blocks * EBS_BLOCK as u64,
@@ -59,7 +59,7 @@ fn image_sizes(dir: &Path) -> Result<Value> {
 pub fn sizes(ours: &Path, base: &Path) -> Result<Value> {
     let (o, b) = (image_sizes(ours)?, image_sizes(base)?);
     let mut ratio = serde_json::Map::new();
-    for k in ["disk_vmdk", "initramfs_cpio_gz", "rootfs_tar", "ebs_upload"] {
+    for k in ["disk_vmdk", "initramfs", "rootfs_tar", "ebs_upload"] {
         if let (Some(x), Some(y)) = (o[k].as_f64(), b[k].as_f64())
             && y > 0.0
         {

@@ -35,7 +35,7 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     let r = result.unwrap_or_default();
     report.check_after(RUNS, SIZES_AND_BUILD, || {
         for who in ["ours", "baseline"] {
-            for k in ["disk_vmdk", "initramfs_cpio_gz", "ebs_upload"] {
+            for k in ["disk_vmdk", "initramfs", "ebs_upload"] {
                 if r["sizes"][who][k].as_u64().unwrap_or(0) == 0 {
                     bail!("sizes.{who}.{k} missing: {}", r["sizes"]);
                 }

@@ -134,7 +134,12 @@ pub fn booted(disk: &Path) -> Result<Booted> {
     let (Some(kernel), Some(initrd)) = (files.next(), files.next()) else {
         bail!("internal: the ESP reader returned fewer files than asked");
     };
-    let mut r = flate2::read::GzDecoder::new(initrd.as_slice());
+    // Gzipped or plain, as the profile chose.
+    let mut r: Box<dyn std::io::Read> = if initrd.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(std::io::Cursor::new(initrd)))
+    } else {
+        Box::new(std::io::Cursor::new(initrd))
+    };
     let mut modules = Vec::new();
     loop {
         let mut e = cpio::NewcReader::new(r).context("reading the initramfs (newc cpio)")?;

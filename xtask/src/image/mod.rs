@@ -60,7 +60,7 @@ pub const ARTIFACTS: &[&str] = &[
     "disk.raw",
     "disk.vhd",
     "disk.vmdk",
-    "initramfs.cpio.gz",
+    "initramfs.img",
     "rootfs.tar",
     "manifest.json",
 ];
@@ -142,7 +142,12 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
 
     let work = staging::Work::create(&out)?;
     let epoch = facts.source_date_epoch;
-    let initrd = archives::write(&tree, epoch, work.path())?;
+    let initrd = archives::write(
+        &tree,
+        epoch,
+        loaded.profile.image.initramfs_compression,
+        work.path(),
+    )?;
     st.done("initramfs");
 
     let seed = stamp.seed();
