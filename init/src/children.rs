@@ -429,6 +429,147 @@ mod tests {
         waitpid(Pid::from_raw(plain.pid), None).unwrap();
     }
 
+    /// The supervisor with real processes: `spawn`, the watchdog pipes, SIGKILL and waitpid,
+    /// as main's loop wires them, on a millisecond clock of the test's own.
+    struct Harness {
+        sup: crate::supervise::Supervisor,
+        pipes: Vec<(i32, OwnedFd)>,
+        lines: Vec<String>,
+        t0: std::time::Instant,
+    }
+
+    impl Harness {
+        fn new(s: Service) -> Harness {
+            Harness {
+                sup: crate::supervise::Supervisor::new(vec![s], 0),
+                pipes: Vec::new(),
+                lines: Vec::new(),
+                t0: std::time::Instant::now(),
+            }
+        }
+
+        fn now(&self) -> u64 {
+            self.t0.elapsed().as_millis() as u64
+        }
+
+        fn feed(&mut self, event: crate::supervise::Event) {
+            let now = self.now();
+            let pipes = &mut self.pipes;
+            let lines = crate::supervise::drive(
+                &mut self.sup,
+                event,
+                now,
+                |s| {
+                    spawn(s).map(|st| {
+                        pipes.extend(st.watchdog.map(|fd| (st.pid, fd)));
+                        st.pid
+                    })
+                },
+                |pid| {
+                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+                        .map_err(|e| e.to_string())
+                },
+            );
+            self.lines.extend(lines);
+        }
+
+        /// Runs the loop for `ms`: pings from the pipes, exits of the running service, timers.
+        fn run_for(&mut self, ms: u64) {
+            use crate::supervise::Event;
+            let end = self.now() + ms;
+            while self.now() < end {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let pings: Vec<i32> = self
+                    .pipes
+                    .iter()
+                    .filter(|(_, fd)| drain_pings(fd) == Some(true))
+                    .map(|(p, _)| *p)
+                    .collect();
+                for pid in pings {
+                    self.feed(Event::Ping { pid });
+                }
+                for (_, pid) in self.sup.running() {
+                    if let Ok(st) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+                        && let Some((pid, reason)) = exit_of(st)
+                    {
+                        self.pipes.retain(|(p, _)| *p != pid);
+                        self.feed(Event::Exited { pid, reason });
+                    }
+                }
+                self.feed(Event::Timer);
+            }
+        }
+
+        fn stop(mut self) -> Vec<String> {
+            self.feed(crate::supervise::Event::Shutdown);
+            for (_, pid) in self.sup.running() {
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(pid), None);
+            }
+            self.lines
+        }
+    }
+
+    #[test]
+    fn a_real_hung_service_is_killed_and_restarted() {
+        // Pings once, then hangs (stopped, as the e2e test's SIGSTOP leaves nat-init).
+        let hung = Service {
+            path: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo >&$INIT_WATCHDOG_FD; kill -STOP $$".into(),
+            ],
+            watchdog_ms: 1000,
+            ..svc("hung")
+        };
+        let mut h = Harness::new(hung);
+        // Killed after about 1 s and started again 200 ms later; the rest is slack for a
+        // loaded machine.
+        h.run_for(3000);
+        let lines = h.stop();
+        let first = lines[0]
+            .strip_prefix("started hung pid=")
+            .unwrap()
+            .to_string();
+        let watchdog = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("watchdog: hung pid={first} silent for ")))
+            .unwrap_or_else(|| panic!("no watchdog line: {lines:#?}"));
+        assert!(
+            lines[watchdog].ends_with("(limit 1000 ms), sending SIGKILL"),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            lines[watchdog + 1..watchdog + 3],
+            ["hung killed by signal SIGKILL", "restarting hung in 200 ms"],
+            "{lines:#?}"
+        );
+        assert!(
+            lines[watchdog + 3].starts_with("started hung pid="),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_real_service_that_pings_is_left_alone() {
+        let alive = Service {
+            path: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "while :; do echo >&$INIT_WATCHDOG_FD; sleep 0.2; done".into(),
+            ],
+            // Ten pings a limit: a loaded machine does not make this one miss.
+            watchdog_ms: 2000,
+            ..svc("alive")
+        };
+        let mut h = Harness::new(alive);
+        h.run_for(4500);
+        let lines = h.stop();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].starts_with("started alive pid="), "{lines:#?}");
+    }
+
     #[test]
     fn spawn_of_missing_binary_is_an_error() {
         let err = spawn(&svc("definitely-not-here-init-test")).unwrap_err();
