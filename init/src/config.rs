@@ -56,6 +56,8 @@ pub struct Service {
 pub const MIN_WATCHDOG_MS: u64 = 1000;
 /// The longest: a day (a longer silence is not "alive" in any useful sense).
 pub const MAX_WATCHDOG_MS: u64 = 86_400_000;
+/// The longest restart delay: a day. Longer is a typo that would leave a service down for good.
+pub const MAX_RESTART_MS: u64 = 86_400_000;
 
 fn default_grace() -> u64 {
     3000
@@ -108,6 +110,13 @@ impl Config {
                     "service {}: need 0 < restart_min_ms ({}) <= restart_max_ms ({})",
                     s.name,
                     s.restart_min_ms,
+                    s.restart_max_ms
+                );
+            }
+            if s.restart_max_ms > MAX_RESTART_MS {
+                bail!(
+                    "service {}: restart_max_ms ({}) must be at most {MAX_RESTART_MS} (a day)",
+                    s.name,
                     s.restart_max_ms
                 );
             }
@@ -219,6 +228,17 @@ path = "/sbin/heartbeat"
         let env = "[[service]]\nname=\"a\"\npath=\"/a\"\nenv={\"A=B\"=\"c\"}\n";
         assert!(Config::parse(env).is_err());
         assert!(Config::parse("hostname = \"\"").is_err());
+    }
+
+    #[test]
+    fn restart_delays_are_capped_at_a_day() {
+        let svc =
+            |max: u64| format!("[[service]]\nname=\"a\"\npath=\"/a\"\nrestart_max_ms={max}\n");
+        assert!(Config::parse(&svc(MAX_RESTART_MS)).is_ok());
+        for bad in [MAX_RESTART_MS + 1, i64::MAX as u64] {
+            let err = format!("{:#}", Config::parse(&svc(bad)).unwrap_err());
+            assert!(err.contains(&format!("restart_max_ms ({bad})")), "{err}");
+        }
     }
 
     #[test]
