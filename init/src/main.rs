@@ -168,28 +168,12 @@ fn boot() -> Init {
         .map(|d| after_modules + d)
         .collect();
 
-    let supervisor = Supervisor::new(config.services, now_ms());
-    #[cfg(feature = "test-console")]
-    let console = if config.test_console {
-        step("opening the test console", || {
-            log!(
-                "test console enabled: `init-test kill|stop <service>`, `init-test meminfo` and `init-test read <path>` are obeyed"
-            );
-            console::Console::open().context("opening /dev/console for reading")
-        })
-    } else {
-        None
-    };
-    #[cfg(not(feature = "test-console"))]
-    if config.test_console {
-        log!("test_console = true ignored: this init is built without the test-console feature");
-    }
     let mut init = Init {
         signals,
         #[cfg(feature = "test-console")]
-        console,
+        console: None,
         watchdogs: Vec::new(),
-        supervisor,
+        supervisor: Supervisor::new(config.services, now_ms()),
         inputs: InputDevices::default(),
         rescans,
         grace_ms: config.shutdown_grace_ms,
@@ -199,6 +183,19 @@ fn boot() -> Init {
         Ok(())
     });
     log!("up in {} ms", now_ms());
+    #[cfg(feature = "test-console")]
+    if config.test_console {
+        init.console = step("opening the test console", || {
+            log!(
+                "test console enabled: `init-test kill|stop <service>`, `init-test meminfo` and `init-test read <path>` are obeyed"
+            );
+            console::Console::open().context("opening /dev/console for reading")
+        });
+    }
+    #[cfg(not(feature = "test-console"))]
+    if config.test_console {
+        log!("test_console = true ignored: this init is built without the test-console feature");
+    }
     init
 }
 
