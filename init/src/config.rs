@@ -41,7 +41,23 @@ pub struct Service {
     pub restart_min_ms: u64,
     #[serde(default = "default_restart_max")]
     pub restart_max_ms: u64,
+    /// Liveness: the service must write to the fd named by `INIT_WATCHDOG_FD` at least this
+    /// often (from its start on), or init kills and restarts it. 0 turns the watchdog off.
+    #[serde(default)]
+    pub watchdog_ms: u64,
+    /// Written to the child's /proc/self/oom_score_adj before exec. 0 by default: without it
+    /// a service would inherit init's -1000 and be the one process the OOM killer never picks.
+    #[serde(default)]
+    pub oom_score_adj: i32,
 }
+
+/// The shortest watchdog interval: the service pings every half of it, and a shorter one
+/// would have init killing healthy services that were merely descheduled for a moment.
+pub const MIN_WATCHDOG_MS: u64 = 1000;
+/// The longest: a day (a longer silence is not "alive" in any useful sense).
+pub const MAX_WATCHDOG_MS: u64 = 86_400_000;
+/// The longest restart delay: a day. Longer is a typo that would leave a service down for good.
+pub const MAX_RESTART_MS: u64 = 86_400_000;
 
 fn default_grace() -> u64 {
     3000
@@ -97,6 +113,27 @@ impl Config {
                     s.restart_max_ms
                 );
             }
+            if s.restart_max_ms > MAX_RESTART_MS {
+                bail!(
+                    "service {}: restart_max_ms ({}) must be at most {MAX_RESTART_MS} (a day)",
+                    s.name,
+                    s.restart_max_ms
+                );
+            }
+            if s.watchdog_ms != 0 && !(MIN_WATCHDOG_MS..=MAX_WATCHDOG_MS).contains(&s.watchdog_ms) {
+                bail!(
+                    "service {}: watchdog_ms ({}) must be 0 (off) or {MIN_WATCHDOG_MS} to {MAX_WATCHDOG_MS}",
+                    s.name,
+                    s.watchdog_ms
+                );
+            }
+            if !(-1000..=1000).contains(&s.oom_score_adj) {
+                bail!(
+                    "service {}: oom_score_adj ({}) must be -1000 to 1000",
+                    s.name,
+                    s.oom_score_adj
+                );
+            }
             for (k, v) in &s.env {
                 if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                     bail!("service {}: bad environment variable {k:?}", s.name);
@@ -134,6 +171,8 @@ args = ["--verbose"]
 env = { RUST_BACKTRACE = "1" }
 restart_min_ms = 100
 restart_max_ms = 5000
+watchdog_ms = 30000
+oom_score_adj = -900
 [[service]]
 name = "heartbeat"
 path = "/sbin/heartbeat"
@@ -151,6 +190,7 @@ path = "/sbin/heartbeat"
         assert_eq!(s.args, vec!["--verbose"]);
         assert_eq!(s.env.get("RUST_BACKTRACE").map(String::as_str), Some("1"));
         assert_eq!((s.restart_min_ms, s.restart_max_ms), (100, 5000));
+        assert_eq!((s.watchdog_ms, s.oom_score_adj), (30_000, -900));
     }
 
     #[test]
@@ -159,6 +199,7 @@ path = "/sbin/heartbeat"
         let s = &c.services[1];
         assert!(s.args.is_empty() && s.env.is_empty());
         assert_eq!((s.restart_min_ms, s.restart_max_ms), (200, 30_000));
+        assert_eq!((s.watchdog_ms, s.oom_score_adj), (0, 0));
         let empty = Config::parse("").unwrap();
         assert_eq!(empty.shutdown_grace_ms, 3000);
         assert!(empty.services.is_empty() && empty.hostname.is_none() && empty.modules.is_none());
@@ -187,6 +228,43 @@ path = "/sbin/heartbeat"
         let env = "[[service]]\nname=\"a\"\npath=\"/a\"\nenv={\"A=B\"=\"c\"}\n";
         assert!(Config::parse(env).is_err());
         assert!(Config::parse("hostname = \"\"").is_err());
+    }
+
+    #[test]
+    fn restart_delays_are_capped_at_a_day() {
+        let svc =
+            |max: u64| format!("[[service]]\nname=\"a\"\npath=\"/a\"\nrestart_max_ms={max}\n");
+        assert!(Config::parse(&svc(MAX_RESTART_MS)).is_ok());
+        for bad in [MAX_RESTART_MS + 1, i64::MAX as u64] {
+            let err = format!("{:#}", Config::parse(&svc(bad)).unwrap_err());
+            assert!(err.contains(&format!("restart_max_ms ({bad})")), "{err}");
+        }
+    }
+
+    #[test]
+    fn watchdog_and_oom_score_adj_are_range_checked() {
+        let svc = |extra: &str| format!("[[service]]\nname=\"a\"\npath=\"/a\"\n{extra}\n");
+        for ok in [
+            "watchdog_ms = 0",
+            "watchdog_ms = 1000",
+            "watchdog_ms = 86400000",
+            "oom_score_adj = -1000",
+            "oom_score_adj = 1000",
+        ] {
+            assert!(Config::parse(&svc(ok)).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("watchdog_ms = 999", "watchdog_ms (999)"),
+            ("watchdog_ms = 86400001", "watchdog_ms (86400001)"),
+            ("oom_score_adj = -1001", "oom_score_adj (-1001)"),
+            ("oom_score_adj = 1001", "oom_score_adj (1001)"),
+        ] {
+            let err = format!("{:#}", Config::parse(&svc(bad)).unwrap_err());
+            assert!(
+                err.contains("service a") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,20 +1,24 @@
-//! The test console: with `test_console = true` in /etc/init.toml (test images only), init
-//! reads lines from the serial console and obeys `init-test kill <service>`, which SIGKILLs a
-//! running service so that tests can prove supervision on the real boot path, and
+//! The test console, only in an init built with the `test-console` feature (test image
+//! profiles, `[init] test_console = true`, which also sets the runtime key in /etc/init.toml):
+//! init reads lines from the serial console and obeys `init-test kill <service>`, which
+//! SIGKILLs a running service so that tests can prove supervision on the real boot path,
+//! `init-test stop <service>`, which SIGSTOPs it (a hung service, for the watchdog),
 //! `init-test meminfo`, which prints MemAvailable and the RSS of init and each service, and
 //! `init-test read <path>`, which prints the first line of a file under /proc or /sys (both
-//! for `cargo xtask bench`). Production
-//! profiles leave it off, and then init never reads the console.
+//! for `cargo xtask bench`). Production init does not contain this module, and
+//! `cargo xtask ami` refuses an image built with the feature.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
 
 /// A command read from the console.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Kill(String),
+    Stop(String),
     Meminfo,
     Read(String),
 }
@@ -28,6 +32,7 @@ pub fn parse(line: &str) -> Option<Command> {
     }
     match (words.next()?, words.next(), words.next()) {
         ("kill", Some(name), None) => Some(Command::Kill(name.to_string())),
+        ("stop", Some(name), None) => Some(Command::Stop(name.to_string())),
         ("meminfo", None, None) => Some(Command::Meminfo),
         ("read", Some(path), None)
             if (path.starts_with("/proc/") || path.starts_with("/sys/"))
@@ -37,6 +42,49 @@ pub fn parse(line: &str) -> Option<Command> {
         }
         _ => None,
     }
+}
+
+/// Where a `read` really goes: the path with every symlink resolved, which must still be a
+/// file under /proc or /sys and not inside a process's `root` or `cwd` (both lead into a file
+/// system outside /proc, perhaps another mount namespace's). Checked on the resolved path and
+/// the resolved path is what is read, so `/proc/1/root/etc/shadow`, `/proc/self/cwd/..` or a
+/// symlink out of /sys do not get around the prefix check `parse` made on the text.
+pub fn resolve_read_path(path: &str) -> Result<PathBuf, String> {
+    let real = std::fs::canonicalize(path).map_err(|e| format!("resolving the path: {e}"))?;
+    let mut parts = real.components();
+    let top = match (parts.next(), parts.next()) {
+        (Some(Component::RootDir), Some(Component::Normal(top))) => top,
+        _ => {
+            return Err(format!(
+                "resolves to {}, not under /proc or /sys",
+                real.display()
+            ));
+        }
+    };
+    if top != "proc" && top != "sys" {
+        return Err(format!(
+            "resolves to {}, not under /proc or /sys",
+            real.display()
+        ));
+    }
+    if top == "proc"
+        && real.components().any(|c| {
+            c == Component::Normal("root".as_ref()) || c == Component::Normal("cwd".as_ref())
+        })
+    {
+        return Err(format!(
+            "resolves to {}, inside a process's root or cwd",
+            real.display()
+        ));
+    }
+    Ok(real)
+}
+
+/// The first line of the file a `read` names, once [`resolve_read_path`] allows it.
+pub fn read_first_line(path: &str) -> Result<String, String> {
+    let real = resolve_read_path(path)?;
+    let text = std::fs::read_to_string(Path::new(&real)).map_err(|e| e.to_string())?;
+    Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
 /// A `kB` field of a /proc meminfo or status text, e.g. `MemAvailable` or `VmRSS`.
@@ -134,6 +182,10 @@ mod tests {
         );
         assert_eq!(parse("init-test meminfo"), Some(Command::Meminfo));
         assert_eq!(
+            parse("init-test stop nat-init"),
+            Some(Command::Stop("nat-init".into()))
+        );
+        assert_eq!(
             parse("init-test read /proc/sys/net/netfilter/nf_conntrack_count"),
             Some(Command::Read(
                 "/proc/sys/net/netfilter/nf_conntrack_count".into()
@@ -145,6 +197,8 @@ mod tests {
             "init-test",
             "init-test kill",
             "init-test kill a b",
+            "init-test stop",
+            "init-test stop a b",
             "init-test reboot",
             "init-test meminfo now",
             "init-test read /etc/shadow",
@@ -152,6 +206,55 @@ mod tests {
         ] {
             assert_eq!(parse(ignored), None, "{ignored:?}");
         }
+    }
+
+    #[test]
+    fn reads_follow_symlinks_only_within_proc_and_sys() {
+        // Allowed: plain files, and links that stay inside (/proc/self, /sys/class/net/lo).
+        assert_eq!(
+            read_first_line("/proc/sys/kernel/ostype").as_deref(),
+            Ok("Linux")
+        );
+        assert!(
+            read_first_line("/proc/self/status")
+                .unwrap()
+                .starts_with("Name:")
+        );
+        assert_eq!(
+            read_first_line("/sys/class/net/lo/address").as_deref(),
+            Ok("00:00:00:00:00:00")
+        );
+        // Each of these reads a file outside /proc and /sys on the old code.
+        let own_fd = std::fs::File::open("/etc/passwd").unwrap();
+        let fd_link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&own_fd));
+        let own_task = format!("/proc/self/task/{}/root/etc/passwd", std::process::id());
+        for escape in [
+            "/proc/self/root/etc/passwd",
+            "/proc/thread-self/root/etc/passwd",
+            // cargo runs tests in the package directory.
+            "/proc/self/cwd/Cargo.toml",
+            own_task.as_str(),
+            "/proc/self/exe",
+            fd_link.as_str(),
+            "/sys/../etc/passwd",
+            "/proc/../etc/passwd",
+        ] {
+            let err = read_first_line(escape).unwrap_err();
+            assert!(err.contains("not under /proc or /sys"), "{escape}: {err}");
+        }
+        // Another process's root: refused whether or not it may be looked at (in a
+        // container, PID 1's is not ours to resolve, which is an error too).
+        for other in ["/proc/1/root/etc/passwd", "/proc/1/task/1/root/etc/passwd"] {
+            assert!(read_first_line(other).is_err(), "{other}");
+        }
+        // Through a root back into our own /proc is harmless: it is the resolved path that
+        // is read, in init's own mount namespace.
+        let back = resolve_read_path("/proc/self/root/proc/self/status").unwrap();
+        assert_eq!(
+            back,
+            Path::new(&format!("/proc/{}/status", std::process::id()))
+        );
+        assert!(read_first_line("/proc/definitely-not-here").is_err());
     }
 
     #[test]

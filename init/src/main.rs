@@ -16,6 +16,9 @@
 
 mod children;
 mod config;
+// Unit-tested in every build; only an init built with the feature uses it.
+#[cfg(any(test, feature = "test-console"))]
+#[cfg_attr(not(feature = "test-console"), allow(dead_code))]
 mod console;
 mod log;
 mod modules;
@@ -25,6 +28,7 @@ mod signals;
 mod supervise;
 
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +53,8 @@ const IDLE_POLL_MS: u64 = 60_000;
 const FALLBACK_POLL_MS: u64 = 200;
 /// Consecutive failed main-loop iterations before giving up and rebooting.
 const MAX_LOOP_FAILURES: u32 = 20;
+/// init's own oom_score_adj: the OOM killer never picks PID 1 (its death is a kernel panic).
+const INIT_OOM_SCORE_ADJ: &str = "-1000";
 
 /// Milliseconds since the kernel started (CLOCK_BOOTTIME).
 fn now_ms() -> u64 {
@@ -76,7 +82,10 @@ fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
 /// Everything the main loop works with.
 struct Init {
     signals: Option<Signals>,
+    #[cfg(feature = "test-console")]
     console: Option<console::Console>,
+    /// The read ends of the running services' watchdog pipes, by pid.
+    watchdogs: Vec<(i32, OwnedFd)>,
     supervisor: Supervisor,
     inputs: InputDevices,
     /// Absolute times (ms since boot) at which to look for new input devices.
@@ -127,6 +136,10 @@ fn boot() -> Init {
     step("opening /dev/console", || {
         log::reopen_console_if_needed().map(drop)
     });
+    step("setting init's oom_score_adj", || {
+        std::fs::write("/proc/self/oom_score_adj", INIT_OOM_SCORE_ADJ)
+            .context("writing /proc/self/oom_score_adj")
+    });
     step("creating /dev links", || {
         for f in mounts::dev_links() {
             log!("{f}");
@@ -155,36 +168,41 @@ fn boot() -> Init {
         .map(|d| after_modules + d)
         .collect();
 
-    let mut supervisor = Supervisor::new(config.services, now_ms());
-    step("starting services", || {
-        for l in supervise::drive(&mut supervisor, Event::Timer, now_ms(), children::spawn) {
-            log!("{l}");
-        }
-        Ok(())
-    });
-    log!("up in {} ms", now_ms());
-    let console = if config.test_console {
-        step("opening the test console", || {
-            log!(
-                "test console enabled: `init-test kill <service>` and `init-test meminfo` are obeyed"
-            );
-            console::Console::open().context("opening /dev/console for reading")
-        })
-    } else {
-        None
-    };
-    Init {
+    let mut init = Init {
         signals,
-        console,
-        supervisor,
+        #[cfg(feature = "test-console")]
+        console: None,
+        watchdogs: Vec::new(),
+        supervisor: Supervisor::new(config.services, now_ms()),
         inputs: InputDevices::default(),
         rescans,
         grace_ms: config.shutdown_grace_ms,
+    };
+    step("starting services", || {
+        init.supervise(Event::Timer, now_ms());
+        Ok(())
+    });
+    log!("up in {} ms", now_ms());
+    #[cfg(feature = "test-console")]
+    if config.test_console {
+        init.console = step("opening the test console", || {
+            log!(
+                "test console enabled: `init-test kill|stop <service>`, `init-test meminfo` and `init-test read <path>` are obeyed"
+            );
+            console::Console::open().context("opening /dev/console for reading")
+        });
     }
+    #[cfg(not(feature = "test-console"))]
+    if config.test_console {
+        log!("test_console = true ignored: this init is built without the test-console feature");
+    }
+    init
 }
 
 impl Init {
-    fn test_kill(&self, name: &str) {
+    /// Sends `signal` to a running service (`init-test kill` and `init-test stop`).
+    #[cfg(feature = "test-console")]
+    fn test_signal(&self, name: &str, signal: Signal) {
         match self
             .supervisor
             .running()
@@ -192,15 +210,16 @@ impl Init {
             .find(|(n, _)| n == name)
         {
             Some((_, pid)) => {
-                log!("test console: sending SIGKILL to {name} pid={pid}");
-                if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
-                    log!("test console: kill {name}: {e}");
+                log!("test console: sending {signal} to {name} pid={pid}");
+                if let Err(e) = kill(Pid::from_raw(pid), signal) {
+                    log!("test console: {signal} {name}: {e}");
                 }
             }
             None => log!("test console: no running service {name:?}"),
         }
     }
 
+    #[cfg(feature = "test-console")]
     fn test_meminfo(&self) {
         let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
         let rss = |pid: i32| console::kb_field(&read(format!("/proc/{pid}/status")), "VmRSS");
@@ -229,16 +248,26 @@ impl Init {
         let wait = deadline.map_or(cap, |d| d.saturating_sub(now).min(cap));
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
 
-        let (signal_ready, console_ready, input_ready) = {
+        #[cfg_attr(not(feature = "test-console"), allow(unused_variables))]
+        let (signal_ready, console_ready, watchdog_ready, input_ready) = {
             let mut fds: Vec<PollFd> = Vec::new();
             if let Some(s) = &self.signals {
                 fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
             }
             let signal_at = fds.len().checked_sub(1);
-            if let Some(c) = &self.console {
+            #[cfg(feature = "test-console")]
+            let console_at = self.console.as_ref().map(|c| {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
-            }
-            let console_at = self.console.as_ref().map(|_| fds.len() - 1);
+                fds.len() - 1
+            });
+            #[cfg(not(feature = "test-console"))]
+            let console_at: Option<usize> = None;
+            let watchdogs_at = fds.len();
+            fds.extend(
+                self.watchdogs
+                    .iter()
+                    .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+            );
             let base = fds.len();
             fds.extend(
                 self.inputs
@@ -254,25 +283,18 @@ impl Init {
             (
                 signal_at.is_some_and(|i| ready(&fds[i])),
                 console_at.is_some_and(|i| ready(&fds[i])),
+                fds[watchdogs_at..base]
+                    .iter()
+                    .map(ready)
+                    .collect::<Vec<_>>(),
                 fds[base..].iter().map(ready).collect::<Vec<_>>(),
             )
         };
-        if console_ready && let Some(c) = &mut self.console {
-            for command in c.read_commands() {
-                match command {
-                    console::Command::Kill(name) => self.test_kill(&name),
-                    console::Command::Meminfo => self.test_meminfo(),
-                    console::Command::Read(path) => {
-                        let first = std::fs::read_to_string(&path)
-                            .map(|t| t.lines().next().unwrap_or_default().to_string());
-                        match first {
-                            Ok(line) => log!("test console: read {path} = {line}"),
-                            Err(e) => log!("test console: read {path}: {e}"),
-                        }
-                    }
-                }
-            }
+        #[cfg(feature = "test-console")]
+        if console_ready {
+            self.test_console();
         }
+        self.read_watchdogs(&watchdog_ready);
 
         if signal_ready && let Some(s) = &self.signals {
             for signo in s.drain() {
@@ -292,6 +314,7 @@ impl Init {
 
         let now = now_ms();
         for (pid, reason) in children::reap_all().exited {
+            self.watchdogs.retain(|(p, _)| *p != pid);
             self.supervise(Event::Exited { pid, reason }, now);
         }
         while self.rescans.front().is_some_and(|t| *t <= now) {
@@ -307,9 +330,57 @@ impl Init {
         Ok(())
     }
 
-    /// Hands an event to the supervisor, starts what it asks for and logs its lines.
+    /// Obeys the commands in what the console has sent.
+    #[cfg(feature = "test-console")]
+    fn test_console(&mut self) {
+        let Some(c) = &mut self.console else {
+            return;
+        };
+        for command in c.read_commands() {
+            match command {
+                console::Command::Kill(name) => self.test_signal(&name, Signal::SIGKILL),
+                console::Command::Stop(name) => self.test_signal(&name, Signal::SIGSTOP),
+                console::Command::Meminfo => self.test_meminfo(),
+                console::Command::Read(path) => match console::read_first_line(&path) {
+                    Ok(line) => log!("test console: read {path} = {line}"),
+                    Err(e) => log!("test console: read {path}: {e}"),
+                },
+            }
+        }
+    }
+
+    /// Turns what the watchdog pipes that polled ready hold into pings; a closed one is
+    /// dropped (its service exited or closed it, and then its deadline catches it).
+    fn read_watchdogs(&mut self, ready: &[bool]) {
+        let now = now_ms();
+        let mut pings = Vec::new();
+        let mut closed = Vec::new();
+        for ((pid, fd), _) in self.watchdogs.iter().zip(ready).filter(|(_, r)| **r) {
+            match children::drain_pings(fd) {
+                Some(true) => pings.push(*pid),
+                Some(false) => {}
+                None => closed.push(*pid),
+            }
+        }
+        self.watchdogs.retain(|(p, _)| !closed.contains(p));
+        for pid in pings {
+            self.supervise(Event::Ping { pid }, now);
+        }
+    }
+
+    /// Hands an event to the supervisor, starts and kills what it asks for and logs its lines.
     fn supervise(&mut self, event: Event, now: u64) {
-        for l in supervise::drive(&mut self.supervisor, event, now, children::spawn) {
+        let watchdogs = &mut self.watchdogs;
+        let spawn = |s: &config::Service| {
+            children::spawn(s).map(|started| {
+                if let Some(fd) = started.watchdog {
+                    watchdogs.push((started.pid, fd));
+                }
+                started.pid
+            })
+        };
+        let kill = |pid: i32| kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(|e| e.to_string());
+        for l in supervise::drive(&mut self.supervisor, event, now, spawn, kill) {
             log!("{l}");
         }
     }

@@ -1,6 +1,8 @@
 //! Service supervision as a state machine without system calls: it takes events (time has
 //! come, a start succeeded or failed, a child exited, shutdown) and answers with actions
-//! (spawn this service, log this line). Restarts back off exponentially. Time is passed in
+//! (spawn this service, kill this pid, log this line). Restarts back off exponentially. A
+//! service with a watchdog (`watchdog_ms`) must ping within that time from its start and from
+//! each ping, or it is killed (and then restarted like any exit). Time is passed in
 //! (milliseconds since boot), so every path is tested without processes; main feeds it real
 //! events and carries out its actions with `children`.
 
@@ -37,6 +39,8 @@ pub enum Event {
     },
     /// A child was reaped; children that are not services are ignored.
     Exited { pid: i32, reason: ExitReason },
+    /// The service with this pid wrote to its watchdog fd: it is alive now.
+    Ping { pid: i32 },
     /// No more starts or restarts from now on.
     Shutdown,
 }
@@ -46,20 +50,25 @@ pub enum Event {
 pub enum Action {
     /// Start this service, then report the outcome as [`Event::Spawned`].
     Spawn(ServiceId),
+    /// SIGKILL this pid (a service that missed its watchdog deadline); its exit comes back
+    /// as [`Event::Exited`] and is restarted like any other.
+    Kill(i32),
     Log(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Not running; to be started at `due`.
-    Waiting {
-        due: u64,
-    },
+    Waiting { due: u64 },
     /// A spawn was asked for and its outcome has not come back yet.
     Starting,
     Running {
         pid: i32,
         since: u64,
+        /// The start or the last ping, whichever is later.
+        alive_at: u64,
+        /// A watchdog kill was asked for: no second one while its exit is awaited.
+        killed: bool,
     },
     /// Not running and not to be started again (shutdown).
     Stopped,
@@ -100,7 +109,15 @@ impl Supervisor {
     /// Takes one event at time `now` and returns what to do about it, in order.
     pub fn handle(&mut self, event: Event, now: u64) -> Vec<Action> {
         match event {
-            Event::Timer => self.start_due(now),
+            Event::Timer => {
+                let mut actions = self.check_watchdogs(now);
+                actions.extend(self.start_due(now));
+                actions
+            }
+            Event::Ping { pid } => {
+                self.ping(pid, now);
+                Vec::new()
+            }
             Event::Spawned { service, result } => self.spawned(service, result, now),
             Event::Exited { pid, reason } => self.exited(pid, reason, now),
             Event::Shutdown => {
@@ -113,6 +130,51 @@ impl Supervisor {
     /// The service an [`Action::Spawn`] refers to.
     pub fn service(&self, id: ServiceId) -> Option<&Service> {
         self.services.get(id.0).map(|s| &s.spec)
+    }
+
+    /// Kills every service whose watchdog deadline has passed, in configuration order.
+    fn check_watchdogs(&mut self, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.stopping {
+            return actions;
+        }
+        for s in &mut self.services {
+            let Some(deadline) = watchdog_deadline(s) else {
+                continue;
+            };
+            if let Phase::Running {
+                pid,
+                alive_at,
+                ref mut killed,
+                ..
+            } = s.phase
+                && deadline <= now
+            {
+                *killed = true;
+                actions.push(Action::Log(format!(
+                    "watchdog: {} pid={pid} silent for {} ms (limit {} ms), sending SIGKILL",
+                    s.spec.name,
+                    now.saturating_sub(alive_at),
+                    s.spec.watchdog_ms
+                )));
+                actions.push(Action::Kill(pid));
+            }
+        }
+        actions
+    }
+
+    fn ping(&mut self, pid: i32, now: u64) {
+        for s in &mut self.services {
+            if let Phase::Running {
+                pid: p,
+                ref mut alive_at,
+                ..
+            } = s.phase
+                && p == pid
+            {
+                *alive_at = now;
+            }
+        }
     }
 
     /// Asks for every service whose time has come, in configuration order.
@@ -143,7 +205,12 @@ impl Supervisor {
         }
         match result {
             Ok(pid) => {
-                s.phase = Phase::Running { pid, since: now };
+                s.phase = Phase::Running {
+                    pid,
+                    since: now,
+                    alive_at: now,
+                    killed: false,
+                };
                 vec![Action::Log(format!("started {} pid={pid}", s.spec.name))]
             }
             Err(e) => {
@@ -163,7 +230,7 @@ impl Supervisor {
     fn exited(&mut self, pid: i32, reason: ExitReason, now: u64) -> Vec<Action> {
         let stopping = self.stopping;
         let found = self.services.iter_mut().find_map(|s| match s.phase {
-            Phase::Running { pid: p, since } if p == pid => Some((s, since)),
+            Phase::Running { pid: p, since, .. } if p == pid => Some((s, since)),
             _ => None,
         });
         let Some((s, since)) = found else {
@@ -179,7 +246,7 @@ impl Supervisor {
         actions
     }
 
-    /// The earliest pending start, to bound the main loop's wait.
+    /// The earliest pending start or watchdog deadline, to bound the main loop's wait.
     pub fn next_due(&self) -> Option<u64> {
         if self.stopping {
             return None;
@@ -188,7 +255,7 @@ impl Supervisor {
             .iter()
             .filter_map(|s| match s.phase {
                 Phase::Waiting { due } => Some(due),
-                _ => None,
+                _ => watchdog_deadline(s),
             })
             .min()
     }
@@ -214,6 +281,18 @@ impl Supervisor {
     }
 }
 
+/// When a running service with a watchdog is overdue, unless it is already being killed.
+fn watchdog_deadline(s: &State) -> Option<u64> {
+    match s.phase {
+        Phase::Running {
+            alive_at,
+            killed: false,
+            ..
+        } if s.spec.watchdog_ms > 0 => Some(alive_at.saturating_add(s.spec.watchdog_ms)),
+        _ => None,
+    }
+}
+
 /// Waits for the next start with backoff; returns the log line. A huge configured delay
 /// saturates at the end of time instead of wrapping around to "now".
 fn schedule(s: &mut State, now: u64, ran_ms: u64) -> String {
@@ -231,18 +310,25 @@ fn schedule(s: &mut State, now: u64, ran_ms: u64) -> String {
 }
 
 /// Feeds one event to the supervisor and carries out its actions: `spawn` starts a service
-/// (its outcome goes straight back in), and the log lines are returned in order.
+/// (its outcome goes straight back in), `kill` SIGKILLs a pid (an error becomes a line), and
+/// the log lines are returned in order.
 pub fn drive(
     sup: &mut Supervisor,
     event: Event,
     now: u64,
     mut spawn: impl FnMut(&Service) -> Result<i32, String>,
+    mut kill: impl FnMut(i32) -> Result<(), String>,
 ) -> Vec<String> {
     let mut lines = Vec::new();
     let mut pending: VecDeque<Action> = sup.handle(event, now).into();
     while let Some(action) = pending.pop_front() {
         match action {
             Action::Log(line) => lines.push(line),
+            Action::Kill(pid) => {
+                if let Err(e) = kill(pid) {
+                    lines.push(format!("watchdog: kill pid={pid}: {e}"));
+                }
+            }
             Action::Spawn(service) => {
                 // Ids come from this supervisor, so the service is always there.
                 let Some(spec) = sup.service(service) else {
@@ -276,6 +362,8 @@ mod tests {
             env: BTreeMap::new(),
             restart_min_ms: 200,
             restart_max_ms: 1000,
+            watchdog_ms: 0,
+            oom_score_adj: 0,
         }
     }
 
@@ -284,19 +372,185 @@ mod tests {
         now: u64,
         spawn: impl FnMut(&Service) -> Result<i32, String>,
     ) -> Vec<String> {
-        drive(sup, Event::Timer, now, spawn)
-    }
-
-    fn on_exit(sup: &mut Supervisor, pid: i32, reason: ExitReason, now: u64) -> Vec<String> {
-        drive(sup, Event::Exited { pid, reason }, now, |s| {
-            panic!("an exit started {}; only timers start services", s.name)
+        drive(sup, Event::Timer, now, spawn, |pid| {
+            panic!("killed pid {pid} without a watchdog")
         })
     }
 
+    /// A timer tick that may kill: the pids killed are pushed to `killed`.
+    fn tick(sup: &mut Supervisor, now: u64, next_pid: i32, killed: &mut Vec<i32>) -> Vec<String> {
+        drive(
+            sup,
+            Event::Timer,
+            now,
+            |_| Ok(next_pid),
+            |pid| {
+                killed.push(pid);
+                Ok(())
+            },
+        )
+    }
+
+    fn ping(sup: &mut Supervisor, pid: i32, now: u64) {
+        let lines = drive(
+            sup,
+            Event::Ping { pid },
+            now,
+            |s| panic!("ping started {}", s.name),
+            |p| panic!("ping killed {p}"),
+        );
+        assert!(lines.is_empty(), "{lines:?}");
+    }
+
+    fn watched(name: &str, watchdog_ms: u64) -> Service {
+        Service {
+            watchdog_ms,
+            ..svc(name)
+        }
+    }
+
+    #[test]
+    fn a_service_that_never_pings_is_killed_at_its_deadline_from_start() {
+        let mut sup = Supervisor::new(vec![watched("w", 5000), svc("plain")], 0);
+        let mut killed = Vec::new();
+        let mut pid = 10;
+        let lines = drive(
+            &mut sup,
+            Event::Timer,
+            100,
+            |_| {
+                pid += 1;
+                Ok(pid)
+            },
+            |_| panic!("no kill at start"),
+        );
+        assert_eq!(lines, ["started w pid=11", "started plain pid=12"]);
+        // The loop must wake for the deadline, counted from the start.
+        assert_eq!(sup.next_due(), Some(5100));
+        assert!(tick(&mut sup, 5099, 0, &mut killed).is_empty());
+        assert_eq!(
+            tick(&mut sup, 5100, 0, &mut killed),
+            ["watchdog: w pid=11 silent for 5000 ms (limit 5000 ms), sending SIGKILL"]
+        );
+        assert_eq!(killed, [11]);
+        // Killed once: the next ticks wait for its exit instead of killing again.
+        assert!(tick(&mut sup, 9000, 0, &mut killed).is_empty());
+        assert_eq!(killed, [11]);
+        assert_eq!(sup.next_due(), None);
+        // Its death is restarted like any other, and the new process gets a new deadline.
+        assert_eq!(
+            on_exit(&mut sup, 11, ExitReason::Signal(9, false), 9000),
+            ["w killed by signal SIGKILL", "restarting w in 200 ms"]
+        );
+        assert_eq!(tick(&mut sup, 9200, 13, &mut killed), ["started w pid=13"]);
+        assert_eq!(sup.next_due(), Some(14_200));
+    }
+
+    #[test]
+    fn pings_keep_a_service_alive() {
+        let mut sup = Supervisor::new(vec![watched("w", 1000)], 0);
+        let mut killed = Vec::new();
+        assert_eq!(tick(&mut sup, 0, 7, &mut killed), ["started w pid=7"]);
+        for now in (400..=100_000).step_by(400) {
+            ping(&mut sup, 7, now);
+            assert_eq!(sup.next_due(), Some(now + 1000));
+            assert!(tick(&mut sup, now + 300, 0, &mut killed).is_empty());
+        }
+        // A ping from some other pid does not count.
+        ping(&mut sup, 8, 100_500);
+        assert_eq!(
+            tick(&mut sup, 101_000, 0, &mut killed),
+            ["watchdog: w pid=7 silent for 1000 ms (limit 1000 ms), sending SIGKILL"]
+        );
+        assert_eq!(killed, [7]);
+    }
+
+    #[test]
+    fn a_service_that_keeps_hanging_backs_off() {
+        let mut sup = Supervisor::new(vec![watched("w", 1000)], 0);
+        let mut killed = Vec::new();
+        let mut now = 0;
+        let mut pid = 100;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            pid += 1;
+            assert_eq!(
+                tick(&mut sup, now, pid, &mut killed),
+                [format!("started w pid={pid}")]
+            );
+            now = sup.next_due().unwrap();
+            assert_eq!(tick(&mut sup, now, 0, &mut killed).len(), 1);
+            let lines = on_exit(&mut sup, pid, ExitReason::Signal(9, false), now);
+            let due = sup.next_due().unwrap();
+            assert_eq!(lines[1], format!("restarting w in {} ms", due - now));
+            delays.push(due - now);
+            now = due;
+        }
+        assert_eq!(killed, [101, 102, 103, 104]);
+        assert_eq!(delays, [200, 400, 800, 1000]);
+    }
+
+    #[test]
+    fn no_watchdog_kills_during_shutdown_and_failed_kills_are_said() {
+        let mut sup = Supervisor::new(vec![watched("w", 1000)], 0);
+        let mut killed = Vec::new();
+        tick(&mut sup, 0, 7, &mut killed);
+        let lines = drive(
+            &mut sup,
+            Event::Timer,
+            1000,
+            |_| Ok(0),
+            |_| Err("ESRCH".into()),
+        );
+        assert_eq!(lines[1], "watchdog: kill pid=7: ESRCH");
+        let mut sup = Supervisor::new(vec![watched("w", 1000)], 0);
+        tick(&mut sup, 0, 7, &mut killed);
+        shut_down(&mut sup, 500);
+        assert!(tick(&mut sup, 5000, 0, &mut killed).is_empty());
+        assert!(killed.is_empty());
+    }
+
+    #[test]
+    fn deadlines_and_restarts_saturate_at_the_end_of_time() {
+        let mut s = watched("w", crate::config::MAX_WATCHDOG_MS);
+        (s.restart_min_ms, s.restart_max_ms) = (u64::MAX, u64::MAX);
+        let near_end = u64::MAX - 5;
+        let mut sup = Supervisor::new(vec![s], near_end);
+        let mut killed = Vec::new();
+        assert_eq!(
+            tick(&mut sup, near_end, 3, &mut killed),
+            ["started w pid=3"]
+        );
+        // start + watchdog would wrap to a time long past: it must not fire now.
+        assert_eq!(sup.next_due(), Some(u64::MAX));
+        assert!(tick(&mut sup, u64::MAX - 1, 0, &mut killed).is_empty());
+        assert_eq!(
+            on_exit(&mut sup, 3, ExitReason::Status(1), near_end)[1],
+            format!("restarting w in {} ms", u64::MAX)
+        );
+        assert_eq!(sup.next_due(), Some(u64::MAX));
+        assert!(tick(&mut sup, u64::MAX - 1, 4, &mut killed).is_empty());
+        assert!(killed.is_empty());
+    }
+
+    fn on_exit(sup: &mut Supervisor, pid: i32, reason: ExitReason, now: u64) -> Vec<String> {
+        drive(
+            sup,
+            Event::Exited { pid, reason },
+            now,
+            |s| panic!("an exit started {}; only timers start services", s.name),
+            |p| panic!("an exit killed {p}"),
+        )
+    }
+
     fn shut_down(sup: &mut Supervisor, now: u64) {
-        let lines = drive(sup, Event::Shutdown, now, |s| {
-            panic!("shutdown started {}", s.name)
-        });
+        let lines = drive(
+            sup,
+            Event::Shutdown,
+            now,
+            |s| panic!("shutdown started {}", s.name),
+            |p| panic!("shutdown killed {p}"),
+        );
         assert!(lines.is_empty(), "{lines:?}");
     }
 

@@ -9,7 +9,7 @@
 //! The decisions live in the library's `nat_init::plan` (unit-tested); the I/O they call for is
 //! this binary's `run` module, in files of the same names (`plan/lease.rs` decides what
 //! `run/lease.rs` does for `Stage::Address`, ...). This file only sets up the process: panic
-//! hook, signals, arguments, then `run`.
+//! hook, signals, arguments, init's watchdog pipe (`run::watchdog`), then `run`.
 
 mod run;
 
@@ -40,5 +40,7 @@ fn main() {
         "starting version={} config={config_path}",
         env!("CARGO_PKG_VERSION")
     ));
-    run::start(config_path).run()
+    // Taken first, so the fd is close-on-exec before anything else runs.
+    let watchdog = run::watchdog::from_env(nat_init::report::boot_elapsed_ms().unwrap_or(0));
+    run::start(config_path).run(watchdog)
 }

@@ -35,9 +35,14 @@ pub fn ensure_target(log: &mut dyn FnMut(&str)) -> Result<()> {
     Ok(())
 }
 
-/// Builds the packages' binaries in release mode for `TARGET`; with `locked`, cargo must not
-/// change Cargo.lock either.
-pub fn build(root: &Path, packages: &[&str], locked: bool) -> Result<Executables> {
+/// Builds the packages' binaries in release mode for `TARGET`, with `features` (each
+/// `package/feature`); with `locked`, cargo must not change Cargo.lock either.
+pub fn build(
+    root: &Path,
+    packages: &[&str],
+    features: &[String],
+    locked: bool,
+) -> Result<Executables> {
     // Paths of the checkout and of CARGO_HOME would otherwise end up in panic messages, so two
     // clones in different folders would build different bytes.
     let cargo_home = std::env::var("CARGO_HOME")
@@ -50,11 +55,17 @@ pub fn build(root: &Path, packages: &[&str], locked: bool) -> Result<Executables
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
     ]
     .join("\x1f");
-    cargo_build(
-        root,
-        &build_args(packages, Some(TARGET), locked),
-        &[("CARGO_ENCODED_RUSTFLAGS", flags)],
-    )
+    let mut args = build_args(packages, Some(TARGET), locked);
+    args.extend(feature_args(features));
+    cargo_build(root, &args, &[("CARGO_ENCODED_RUSTFLAGS", flags)])
+}
+
+/// `--features a/x,b/y`, or nothing: without the flag every package gets its defaults only.
+fn feature_args(features: &[String]) -> Vec<String> {
+    if features.is_empty() {
+        return Vec::new();
+    }
+    vec!["--features".into(), features.join(",")]
 }
 
 /// `cargo build` arguments: release, machine-readable artifact messages (diagnostics still
@@ -138,6 +149,15 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--target", TARGET]));
         assert!(args.windows(2).any(|w| w == ["-p", "nat-init"]));
         assert!(!build_args(&["init"], Some(TARGET), false).contains(&"--locked".to_string()));
+    }
+
+    #[test]
+    fn features_reach_cargo_only_when_asked_for() {
+        assert!(feature_args(&[]).is_empty());
+        assert_eq!(
+            feature_args(&["init/test-console".into(), "nat-init/x".into()]),
+            ["--features", "init/test-console,nat-init/x"]
+        );
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub enum InitramfsCompression {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitSection {
-    /// Test images only: init obeys `init-test kill <service>` on the serial console.
+    /// Test images only: init is built with its `test-console` cargo feature and obeys
+    /// `init-test` commands on the serial console; `cargo xtask ami` refuses such an image.
     #[serde(default)]
     pub test_console: bool,
     /// Bench baseline only: PID 1 is this script (a file beside the profile, with a `#!` line)
@@ -102,6 +103,10 @@ pub struct Service {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// init's liveness limit for the service (init.toml `watchdog_ms`; absent: off).
+    pub watchdog_ms: Option<u64>,
+    /// The service's oom_score_adj (init.toml `oom_score_adj`; absent: 0).
+    pub oom_score_adj: Option<i32>,
     /// Baked configuration, written to `/etc/<name>.toml` in the image.
     pub config: Option<toml::Table>,
 }

@@ -11,7 +11,8 @@
 //!   the background when it did not answer;
 //! - `ruleset` ([`Stage::Nft`]): the nftables table, installed and verified;
 //! - `sysctl` ([`Stage::Sysctl`]): forwarding and conntrack, and forwarding off without a table;
-//! - `health`: the `ready` line, the `health` line and the drift checks.
+//! - `health`: the `ready` line, the `health` line and the drift checks;
+//! - `watchdog`: the pings that tell init the loop is alive.
 
 mod config;
 mod console;
@@ -23,6 +24,7 @@ mod primary;
 mod ruleset;
 mod signals;
 mod sysctl;
+pub mod watchdog;
 
 use std::time::Duration;
 
@@ -135,7 +137,7 @@ impl Service {
 
     /// Runs the due stages, prints `ready` and `health` when it is time, reports a missing
     /// lease, then waits in the DHCP client until its next packet or the next deadline.
-    pub fn run(&mut self) -> ! {
+    pub fn run(&mut self, mut watchdog: Option<watchdog::Watchdog>) -> ! {
         loop {
             self.run_due_stages();
             if let Some(mac) = self.switch_to.take() {
@@ -158,6 +160,11 @@ impl Service {
             }
             if self.lease.is_none() {
                 wake = wake.min(self.no_lease_report_ms);
+            }
+            // init's watchdog: ping it, and wake in time for the next ping.
+            if let Some(w) = &mut watchdog {
+                w.ping_if_due(now_ms());
+                wake = wake.min(w.due_ms());
             }
             let wait = wake.saturating_sub(now_ms()).min(MAX_WAIT_MS);
             self.dhcp_step(Duration::from_millis(wait));

@@ -1,6 +1,9 @@
 //! The image's facts, read from `target/images/<profile>/manifest.json` as `cargo xtask image`
-//! writes it: profile name, version, commit and each artifact's size and sha256.
+//! writes it: profile name, version, commit and each artifact's size and sha256. An image
+//! built with a test-only cargo feature (init's test console) is refused: it never becomes
+//! an AMI.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -21,6 +24,19 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "{path}: profile {profile} was built with the test-only cargo feature {package}/{feature}, which must never reach an AMI; publish a production profile (e.g. nat-t4g)"
+    )]
+    TestBuild {
+        path: PathBuf,
+        profile: String,
+        package: String,
+        feature: String,
+    },
+    #[error(
+        "{path} does not record the cargo features its binaries were built with (an older `cargo xtask image`); run `cargo xtask image --profile {profile}` again"
+    )]
+    NoFeatures { path: PathBuf, profile: String },
     #[error("{path} lists no {file}; run `cargo xtask image --profile {profile}` again")]
     NoArtifact {
         path: PathBuf,
@@ -29,9 +45,14 @@ pub enum Error {
     },
 }
 
+/// Cargo features that only test images are built with, as (package, feature).
+pub const TEST_ONLY_FEATURES: &[(&str, &str)] = &[("init", "test-console")];
+
 #[derive(Debug, Clone, Deserialize)]
 struct Raw {
     profile: RawProfile,
+    /// Package → the cargo features it was built with.
+    cargo_features: Option<BTreeMap<String, Vec<String>>>,
     version: String,
     commit: String,
     artifacts: Vec<Artifact>,
@@ -83,6 +104,7 @@ impl Image {
             path: path.clone(),
             source,
         })?;
+        refuse_test_build(&path, &text)?;
         let Some(image) = image else {
             return Err(Error::NoArtifact {
                 path,
@@ -118,12 +140,43 @@ impl Image {
     }
 }
 
+/// Refuses manifest text whose binaries were built with a test-only feature, or that does not
+/// say what they were built with.
+pub fn refuse_test_build(path: &Path, text: &str) -> Result<(), Error> {
+    let raw: Raw = serde_json::from_str(text).map_err(|source| Error::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let profile = raw.profile.name;
+    let Some(features) = raw.cargo_features else {
+        return Err(Error::NoFeatures {
+            path: path.to_path_buf(),
+            profile,
+        });
+    };
+    for (package, feature) in TEST_ONLY_FEATURES {
+        if features
+            .get(*package)
+            .is_some_and(|fs| fs.iter().any(|f| f == feature))
+        {
+            return Err(Error::TestBuild {
+                path: path.to_path_buf(),
+                profile,
+                package: package.to_string(),
+                feature: feature.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) const SAMPLE: &str = r#"{
   "profile": { "name": "nat-t4g", "path": "images/nat-t4g.toml", "sha256": "00", "description": "NAT" },
   "version": "0.1.0",
   "commit": "0123456789abcdef0123456789abcdef01234567",
   "source_date_epoch": 1764000000,
+  "cargo_features": { "init": [], "nat-init": [] },
   "disk": { "size_bytes": 1073741824 },
   "artifacts": [
     { "file": "disk.raw", "size": 1073741824, "sha256": "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899" },
@@ -145,6 +198,34 @@ mod tests {
         assert_eq!(img.raw.size, 1 << 30);
         assert_eq!(img.vmdk.as_ref().map(|a| a.size), Some(12345678));
         assert_eq!(img.raw_path(), Path::new("/x/disk.raw"));
+    }
+
+    #[test]
+    fn test_console_builds_are_refused() {
+        let p = Path::new("/x/manifest.json");
+        assert!(refuse_test_build(p, SAMPLE).is_ok());
+        let e2e = SAMPLE
+            .replace("\"nat-t4g\"", "\"nat-t4g-e2e\"")
+            .replace("\"init\": []", "\"init\": [\"test-console\"]");
+        let msg = refuse_test_build(p, &e2e).unwrap_err().to_string();
+        assert!(
+            msg.contains("profile nat-t4g-e2e") && msg.contains("init/test-console"),
+            "{msg}"
+        );
+        // A manifest that does not say is refused too: it may be an old test build.
+        let old = SAMPLE.replace(
+            "\"cargo_features\": { \"init\": [], \"nat-init\": [] },",
+            "",
+        );
+        let msg = refuse_test_build(p, &old).unwrap_err().to_string();
+        assert!(msg.contains("does not record the cargo features"), "{msg}");
+        // And so does loading the image, before anything looks at its disk.
+        let dir = std::env::temp_dir().join(format!("xtask-ami-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("manifest.json"), &e2e).unwrap();
+        let msg = Image::load(&dir, "nat-t4g-e2e").unwrap_err().to_string();
+        assert!(msg.contains("init/test-console"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -199,6 +199,7 @@ fn test_image(root: &Path) -> TestImage {
   "profile": {{ "name": "t1", "path": "images/t1.toml", "sha256": "00", "description": "test" }},
   "version": "0.1.0",
   "commit": "0123456789abcdef0123456789abcdef01234567",
+  "cargo_features": {{ "init": [], "nat-init": [] }},
   "artifacts": [
     {{ "file": "disk.raw", "size": {}, "sha256": "{sha256}" }}
   ]
@@ -663,6 +664,7 @@ fn interrupted_upload_deletes_its_snapshot() {
     std::fs::write(dir.join("disk.raw"), &data).unwrap();
     let manifest = format!(
         r#"{{"profile": {{"name": "big"}}, "version": "0.1.0", "commit": "unknown",
+            "cargo_features": {{"init": []}},
             "artifacts": [{{"file": "disk.raw", "size": {}, "sha256": "{}"}}]}}"#,
         data.len(),
         hex(&Sha256::digest(&data))

@@ -51,6 +51,9 @@ const CLOSED: &str = "e2e-nothing-open-and-no-inbound-to-private";
 const FLOWTABLE: &str = "e2e-flowtable-offload-in-guest-kernel";
 const RENEWAL: &str = "e2e-dhcp-renewal-across-dnsmasq-restart";
 const SUPERVISION: &str = "e2e-supervision-and-invalid-user-data";
+const WATCHDOG: &str = "e2e-hung-nat-init-restarted-by-init-watchdog";
+/// nat-init's `watchdog_ms` in images/nat-t4g.toml.
+const NAT_INIT_WATCHDOG_MS: u64 = 30_000;
 const POWERDOWN: &str = "e2e-virt-4.1-gpio-power-button-off-within-15s";
 const ABSENT_PRIMARY: &str = "e2e-two-nics-imds-primary-absent-not-ready";
 const SLOT6_PRIMARY: &str = "e2e-two-nics-imds-primary-in-slot-6-ready-on-ens6";
@@ -74,6 +77,7 @@ pub const CHECKS: &[&str] = &[
     FLOWTABLE,
     RENEWAL,
     SUPERVISION,
+    WATCHDOG,
     POWERDOWN,
     ABSENT_PRIMARY,
     SLOT6_PRIMARY,
@@ -490,6 +494,9 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, manifest: &Value, report: &mut Report)
         download(vpc, 65536).context("download after the restart")?;
         Ok(())
     });
+    all &= report.check_after(READY, WATCHDOG, || {
+        hung_nat_init_is_restarted(vm, &ns_private)
+    });
     all &= report.check_after(READY, POWERDOWN, || {
         let t = Instant::now();
         vm.qmp("system_powerdown")?;
@@ -509,6 +516,72 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, manifest: &Value, report: &mut Report)
         Ok(())
     });
     all
+}
+
+/// A hung nat-init (SIGSTOP through the test console) is noticed by init's watchdog: after
+/// `watchdog_ms` of silence, and not much later, init names it and how long it was silent,
+/// SIGKILLs it and restarts it, and nat-init gets ready again. The NAT forwards throughout:
+/// the ruleset is the kernel's, not the process's.
+fn hung_nat_init_is_restarted(vm: &mut Vm, ns_private: &str) -> Result<()> {
+    let mark = vm.line_count();
+    vm.send("init-test stop nat-init\n")?;
+    let (s, stop) = vm.wait_for_from(
+        mark,
+        "init: test console: sending SIGSTOP to nat-init pid=",
+        Duration::from_secs(20),
+    )?;
+    let pid = stop
+        .rsplit("pid=")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let stopped_at = Instant::now();
+    if vpc::udp_echo(ns_private, 3)? == 0 {
+        bail!("no UDP echo while nat-init is stopped: the NAT depends on the process");
+    }
+    let limit = Duration::from_millis(NAT_INIT_WATCHDOG_MS);
+    let (w, line) = vm.wait_for_from(
+        s,
+        "init: watchdog: nat-init pid=",
+        limit + Duration::from_secs(30),
+    )?;
+    say(&format!(
+        "{line} ({:.1} s after the SIGSTOP)",
+        stopped_at.elapsed().as_secs_f64()
+    ));
+    if !line.contains(&format!("pid={pid} ")) {
+        bail!("the watchdog line names another pid than the stopped one ({pid}): {line}");
+    }
+    let silent: u64 = line
+        .split("silent for ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no `silent for N ms` in {line}"))?;
+    // Silent at least the limit (init is not early), at most a ping interval and a few
+    // seconds more (its loop woke for the deadline).
+    if !(NAT_INIT_WATCHDOG_MS..=NAT_INIT_WATCHDOG_MS * 3 / 2 + 5000).contains(&silent) {
+        bail!("silent for {silent} ms does not fit the {NAT_INIT_WATCHDOG_MS} ms limit: {line}");
+    }
+    if !line.contains(&format!("(limit {NAT_INIT_WATCHDOG_MS} ms)")) || !line.contains("SIGKILL") {
+        bail!("the watchdog line does not give the limit and the SIGKILL: {line}");
+    }
+    let (k, _) = vm.wait_for_from(
+        w,
+        "init: nat-init killed by signal SIGKILL",
+        Duration::from_secs(10),
+    )?;
+    vm.wait_for_from(k, "init: restarting nat-init in ", Duration::from_secs(5))?;
+    if vpc::udp_echo(ns_private, 3)? == 0 {
+        bail!("no UDP echo while nat-init restarts after the watchdog");
+    }
+    let (_, ready) = vm.wait_for_from(k, "nat-init: ready ", Duration::from_secs(60))?;
+    say(&ready);
+    if vpc::udp_echo(ns_private, 3)? == 0 {
+        bail!("no UDP echo after the restarted nat-init is ready");
+    }
+    Ok(())
 }
 
 /// Two NICs: slot 5 (`TAP2`, the second ENI) and slot 6 (`TAP`, the primary), so the first in

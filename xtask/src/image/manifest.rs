@@ -61,6 +61,8 @@ pub fn write(work: &Path, f: &Facts, hashes: &DiskHashes) -> Result<serde_json::
             "role": r.role, "package": r.name, "version": r.version, "sha256": r.sha256,
         })).collect::<Vec<_>>(),
         "binaries": tree_binaries(f.tree),
+        // `cargo xtask ami` refuses an image whose init has the test console.
+        "cargo_features": super::compile::features(&loaded.profile),
         "kernel_release": f.mods.kernel_release,
         "cmdline": f.cmdline,
         "modules": f.mods.ordered.iter().map(|m| json!({"name": m.name, "path": m.rel_path, "depends": m.depends})).collect::<Vec<_>>(),

@@ -119,6 +119,7 @@ pub fn run(root: &Path, args: &Args) -> Result<Built> {
             profile: &loaded.text,
             facts: &facts,
             cmdline: &cmdline,
+            features: &compile::features_text(&compile::features(&loaded.profile)),
             packages: &debs.resolved,
             vmlinuz: &boot.vmlinuz,
             loader: &boot.loader,

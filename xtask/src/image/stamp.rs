@@ -31,6 +31,8 @@ pub struct Inputs<'a> {
     pub profile: &'a str,
     pub facts: &'a BuildFacts,
     pub cmdline: &'a str,
+    /// The cargo features of each on-image package (`compile::features_text`).
+    pub features: &'a str,
     pub packages: &'a [Resolved],
     pub vmlinuz: &'a [u8],
     pub loader: &'a [u8],
@@ -86,6 +88,7 @@ fn content_digest(i: &Inputs) -> String {
     f.field("commit", i.facts.commit.as_bytes());
     f.u64("source_date_epoch", i.facts.source_date_epoch);
     f.field("cmdline", i.cmdline.as_bytes());
+    f.field("features", i.features.as_bytes());
     for p in i.packages {
         f.field("package.role", p.role.as_bytes());
         f.field("package.name", p.name.as_bytes());
@@ -217,6 +220,7 @@ mod tests {
         profile: String,
         facts: BuildFacts,
         cmdline: String,
+        features: String,
         packages: Vec<Resolved>,
         vmlinuz: Vec<u8>,
         loader: Vec<u8>,
@@ -242,6 +246,7 @@ mod tests {
                     source_date_epoch: 1,
                 },
                 cmdline: "console=ttyS0 panic=10".into(),
+                features: "init:\nnat-init:\n".into(),
                 packages: vec![Resolved {
                     role: "kernel".into(),
                     name: "linux-image-x".into(),
@@ -285,6 +290,7 @@ mod tests {
                     profile: &self.profile,
                     facts: &self.facts,
                     cmdline: &self.cmdline,
+                    features: &self.features,
                     packages: &self.packages,
                     vmlinuz: &self.vmlinuz,
                     loader: &self.loader,
@@ -334,6 +340,9 @@ mod tests {
             ("commit", |o| flip_str(&mut o.facts.commit)),
             ("epoch", |o| o.facts.source_date_epoch += 1),
             ("cmdline", |o| flip_str(&mut o.cmdline)),
+            ("cargo features", |o| {
+                o.features = "init:test-console\nnat-init:\n".into()
+            }),
             ("package sha256", |o| flip_str(&mut o.packages[0].sha256)),
             ("package version", |o| flip_str(&mut o.packages[0].version)),
             ("vmlinuz", |o| flip_last(&mut o.vmlinuz)),

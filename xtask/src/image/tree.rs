@@ -27,29 +27,7 @@ pub fn assemble(
     let profile = &loaded.profile;
     let kernel_release = &debs.kernel_release;
     let mut tree = Tree::new();
-    let services_facts: Vec<_> = profile
-        .services
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "path": format!("/sbin/{}", s.binary()),
-                "args": s.args,
-                "env": s.env,
-            })
-        })
-        .collect();
-    let template_facts = json!({
-        "profile": loaded.name(),
-        "description": profile.image.description,
-        "hostname": profile.image.hostname,
-        "version": facts.version,
-        "commit": facts.commit,
-        "commit_short": facts.commit_short(),
-        "kernel_release": kernel_release,
-        "services": services_facts,
-        "init": profile.init,
-    });
+    let template_facts = template_facts(loaded, facts, kernel_release);
     tree.add_skeleton(&root.join("rootfs"), &template_facts)?;
     match (bins.init, &profile.init.script) {
         (Some(bin), _) => {
@@ -102,6 +80,36 @@ pub fn assemble(
         mods.ordered.len()
     ));
     Ok(tree)
+}
+
+/// What the `rootfs/` templates see: the profile's facts, its services as init starts them.
+fn template_facts(loaded: &Loaded, facts: &BuildFacts, kernel_release: &str) -> serde_json::Value {
+    let profile = &loaded.profile;
+    let services_facts: Vec<_> = profile
+        .services
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "path": format!("/sbin/{}", s.binary()),
+                "args": s.args,
+                "env": s.env,
+                "watchdog_ms": s.watchdog_ms,
+                "oom_score_adj": s.oom_score_adj,
+            })
+        })
+        .collect();
+    json!({
+        "profile": loaded.name(),
+        "description": profile.image.description,
+        "hostname": profile.image.hostname,
+        "version": facts.version,
+        "commit": facts.commit,
+        "commit_short": facts.commit_short(),
+        "kernel_release": kernel_release,
+        "services": services_facts,
+        "init": profile.init,
+    })
 }
 
 /// The bytes of `path` from the first extra package that has it, following symlinks (relative
@@ -168,6 +176,45 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    fn init_toml(profile: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let loaded = Loaded::load(root, profile).unwrap();
+        let facts = BuildFacts {
+            version: "0.1.0".into(),
+            commit: "abc".into(),
+            source_date_epoch: 1,
+        };
+        let mut tree = Tree::new();
+        tree.add_skeleton(
+            &root.join("rootfs"),
+            &template_facts(&loaded, &facts, "6.1.0"),
+        )
+        .unwrap();
+        match tree.iter().find(|(p, _)| *p == "etc/init.toml") {
+            Some((_, crate::rootfs::Node::File { data, .. })) => {
+                String::from_utf8(data.clone()).unwrap()
+            }
+            other => panic!("no etc/init.toml file: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn init_toml_carries_the_watchdog_and_oom_score_adj() {
+        let prod = init_toml("nat-t4g");
+        let service = prod.split("[[service]]").nth(1).unwrap();
+        assert!(service.contains("name = \"nat-init\""), "{prod}");
+        assert!(service.contains("\nwatchdog_ms = 30000\n"), "{prod}");
+        assert!(service.contains("\noom_score_adj = -900\n"), "{prod}");
+        assert!(prod.contains("test_console = false"), "{prod}");
+        assert!(init_toml("nat-t4g-e2e").contains("test_console = true"));
+        // Absent keys are left to init's defaults (watchdog off, oom_score_adj 0).
+        let boot = init_toml("test-boot");
+        assert!(
+            !boot.contains("watchdog_ms") && !boot.contains("oom_score_adj"),
+            "{boot}"
+        );
+    }
 
     #[test]
     fn extra_files_follow_symlinks_across_packages() {
