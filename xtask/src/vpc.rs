@@ -58,6 +58,9 @@ pub const TAP: &str = "tapnat";
 pub const TAP2: &str = "tapnat2";
 pub const HTTP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 7;
+/// A port the internet server's namespace drops without answering: a SYN to it leaves a
+/// half-open (SYN_SENT) flow in the NAT's conntrack table until it times out.
+pub const BLACKHOLE_PORT: u16 = 9;
 
 /// What the servers in the internet namespace saw.
 #[derive(Default, Debug)]
@@ -186,6 +189,10 @@ impl Vpc {
         // the control forwarder sends redirects, as Linux does by default
         ns.sysctl("fwd", "net.ipv4.conf.all.send_redirects", "1")?;
         ns.sysctl("fwd", "net.ipv4.conf.eth0.send_redirects", "1")?;
+        ns.nft(
+            "internet",
+            &format!("table ip blackhole {{ chain input {{ type filter hook input priority 0; tcp dport {BLACKHOLE_PORT} counter drop; }}; }}"),
+        )?;
         // the NAT subnet's own hosts route the private subnet through the router
         ns.nft("vpc", &igw_rules())?;
         for host in ["pubhost", "pubhost2"] {
@@ -575,6 +582,25 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
     )?;
     w.flush()?;
     Ok(())
+}
+
+/// A SYN flood from namespace `ns`: `count` connection attempts to the internet server's
+/// [`BLACKHOLE_PORT`], each from its own source port and abandoned after a millisecond (its
+/// socket closed without a RST), so each leaves one half-open flow on the NAT. Returns how
+/// many SYNs were sent (attempts that did not fail at once).
+pub fn syn_flood(ns: &str, count: usize) -> Result<usize> {
+    run_in(ns, move || -> Result<usize> {
+        let dst = SocketAddr::from((SERVER, BLACKHOLE_PORT));
+        let mut sent = 0;
+        for _ in 0..count {
+            match TcpStream::connect_timeout(&dst, Duration::from_millis(1)) {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => sent += 1,
+                Err(e) => return Err(anyhow!("SYN {sent} of {count} to {dst}: {e}")),
+                Ok(_) => return Err(anyhow!("{dst} answered: it should drop SYNs")),
+            }
+        }
+        Ok(sent)
+    })?
 }
 
 /// Sends UDP datagrams from namespace `ns` to the echo service and counts the replies.

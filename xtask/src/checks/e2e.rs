@@ -45,6 +45,7 @@ const CONSOLE: &str = "e2e-console-on-pci-16550-ttyS0";
 const PRIVATE_RANGES: &str = "e2e-private-ranges-from-imds-vpc-cidr";
 const USER_DATA: &str = "e2e-user-data-changes-health-interval";
 const TRAFFIC: &str = "e2e-tcp-udp-icmp-through-the-nat";
+const DECIDED: &str = "e2e-ipv6-off-rfc-timeouts-ct-stats-no-ena-fields-on-virtio";
 const MTU: &str = "e2e-mtu-9001-upload-across-1500-black-hole";
 const NO_REDIRECTS: &str = "e2e-no-icmp-redirects";
 const CLOSED: &str = "e2e-nothing-open-and-no-inbound-to-private";
@@ -60,16 +61,24 @@ const SLOT6_PRIMARY: &str = "e2e-two-nics-imds-primary-in-slot-6-ready-on-ens6";
 const ROOT_BUS: &str = "e2e-nic-on-root-bus-00-05-ready-on-enp0s5";
 const IMDS_SLOW: &str = "e2e-imds-503-for-10s-nat-works-on-defaults";
 const IMDS_LATE: &str = "e2e-imds-late-answer-applies-vpc-cidr-and-user-data";
+const FLOOD: &str = "e2e-syn-flood-from-one-host-capped-another-host-connects";
+/// The per-source cap on tracked flows in the root-bus boot's user-data, and the table size.
+const FLOOD_LIMIT: u64 = 1000;
+const FLOOD_CT_MAX: u64 = 4096;
+/// More SYNs than the table holds.
+const FLOOD_SYNS: usize = 5000;
 /// How long the IMDS double answers 503 in the root-bus boot.
 const IMDS_DOWN: Duration = Duration::from_secs(10);
-/// The user-data of that boot: health lines every 2 s instead of 60 once it is applied.
-const LATE_USER_DATA: &str = "# nat-init user-data\nhealth_interval = 2\n";
+/// The user-data of that boot: health lines every 2 s instead of 60 once it is applied, and a
+/// small conntrack table with a per-source cap for the SYN flood.
+const LATE_USER_DATA: &str = "# nat-init user-data\nhealth_interval = 2\nconntrack_max = 4096\n";
 pub const CHECKS: &[&str] = &[
     READY,
     MODULES,
     CONSOLE,
     PRIVATE_RANGES,
     USER_DATA,
+    DECIDED,
     TRAFFIC,
     MTU,
     NO_REDIRECTS,
@@ -84,6 +93,7 @@ pub const CHECKS: &[&str] = &[
     ROOT_BUS,
     IMDS_SLOW,
     IMDS_LATE,
+    FLOOD,
 ];
 
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
@@ -203,6 +213,20 @@ fn ready_has(line: &str, want: &[(&str, String)]) -> Result<()> {
     Ok(())
 }
 
+/// The first line of a file under /proc or /sys in the guest, through init's test console.
+fn guest_read(vm: &mut Vm, path: &str) -> Result<String> {
+    let mark = vm.line_count();
+    vm.send(&format!("init-test read {path}\n"))?;
+    let needle = format!("test console: read {path}");
+    let (_, line) = vm.wait_for_from(mark, &needle, Duration::from_secs(10))?;
+    let rest = line.split_once(&needle).map_or("", |(_, r)| r);
+    match rest.strip_prefix(" = ") {
+        Some(v) => Ok(v.trim_end().to_string()),
+        None if rest == " =" || rest.is_empty() => Ok(String::new()),
+        None => bail!("the guest could not read {path}: {line}"),
+    }
+}
+
 /// UDP echoes from the private client through the NAT, all seen by the server from the NAT's
 /// public address.
 fn echoes_through_nat(vpc: &Vpc, count: usize) -> Result<()> {
@@ -293,6 +317,46 @@ fn assertions(vm: &mut Vm, vpc: &mut Vpc, manifest: &Value, report: &mut Report)
         // default is 60 s).
         let (i, _) = vm.wait_for_from(ready_at, "nat-init: health ", Duration::from_secs(15))?;
         vm.wait_for_from(i + 1, "nat-init: health ", Duration::from_secs(10))?;
+        Ok(())
+    });
+    all &= report.check_after(READY, DECIDED, || {
+        for (path, want) in [
+            ("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1"),
+            ("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1"),
+            ("/proc/sys/net/ipv6/conf/ens5/disable_ipv6", "1"),
+            // No IPv6 address at all, not even link-local.
+            ("/proc/net/if_inet6", ""),
+            ("/proc/sys/net/netfilter/nf_conntrack_udp_timeout", "120"),
+            (
+                "/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream",
+                "350",
+            ),
+            (
+                "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+                "7440",
+            ),
+            (
+                "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_syn_sent",
+                "240",
+            ),
+        ] {
+            let got = guest_read(vm, path)?;
+            say(&format!("guest {path} = {got:?}"));
+            if got != want {
+                bail!("{path} is {got:?} in the guest, want {want:?}");
+            }
+        }
+        let (_, health) =
+            vm.wait_for_from(ready_at, "nat-init: health ", Duration::from_secs(15))?;
+        say(&health);
+        for key in ["ct_drop", "ct_early_drop", "ct_insert_failed"] {
+            if ready_field(&health, key).is_none() {
+                bail!("the health line has no {key}: {health}");
+            }
+        }
+        if health.contains("allowance") {
+            bail!("ENA allowance fields on a virtio NIC: {health}");
+        }
         Ok(())
     });
     all &= report.check_after(READY, TRAFFIC, || {
@@ -752,6 +816,48 @@ fn root_bus(disk: &Path, manifest: &Value, vpc: &mut Vpc, report: &mut Report) {
         let (h, _) = v.wait_for_from(r, "nat-init: health ", Duration::from_secs(20))?;
         v.wait_for_from(h + 1, "nat-init: health ", Duration::from_secs(10))
             .context("user-data's health_interval = 2 is not in effect")?;
+        Ok(())
+    });
+    ok &= report.check_after(IMDS_LATE, FLOOD, || {
+        let v = vm.as_mut().context("the VM did not start")?;
+        let sent = vpc::syn_flood(&vpc.ns.name("private"), FLOOD_SYNS)?;
+        let tracked: u64 = guest_read(v, "/proc/sys/net/netfilter/nf_conntrack_count")?
+            .parse()
+            .context("nf_conntrack_count")?;
+        say(&format!(
+            "{sent} SYNs from {} to a silent port: {tracked} flows tracked (cap {FLOOD_LIMIT} per source, table {FLOOD_CT_MAX})",
+            vpc::CLIENT
+        ));
+        // The cap, plus the few flows of the other clients and the test itself.
+        if tracked > FLOOD_LIMIT + 50 {
+            bail!("{tracked} flows tracked after {sent} SYNs from one host: the per-source cap of {FLOOD_LIMIT} did not hold");
+        }
+        // Another private host still gets through, from the NAT's address.
+        let before = vpc.seen()?.http_clients.len();
+        let got = curl(
+            vpc,
+            "private2",
+            &["-o", "/dev/null", "-w", "%{size_download}", &format!("http://{}/bytes/65536", vpc::SERVER)],
+        )?;
+        if got.trim() != "65536" {
+            bail!("{} got {got} of 65536 bytes during the flood", vpc::CLIENT2);
+        }
+        let http = vpc.seen()?.http_clients[before..].to_vec();
+        only_from_nat("HTTP", &http, 1)?;
+        // The health line says what was refused.
+        let mark = v.line_count();
+        let (_, health) = v.wait_for_from(mark, "nat-init: health ", Duration::from_secs(10))?;
+        say(&health);
+        let table = format!("/{FLOOD_CT_MAX}");
+        if !ready_field(&health, "conntrack").is_some_and(|c| c.ends_with(&table)) {
+            bail!("the health line does not show the {FLOOD_CT_MAX}-flow table: {health}");
+        }
+        let refused: u64 = ready_field(&health, "per_source_dropped")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no per_source_dropped in the health line: {health}"))?;
+        if refused == 0 {
+            bail!("per_source_dropped=0 after {sent} SYNs from one host: {health}");
+        }
         Ok(())
     });
     vpc.set_imds_unavailable_for(Duration::ZERO);
