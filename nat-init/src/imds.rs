@@ -678,37 +678,27 @@ mod tests {
     }
 
     #[test]
-    fn server_errors_are_retried() {
-        let count = Arc::new(Mutex::new(0));
-        let c2 = count.clone();
-        let (ep, _) = serve(move |h| {
-            let mut n = c2.lock().unwrap();
-            *n += 1;
-            if *n == 1 {
-                http("503 Service Unavailable", "")
-            } else {
-                imds(h, None)
-            }
-        });
-        assert_eq!(fetch(&ep).unwrap().instance_id, "i-0123456789abcdef0");
-        assert_eq!(*count.lock().unwrap(), 6);
-    }
-
-    #[test]
-    fn throttling_is_retried_and_reported_when_it_lasts() {
-        let count = Arc::new(Mutex::new(0));
-        let c2 = count.clone();
-        let (ep, _) = serve(move |h| {
-            let mut n = c2.lock().unwrap();
-            *n += 1;
-            if *n == 1 {
-                http("429 Too Many Requests", "")
-            } else {
-                imds(h, None)
-            }
-        });
-        assert_eq!(fetch(&ep).unwrap().instance_id, "i-0123456789abcdef0");
-        assert_eq!(*count.lock().unwrap(), 6);
+    fn server_errors_and_throttling_are_retried() {
+        for status in ["503 Service Unavailable", "429 Too Many Requests"] {
+            let count = Arc::new(Mutex::new(0));
+            let c2 = count.clone();
+            let (ep, _) = serve(move |h| {
+                let mut n = c2.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    http(status, "")
+                } else {
+                    imds(h, None)
+                }
+            });
+            assert_eq!(
+                fetch(&ep).unwrap().instance_id,
+                "i-0123456789abcdef0",
+                "{status}"
+            );
+            assert_eq!(*count.lock().unwrap(), 6, "{status}");
+        }
+        // Throttling that lasts is reported as what it is.
         let (ep, _) = serve(|_| http("429 Too Many Requests", ""));
         match fetch(&ep) {
             Err(ImdsError::Status { what, status }) => {
