@@ -30,7 +30,8 @@ pub struct Config {
     /// `private_ranges`: the source ranges whose new flows are forwarded and masqueraded
     /// (anything else is dropped: no open relay). Default: the VPC's IPv4 CIDR blocks from IMDS;
     /// without IMDS, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and 100.64.0.0/10.
-    /// `0.0.0.0/0` is refused.
+    /// Refused: an empty list, ranges whose merged union is the whole address space, and any
+    /// range overlapping a special-use block (0/8, 127/8, 169.254/16, 224/4, 240/4).
     pub private_ranges: Option<Vec<Ipv4Cidr>>,
     /// `health_interval` (default 60, 1..=86400): seconds between `nat-init: health` lines.
     pub health_interval: u32,
@@ -327,11 +328,16 @@ fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
                     .to_string(),
             ));
         }
-        if let Some(all) = ranges.iter().find(|c| c.prefix_len() == 0) {
-            return Err(doc.key_error(
-                "private_ranges",
-                format!("{all} would make an open relay: list the VPC ranges instead"),
-            ));
+        // The merged union, so no combination of ranges gets around it.
+        if let Err(e) = crate::cidr::check_private(&ranges) {
+            let at = e
+                .range()
+                .and_then(|bad| ranges.iter().position(|c| *c == bad))
+                .map(|i| texts[i].span());
+            return Err(match at {
+                Some(span) => doc.error(Some(span), Some("private_ranges"), e.to_string()),
+                None => doc.key_error("private_ranges", e.to_string()),
+            });
         }
     }
     let num = |v: Option<u32>| v.map(u64::from);
@@ -627,6 +633,40 @@ dhcp_timeout = 10
         assert!(e.message.contains("open relay"), "{e}");
         let e = err("private_ranges = \"10.0.0.0/8\"");
         assert_eq!(e.key.as_deref(), Some("private_ranges"));
+    }
+
+    #[test]
+    fn private_ranges_union_must_not_be_everything_or_special() {
+        let e = err("rename = true\nprivate_ranges = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("private_ranges"))
+        );
+        assert!(e.message.contains("open relay"), "{e}");
+        let e = err("private_ranges = [\n  \"10.0.0.0/16\",\n  \"169.254.0.0/20\",\n]\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("private_ranges"))
+        );
+        assert_eq!(
+            e.to_string(),
+            "user-data line 3, key private_ranges: 169.254.0.0/20 overlaps 169.254.0.0/16 (link-local (IMDS, the VPC DNS)), which is never a private source"
+        );
+        for bad in ["127.0.0.0/8", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"] {
+            let e = err(&format!("private_ranges = [\"{bad}\"]"));
+            assert!(e.message.contains("overlaps"), "{bad}: {e}");
+        }
+        // The baked file is checked alike, and the defaults are used instead.
+        let l = Config::layered(
+            Some(("private_ranges = [\"127.0.0.0/8\"]\n", BAKED_PATH)),
+            None,
+        );
+        assert_eq!(l.config.private_ranges, None);
+        assert!(
+            l.errors[0]
+                .to_string()
+                .starts_with("/etc/nat-init.toml line 1, key private_ranges")
+        );
     }
 
     #[test]

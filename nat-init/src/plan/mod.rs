@@ -23,7 +23,7 @@ mod stages;
 mod sysctl;
 
 pub use args::parse_args;
-pub use config::{RangesFrom, UserData, classify_user_data, private_ranges};
+pub use config::{RangesFrom, UserData, classify_user_data, private_ranges, usable_vpc};
 pub use health::{PROC_CONNTRACK, count_offloaded, health};
 pub use lease::{DEFAULT_MTU, LeaseError, LeasePlan, RouteSpec, lease_mtu, plan_lease};
 pub use link::{Interface, resolve_interface};

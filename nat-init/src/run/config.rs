@@ -44,6 +44,7 @@ impl Service {
         let mut vpc: Option<Vec<Ipv4Cidr>> = None;
         let mut user_data: Option<String> = None;
         let mut unavailable: Option<String> = None;
+        let mut vpc_refused: Option<String> = None;
         if !imds_on {
             info("imds disabled by config");
         } else {
@@ -60,7 +61,11 @@ impl Service {
                         // The rest is for the primary, once nat-init drives it.
                         return Ok(());
                     }
-                    vpc = Some(d.vpc_cidrs);
+                    // Bad ones are an error line, and the ranges stay the defaults.
+                    match plan::usable_vpc(d.vpc_cidrs, &d.mac) {
+                        Ok(v) => vpc = Some(v),
+                        Err(why) => vpc_refused = Some(why),
+                    }
                     match plan::classify_user_data(d.user_data.as_deref()) {
                         UserData::Absent => {}
                         UserData::Foreign(kind) => {
@@ -95,6 +100,16 @@ impl Service {
             info("config interface, rename and name from user-data apply from the next boot only");
         }
         let (ranges, from) = plan::private_ranges(&new, vpc.as_deref());
+        if let Some(why) = vpc_refused {
+            error(
+                "imds",
+                format_args!(
+                    "{why}; keeping private={} from {}",
+                    report::ranges_text(&ranges),
+                    from.as_str()
+                ),
+            );
+        }
         match unavailable {
             Some(why) => info(format_args!(
                 "imds unavailable ({why}); using private={} from {}",
