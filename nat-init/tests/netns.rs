@@ -23,6 +23,9 @@ use nat_init::nft::{self, Nfnl, RulesetSpec};
 use nat_init::sysctl::{self, SysctlSettings};
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// A second private client, on another private subnet behind the NAT.
+const CLIENT2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const NAT_LAN2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 const NAT_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const NAT_WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -33,6 +36,7 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 /// The three namespaces of one test; deleted on drop.
 struct Topology {
     client: String,
+    client2: String,
     nat: String,
     server: String,
 }
@@ -47,12 +51,20 @@ impl Topology {
         let pid = std::process::id();
         let t = Topology {
             client: format!("natinit-c-{pid}-{n}"),
+            client2: format!("natinit-d-{pid}-{n}"),
             nat: format!("natinit-n-{pid}-{n}"),
             server: format!("natinit-s-{pid}-{n}"),
         };
-        for ns in [&t.client, &t.nat, &t.server] {
+        for ns in [&t.client, &t.client2, &t.nat, &t.server] {
             sh("ip", &["netns", "add", ns]);
         }
+        sh(
+            "ip",
+            &[
+                "-n", &t.nat, "link", "add", "lan1", "type", "veth", "peer", "name", "eth0",
+                "netns", &t.client2,
+            ],
+        );
         sh(
             "ip",
             &[
@@ -79,6 +91,10 @@ impl Topology {
             r.replace_address(wan.index, NAT_WAN_IP, 24, 3600, 1800)
                 .expect("ens5 address");
             r.set_up(lan.index).expect("lan0 up");
+            let lan1 = r.link("lan1").expect("reading lan1").expect("lan1 exists");
+            r.replace_address(lan1.index, NAT_LAN2_IP, 24, u32::MAX, u32::MAX)
+                .expect("lan1 address");
+            r.set_up(lan1.index).expect("lan1 up");
             r.set_up(wan.index).expect("ens5 up");
         });
         in_ns(&t.client, || {
@@ -100,6 +116,27 @@ impl Topology {
                 Some(NAT_LAN_IP),
                 eth.index,
                 Some(CLIENT_IP),
+                None,
+            )
+            .unwrap();
+        });
+        in_ns(&t.client2, || {
+            let mut r = Rtnl::open().unwrap();
+            let lo = r.link("lo").unwrap().unwrap();
+            r.set_up(lo.index).unwrap();
+            let eth = r.link("eth0").unwrap().unwrap();
+            r.replace_address(eth.index, CLIENT2_IP, 24, u32::MAX, u32::MAX)
+                .unwrap();
+            r.set_up(eth.index).unwrap();
+            assert!(
+                r.wait_for_carrier(eth.index, Duration::from_secs(5))
+                    .unwrap()
+            );
+            r.replace_route(
+                "0.0.0.0/0".parse().unwrap(),
+                Some(NAT_LAN2_IP),
+                eth.index,
+                Some(CLIENT2_IP),
                 None,
             )
             .unwrap();
@@ -153,7 +190,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for ns in [&self.client, &self.nat, &self.server] {
+        for ns in [&self.client, &self.client2, &self.nat, &self.server] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -468,6 +505,32 @@ fn traffic_through_the_nat() {
         drops(&after) > drops(&before),
         "rogue source not dropped by the ruleset: {after:?}"
     );
+}
+
+/// Two private subnets talk through their own routes, never through the NAT: a new flow
+/// between them is dropped, while both still reach the internet.
+#[test]
+fn private_to_private_is_not_forwarded() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    install(&t);
+    let before = counters(&t);
+    let peer = tcp_echo_peer(&t.client2, sa(Ipv4Addr::UNSPECIFIED, 8082));
+    assert!(tcp_ask(&t.client, sa(CLIENT2_IP, 8082)).is_err());
+    let srv = tcp_echo_peer(&t.server, sa(SERVER_IP, 8083));
+    assert_eq!(
+        tcp_ask(&t.client2, sa(SERVER_IP, 8083)).unwrap(),
+        NAT_WAN_IP.to_string()
+    );
+    assert_eq!(
+        tcp_ask(&t.client, sa(SERVER_IP, 8083)).unwrap(),
+        NAT_WAN_IP.to_string()
+    );
+    assert!(peer.join().unwrap().is_empty());
+    assert_eq!(srv.join().unwrap().len(), 2);
+    let after = counters(&t);
+    let drops = |c: &nft::Counters| c.rule(nft::RULE_FWD_DROP).unwrap().0;
+    assert!(drops(&after) > drops(&before), "{after:?}");
 }
 
 #[test]

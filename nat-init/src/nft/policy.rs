@@ -1,6 +1,6 @@
 //! The ruleset the appliance wants, built from a [`RulesetSpec`] (the configuration's view of
 //! it): masquerade what the private ranges send out of the interface to anywhere else, forward
-//! only flows they start (with their replies and ICMP errors), and drop unsolicited input but
+//! only flows they start to non-private destinations (with their replies and ICMP errors), and drop unsolicited input but
 //! loopback, DHCP and rate-limited ping. The order of the rules is part of the policy; the
 //! comments at each say why.
 
@@ -33,7 +33,6 @@ pub const RULE_MASQ: &str = "masquerade";
 pub const RULE_FWD_MSS: &str = "fwd_mss_clamp";
 pub const RULE_FWD_OFFLOAD: &str = "fwd_offload";
 pub const RULE_FWD_ESTABLISHED: &str = "fwd_established";
-pub const RULE_FWD_ICMP: &str = "fwd_icmp_unreachable";
 pub const RULE_FWD_INVALID: &str = "fwd_invalid";
 pub const RULE_FWD_NEW: &str = "fwd_new_private";
 pub const RULE_FWD_DROP: &str = "fwd_drop";
@@ -232,16 +231,8 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             &[c.clone(), accept.clone()],
         ],
     ));
-    // Before the invalid drop: a "fragmentation needed" for a flow conntrack no longer knows is
-    // invalid, and dropping it would black-hole path MTU discovery.
-    fwd.push(rule(
-        RULE_FWD_ICMP,
-        &[
-            &ip_protocol(IPPROTO_ICMP),
-            &payload_cmp(BASE_TRANSPORT, 0, vec![ICMP_DEST_UNREACH]),
-            &[c.clone(), accept.clone()],
-        ],
-    ));
+    // No rule for untracked ICMP errors: those about a NATed flow are RELATED to it (accepted
+    // above, and translated back), and any other has no flow here to help.
     fwd.push(rule(
         RULE_FWD_INVALID,
         &[&ct_state(CT_INVALID), &[c.clone(), drop.clone()]],
@@ -249,7 +240,10 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
     fwd.push(rule(
         RULE_FWD_NEW,
         &[
+            // From private to the internet only: two private subnets reach each other over the
+            // VPC's own routes, so a flow between them here is a misroute (or a relay attempt).
             &addr_in_set(false, false),
+            &addr_in_set(true, true),
             &ct_state(CT_NEW),
             &[c.clone(), accept.clone()],
         ],

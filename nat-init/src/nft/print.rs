@@ -370,9 +370,8 @@ mod tests {
 		type filter hook forward priority 0; policy drop;
 		meta l4proto tcp tcp flags syn tcp option maxseg size set rt mtu comment "fwd_mss_clamp"
 		ct state established,related counter packets 0 bytes 0 accept comment "fwd_established"
-		ip protocol icmp icmp type destination-unreachable counter packets 0 bytes 0 accept comment "fwd_icmp_unreachable"
 		ct state invalid counter packets 0 bytes 0 drop comment "fwd_invalid"
-		ip saddr @private ct state new counter packets 0 bytes 0 accept comment "fwd_new_private"
+		ip saddr @private ip daddr != @private ct state new counter packets 0 bytes 0 accept comment "fwd_new_private"
 		counter packets 0 bytes 0 drop comment "fwd_drop"
 	}
 	chain input {
