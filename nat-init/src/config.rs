@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 use crate::cidr::Ipv4Cidr;
+use crate::nft::MasqueradePorts;
 
 /// Where the image builder puts the rendered profile configuration.
 pub const BAKED_PATH: &str = "/etc/nat-init.toml";
@@ -57,6 +58,18 @@ pub struct Config {
     pub default_route_mtu: u16,
     /// `icmp_rate` (default 10, 1..=100000): ICMP packets per second accepted on input.
     pub icmp_rate: u32,
+    /// `masquerade_ports` (default `"fully-random"`; or `"random"`, `"preserve"`): how the
+    /// outside source port of a masqueraded flow is chosen. `fully-random`: a fresh random port
+    /// each flow. Many hosts opening flows to the same destination at once (the usual load of
+    /// a NAT: one API, one bucket) are otherwise steered to the same candidate port, and the
+    /// loser of that race is dropped when conntrack confirms it (`insert_failed`, a lost SYN and
+    /// a retransmission a second later: the SNAT race Docker and Kubernetes met); random ports
+    /// also keep outside ports unpredictable. `random`: a port from a keyed hash of the flow.
+    /// `preserve`: the host's own port while it is free on the outside address (the kernel's
+    /// default), for what wants port preservation (some peer-to-peer traversal); it is also
+    /// the most predictable. NAT Gateway documents ports per destination (55,000 simultaneous
+    /// connections to each unique destination), not port preservation.
+    pub masquerade_ports: MasqueradePorts,
     /// `imds` (default `true`): ask IMDSv2 for the VPC ranges and user-data at boot. Only the
     /// baked file can turn it off (user-data comes from IMDS).
     pub imds: bool,
@@ -81,6 +94,7 @@ impl Default for Config {
             mss_clamp: true,
             default_route_mtu: 1500,
             icmp_rate: 10,
+            masquerade_ports: MasqueradePorts::default(),
             imds: true,
             dhcp_timeout: 30,
         }
@@ -137,6 +151,7 @@ struct RawConfig {
     mss_clamp: Option<bool>,
     default_route_mtu: Option<u16>,
     icmp_rate: Option<u32>,
+    masquerade_ports: Option<String>,
     imds: Option<bool>,
     dhcp_timeout: Option<u32>,
 }
@@ -160,6 +175,7 @@ impl RawConfig {
             mss_clamp: over.mss_clamp.or(self.mss_clamp),
             default_route_mtu: over.default_route_mtu.or(self.default_route_mtu),
             icmp_rate: over.icmp_rate.or(self.icmp_rate),
+            masquerade_ports: over.masquerade_ports.or(self.masquerade_ports),
             imds: over.imds.or(self.imds),
             dhcp_timeout: over.dhcp_timeout.or(self.dhcp_timeout),
         }
@@ -188,6 +204,12 @@ impl RawConfig {
             mss_clamp: self.mss_clamp.unwrap_or(d.mss_clamp),
             default_route_mtu: self.default_route_mtu.unwrap_or(d.default_route_mtu),
             icmp_rate: self.icmp_rate.unwrap_or(d.icmp_rate),
+            // Validated when parsed.
+            masquerade_ports: self
+                .masquerade_ports
+                .as_deref()
+                .and_then(masquerade_ports)
+                .unwrap_or(d.masquerade_ports),
             imds: self.imds.unwrap_or(d.imds),
             dhcp_timeout: self.dhcp_timeout.unwrap_or(d.dhcp_timeout),
         }
@@ -303,7 +325,22 @@ fn check_ifname(doc: &Document<'_>, key: &str, name: Option<&String>) -> Result<
     Ok(())
 }
 
+fn masquerade_ports(name: &str) -> Option<MasqueradePorts> {
+    MasqueradePorts::NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, m)| *m)
+}
+
 fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    if let Some(m) = &raw.masquerade_ports
+        && masquerade_ports(m).is_none()
+    {
+        return Err(doc.key_error(
+            "masquerade_ports",
+            format!("{m:?} is not one of \"random\", \"fully-random\", \"preserve\""),
+        ));
+    }
     check_ifname(doc, "interface", raw.interface.as_ref())?;
     check_ifname(doc, "name", raw.name.as_ref())?;
     if raw.name.is_some() && raw.rename == Some(false) {
@@ -471,6 +508,7 @@ flowtable = false
 mss_clamp = false
 default_route_mtu = 1400
 icmp_rate = 100
+masquerade_ports = "preserve"
 imds = false
 dhcp_timeout = 10
 "#;
@@ -494,6 +532,7 @@ dhcp_timeout = 10
                 mss_clamp: false,
                 default_route_mtu: 1400,
                 icmp_rate: 100,
+                masquerade_ports: MasqueradePorts::Preserve,
                 imds: false,
                 dhcp_timeout: 10,
             }
@@ -667,6 +706,22 @@ dhcp_timeout = 10
                 .to_string()
                 .starts_with("/etc/nat-init.toml line 1, key private_ranges")
         );
+    }
+
+    #[test]
+    fn masquerade_ports_are_named() {
+        assert_eq!(
+            Config::default().masquerade_ports,
+            MasqueradePorts::FullyRandom
+        );
+        let c = Config::from_toml("masquerade_ports = \"random\"", "x").unwrap();
+        assert_eq!(c.masquerade_ports, MasqueradePorts::Random);
+        let e = err("\nmasquerade_ports = \"sequential\"\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("masquerade_ports"))
+        );
+        assert!(e.message.contains("\"sequential\" is not one of"), "{e}");
     }
 
     #[test]

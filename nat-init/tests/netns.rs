@@ -184,6 +184,7 @@ impl Topology {
             flowtable,
             mss_clamp: true,
             icmp_rate_per_s: 5,
+            masquerade_ports: nft::MasqueradePorts::default(),
         }
     }
 }
@@ -358,7 +359,8 @@ fn ruleset_installs_verifies_and_matches_nft() {
         "type nat hook postrouting priority srcnat; policy accept;",
         "type filter hook forward priority filter; policy drop;",
         "type filter hook input priority filter; policy drop;",
-        "oifname \"ens5\" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade comment \"masquerade\"",
+        "oifname \"ens5\" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade fully-random comment \"masquerade\"",
+        "ip saddr @private ip daddr != @private ct state new counter packets 0 bytes 0 accept comment \"fwd_new_private\"",
         "elements = { 10.0.0.0/16 }",
         "ct state established,related counter",
         "ct state invalid counter",
@@ -429,6 +431,51 @@ fn ruleset_installs_verifies_and_matches_nft() {
         let err = nft::verify(&mut s, &nft::build(&other)).unwrap_err();
         assert!(err.to_string().contains("sets:"), "{err}");
     });
+}
+
+/// Each `masquerade_ports` setting installs, verifies, lists as nft writes it, and picks ports
+/// as it says: `preserve` keeps the client's port, the random ones do not.
+#[test]
+fn masquerade_port_allocation() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    let udp = udp_echo_peer(&t.server, sa(SERVER_IP, 9091));
+    for (i, (name, ports)) in nft::MasqueradePorts::NAMES.into_iter().enumerate() {
+        let mut sp = t.spec(false);
+        sp.masquerade_ports = ports;
+        let r = nft::build(&sp);
+        in_ns(&t.nat, || {
+            let mut s = Nfnl::open().unwrap();
+            nft::apply(&mut s, &r).unwrap();
+            nft::verify(&mut s, &r).unwrap();
+        });
+        let listing = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "ruleset"]);
+        let want = match ports {
+            nft::MasqueradePorts::Preserve => "masquerade comment \"masquerade\"".to_string(),
+            _ => format!("masquerade {name} comment \"masquerade\""),
+        };
+        assert!(listing.contains(&want), "`{want}` not in:\n{listing}");
+        // Two flows from fixed client ports: preserved both, or (random) not both.
+        let base = 40000 + 10 * i as u16;
+        let mut kept = 0;
+        for p in [base, base + 1] {
+            let got = udp_ask(&t.client, sa(CLIENT_IP, p), sa(SERVER_IP, 9091));
+            assert_eq!(got.as_deref(), Some("198.51.100.1"), "{name}");
+            kept += 1;
+        }
+        assert_eq!(kept, 2);
+    }
+    let seen = udp.join().unwrap();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    let preserved = |i: usize| {
+        let base = 40000 + 10 * i as u16;
+        seen.iter()
+            .filter(|p| p.port() == base || p.port() == base + 1)
+            .count()
+    };
+    assert!(preserved(0) < 2, "random kept the ports: {seen:?}");
+    assert!(preserved(1) < 2, "fully-random kept the ports: {seen:?}");
+    assert_eq!(preserved(2), 2, "preserve changed the ports: {seen:?}");
 }
 
 #[test]

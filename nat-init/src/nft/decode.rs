@@ -134,13 +134,19 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
                 .unwrap_or(0),
         },
         "masq" => {
-            if get(&l, 1).is_some_and(|v| v.iter().any(|b| *b != 0)) || get(&l, 2).is_some() {
+            // A port range (registers) is not ours to model: kept raw so it shows as foreign.
+            if get(&l, 2).is_some() {
                 Expr::Raw {
                     name: name.into(),
                     data: data.to_vec(),
                 }
             } else {
-                Expr::Masq
+                Expr::Masq {
+                    flags: get(&l, 1)
+                        .map(|v| be32(v, "masq flags"))
+                        .transpose()?
+                        .unwrap_or(0),
+                }
             }
         }
         "immediate" => {
@@ -470,10 +476,14 @@ mod tests {
             (vec!["0.0.0.0/0"], false, false),
             (vec![], false, false),
         ] {
-            let r = build(&spec(&private, ft, mss));
-            let back = round_trip(&r);
-            assert_eq!(back, r, "{back}\n{r}");
-            assert!(r.differences(&back).is_empty());
+            for (_, ports) in crate::nft::MasqueradePorts::NAMES {
+                let mut sp = spec(&private, ft, mss);
+                sp.masquerade_ports = ports;
+                let r = build(&sp);
+                let back = round_trip(&r);
+                assert_eq!(back, r, "{back}\n{r}");
+                assert!(r.differences(&back).is_empty());
+            }
         }
     }
 

@@ -114,7 +114,9 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
                 nla_u32(5, *flags),
             ],
         ),
-        Expr::Masq => ("masq", vec![]),
+        // The kernel dumps NFTA_MASQ_FLAGS only when not zero; so is it sent.
+        Expr::Masq { flags } if *flags == 0 => ("masq", vec![]),
+        Expr::Masq { flags } => ("masq", vec![nla_u32(1, *flags)]),
         Expr::Verdict(code) => (
             "immediate",
             vec![

@@ -102,7 +102,10 @@ pub enum Expr {
         kind: u32,
         flags: u32,
     },
-    Masq,
+    /// NF_NAT_RANGE_* flags: how the source port is chosen (see `MasqueradePorts`).
+    Masq {
+        flags: u32,
+    },
     Verdict(i32),
     Byteorder {
         sreg: u32,
@@ -260,7 +263,7 @@ impl Counters {
                     c.dropped_packets = c.dropped_packets.saturating_add(p);
                     c.dropped_bytes = c.dropped_bytes.saturating_add(b);
                 }
-                if rule.exprs.contains(&Expr::Masq) {
+                if rule.exprs.iter().any(|e| matches!(e, Expr::Masq { .. })) {
                     c.masqueraded_flows = c.masqueraded_flows.saturating_add(p);
                 }
                 c.rules.push((ch.name.clone(), rule.name.clone(), p, b));

@@ -19,6 +19,44 @@ pub struct RulesetSpec {
     pub flowtable: bool,
     pub mss_clamp: bool,
     pub icmp_rate_per_s: u32,
+    pub masquerade_ports: MasqueradePorts,
+}
+
+/// How masquerade picks a flow's source port on the outside address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MasqueradePorts {
+    /// A keyed hash of the flow picks the port (NF_NAT_RANGE_PROTO_RANDOM, `random`).
+    Random,
+    /// A fresh random port for every flow (NF_NAT_RANGE_PROTO_RANDOM_FULLY, `fully-random`):
+    /// the default, see `Config::masquerade_ports`.
+    #[default]
+    FullyRandom,
+    /// The host's own port while it is free, the kernel's default (no flag, `preserve`).
+    Preserve,
+}
+
+impl MasqueradePorts {
+    /// The config value's spelling, nft's too (but `preserve`, which nft leaves unsaid).
+    pub const NAMES: [(&str, MasqueradePorts); 3] = [
+        ("random", MasqueradePorts::Random),
+        ("fully-random", MasqueradePorts::FullyRandom),
+        ("preserve", MasqueradePorts::Preserve),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("fully-random", |(n, _)| n)
+    }
+
+    fn flags(self) -> u32 {
+        match self {
+            MasqueradePorts::Random => NAT_RANGE_PROTO_RANDOM,
+            MasqueradePorts::FullyRandom => NAT_RANGE_PROTO_RANDOM_FULLY,
+            MasqueradePorts::Preserve => 0,
+        }
+    }
 }
 
 /// The default table name.
@@ -153,7 +191,12 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 &meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)),
                 &addr_in_set(false, false),
                 &addr_in_set(true, true),
-                &[c.clone(), Expr::Masq],
+                &[
+                    c.clone(),
+                    Expr::Masq {
+                        flags: spec.masquerade_ports.flags(),
+                    },
+                ],
             ],
         )],
     };
@@ -361,6 +404,7 @@ pub(super) mod tests {
             flowtable,
             mss_clamp: mss,
             icmp_rate_per_s: 10,
+            masquerade_ports: MasqueradePorts::default(),
         }
     }
 

@@ -295,7 +295,12 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
 fn single(e: &Expr) -> String {
     match e {
         Expr::Counter { packets, bytes } => format!("counter packets {packets} bytes {bytes}"),
-        Expr::Masq => "masquerade".into(),
+        Expr::Masq { flags } => match *flags {
+            0 => "masquerade".into(),
+            NAT_RANGE_PROTO_RANDOM => "masquerade random".into(),
+            NAT_RANGE_PROTO_RANDOM_FULLY => "masquerade fully-random".into(),
+            f => format!("masquerade flags {f:#x}"),
+        },
         Expr::Verdict(v) => policy_name(*v),
         Expr::Limit {
             rate,
@@ -357,14 +362,14 @@ impl fmt::Display for Ruleset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::policy::build;
     use crate::nft::policy::tests::spec;
+    use crate::nft::policy::{MasqueradePorts, build};
 
     const EXPECTED_ENS5: &str = r#"table ip nat_instance {
 	set private { type ipv4_addr; flags interval; elements = { 10.0.0.0/16 } }
 	chain postrouting {
 		type nat hook postrouting priority 100; policy accept;
-		oifname "ens5" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade comment "masquerade"
+		oifname "ens5" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade fully-random comment "masquerade"
 	}
 	chain forward {
 		type filter hook forward priority 0; policy drop;
@@ -391,6 +396,32 @@ mod tests {
     fn text_for_ens5() {
         let r = build(&spec(&["10.0.0.0/16"], false, true));
         assert_eq!(r.to_string(), EXPECTED_ENS5);
+    }
+
+    #[test]
+    fn masquerade_port_allocation_prints_as_nft_does() {
+        for (name, ports, text) in [
+            (
+                "random",
+                MasqueradePorts::Random,
+                "masquerade random comment",
+            ),
+            (
+                "fully-random",
+                MasqueradePorts::FullyRandom,
+                "masquerade fully-random comment",
+            ),
+            (
+                "preserve",
+                MasqueradePorts::Preserve,
+                "counter packets 0 bytes 0 masquerade comment",
+            ),
+        ] {
+            let mut sp = spec(&["10.0.0.0/16"], false, true);
+            sp.masquerade_ports = ports;
+            assert!(build(&sp).to_string().contains(text), "{name}");
+            assert_eq!(ports.name(), name);
+        }
     }
 
     /// A read-back holds whatever the kernel (or the fuzz target's bytes) said, so printing must

@@ -40,6 +40,9 @@ pub(super) const ICMP_DEST_UNREACH: u8 = 3;
 pub(super) const ICMP_ECHO_REQUEST: u8 = 8;
 pub(super) const TCP_SYN: u8 = 0x02;
 pub(super) const IFNAMSIZ: usize = 16;
+/// NF_NAT_RANGE_PROTO_RANDOM and _RANDOM_FULLY (linux/netfilter/nf_nat.h): NFTA_MASQ_FLAGS.
+pub(super) const NAT_RANGE_PROTO_RANDOM: u32 = 1 << 2;
+pub(super) const NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
 
 /// nfnetlink's subsystem number for nf_tables: the high byte of a netlink message type.
 pub(super) const NFNL_SUBSYS_NFTABLES: u8 = 10;

@@ -19,6 +19,7 @@ pub fn ruleset_spec(
         flowtable,
         mss_clamp: cfg.mss_clamp,
         icmp_rate_per_s: cfg.icmp_rate,
+        masquerade_ports: cfg.masquerade_ports,
     }
 }
 
@@ -45,6 +46,7 @@ mod tests {
         let cfg = Config {
             mss_clamp: false,
             icmp_rate: 3,
+            masquerade_ports: nft::MasqueradePorts::Random,
             ..Config::default()
         };
         let private = ["10.0.0.0/16".parse().unwrap()];
@@ -58,6 +60,7 @@ mod tests {
                 flowtable: true,
                 mss_clamp: false,
                 icmp_rate_per_s: 3,
+                masquerade_ports: nft::MasqueradePorts::Random,
             }
         );
         assert!(!ruleset_spec(&cfg, "ens5", &private, false).flowtable);
