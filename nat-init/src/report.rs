@@ -63,20 +63,27 @@ pub struct Health {
     /// Flows in the flowtable now (conntrack entries marked offloaded); where that list cannot
     /// be read, the `flow add` rule's packet counter. Zero without a flowtable.
     pub offloaded: u64,
+    /// Flows masquerade started (the nat rule's packets: it sees first packets only) and the
+    /// bytes of masqueraded flows out of the interface (offloaded packets not counted): zero
+    /// while `ready` means nothing is being NATed.
+    pub masq_flows: u64,
+    pub masq_bytes: u64,
 }
 
 impl Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{PREFIX} health forwarded_packets={} forwarded_bytes={} dropped={} conntrack={}/{} lease_left_s={} offloaded={}",
+            "{PREFIX} health forwarded_packets={} forwarded_bytes={} dropped={} conntrack={}/{} lease_left_s={} offloaded={} masq_flows={} masq_bytes={}",
             self.forwarded_packets,
             self.forwarded_bytes,
             self.dropped,
             self.conntrack,
             self.conntrack_max,
             self.lease_left_s,
-            self.offloaded
+            self.offloaded,
+            self.masq_flows,
+            self.masq_bytes
         )
     }
 }
@@ -203,10 +210,12 @@ mod tests {
             conntrack_max: 65536,
             lease_left_s: 3500,
             offloaded: 3,
+            masq_flows: 4,
+            masq_bytes: 9000,
         };
         assert_eq!(
             h.to_string(),
-            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3"
+            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3 masq_flows=4 masq_bytes=9000"
         );
     }
 

@@ -368,6 +368,8 @@ fn ruleset_installs_verifies_and_matches_nft() {
         "icmp type echo-request limit rate over 5/second",
         "udp sport 67 udp dport 68 counter",
         "comment \"fwd_drop\"",
+        "type filter hook postrouting priority srcnat + 1; policy accept;",
+        "oifname \"ens5\" ct status snat counter packets 0 bytes 0 comment \"masq_traffic\"",
         "comment \"in_drop\"",
     ] {
         assert!(listing.contains(needle), "`{needle}` not in:\n{listing}");
@@ -551,6 +553,13 @@ fn traffic_through_the_nat() {
     assert!(
         drops(&after) > drops(&before),
         "rogue source not dropped by the ruleset: {after:?}"
+    );
+    // Every packet of the masqueraded flows out of ens5 (here the originals only: replies to
+    // the client leave by lan0): TCP's handshake, request and close, the UDP datagram and the
+    // echo request come to over 300 bytes.
+    assert!(
+        after.masqueraded_bytes >= before.masqueraded_bytes + 300,
+        "{after:?}"
     );
 }
 

@@ -234,6 +234,9 @@ pub struct Counters {
     pub dropped_bytes: u64,
     /// New connections masqueraded (NAT rules see only a flow's first packet).
     pub masqueraded_flows: u64,
+    /// Bytes of masqueraded flows leaving the interface, both directions, counted after source
+    /// NAT. Like the forward counters, this misses packets the flowtable offloaded.
+    pub masqueraded_bytes: u64,
     /// (chain, rule name, packets, bytes) for every rule with a counter.
     pub rules: Vec<(String, String, u64, u64)>,
 }
@@ -265,6 +268,9 @@ impl Counters {
                 }
                 if rule.exprs.iter().any(|e| matches!(e, Expr::Masq { .. })) {
                     c.masqueraded_flows = c.masqueraded_flows.saturating_add(p);
+                }
+                if rule.name == super::policy::RULE_MASQ_TRAFFIC {
+                    c.masqueraded_bytes = c.masqueraded_bytes.saturating_add(b);
                 }
                 c.rules.push((ch.name.clone(), rule.name.clone(), p, b));
             }
@@ -333,7 +339,9 @@ mod tests {
         assert_eq!((c.forwarded_packets, c.forwarded_bytes), (2 + 4, 600));
         assert_eq!(c.dropped_packets, 3 + 5 + 6 + 8 + 11);
         assert_eq!(c.dropped_bytes, 100 * c.dropped_packets);
-        assert_eq!(c.rules.len(), 11);
+        // postrouting_count: masqueraded traffic 12.
+        assert_eq!(c.masqueraded_bytes, 1200);
+        assert_eq!(c.rules.len(), 12);
         assert_eq!(c.rule(crate::nft::RULE_IN_DHCP), Some((10, 1000)));
         assert_eq!(c.rule(crate::nft::RULE_IN_LO), None);
     }

@@ -68,6 +68,9 @@ pub const FLOWTABLE: &str = "ft";
 
 // Names of the rules that carry counters (NFTA_RULE_USERDATA comments).
 pub const RULE_MASQ: &str = "masquerade";
+/// Counts every packet of masqueraded flows leaving the interface (both directions: replies to
+/// private hosts leave by the same ENI), in its own chain after source NAT.
+pub const RULE_MASQ_TRAFFIC: &str = "masq_traffic";
 pub const RULE_FWD_MSS: &str = "fwd_mss_clamp";
 pub const RULE_FWD_OFFLOAD: &str = "fwd_offload";
 pub const RULE_FWD_ESTABLISHED: &str = "fwd_established";
@@ -196,6 +199,41 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                     Expr::Masq {
                         flags: spec.masquerade_ports.flags(),
                     },
+                ],
+            ],
+        )],
+    };
+
+    // The nat chain sees a flow's first packet only; this one, hooked after source NAT, every
+    // packet of a flow masquerade translated, for the bytes on the health line. No verdict.
+    let masq_count = Chain {
+        name: "postrouting_count".into(),
+        kind: ChainType::Filter,
+        hook: HOOK_POST_ROUTING,
+        priority: 101,
+        policy: NF_ACCEPT,
+        rules: vec![rule(
+            RULE_MASQ_TRAFFIC,
+            &[
+                &meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)),
+                &[
+                    Expr::Ct {
+                        key: CT_STATUS,
+                        dreg: REG_1,
+                    },
+                    Expr::Bitwise {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        len: 4,
+                        mask: CT_STATUS_SRC_NAT.to_ne_bytes().to_vec(),
+                        xor: vec![0; 4],
+                    },
+                    Expr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_NEQ,
+                        data: vec![0; 4],
+                    },
+                    c.clone(),
                 ],
             ],
         )],
@@ -386,6 +424,7 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 policy: NF_DROP,
                 rules: input,
             },
+            masq_count,
         ],
     }
 }

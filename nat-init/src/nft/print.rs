@@ -273,6 +273,15 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                 3,
             ),
             (
+                Expr::Ct { key: CT_STATUS, .. },
+                Some(Expr::Bitwise { mask, .. }),
+                Some(Expr::Cmp {
+                    op: CMP_NEQ, data, ..
+                }),
+            ) if data.iter().all(|b| *b == 0) && u32_ne(mask) == Some(CT_STATUS_SRC_NAT) => {
+                ("ct status snat".into(), 3)
+            }
+            (
                 Expr::Rt { key: RT_TCPMSS, .. },
                 Some(Expr::Byteorder { .. }),
                 Some(Expr::Exthdr {
@@ -388,6 +397,10 @@ mod tests {
 		ip protocol icmp icmp type echo-request counter packets 0 bytes 0 accept comment "in_icmp_echo"
 		meta l4proto udp udp sport 67 udp dport 68 counter packets 0 bytes 0 accept comment "in_dhcp"
 		counter packets 0 bytes 0 drop comment "in_drop"
+	}
+	chain postrouting_count {
+		type filter hook postrouting priority 101; policy accept;
+		oifname "ens5" ct status snat counter packets 0 bytes 0 comment "masq_traffic"
 	}
 }
 "#;

@@ -19,6 +19,9 @@ pub(super) const BASE_TRANSPORT: u32 = 2;
 pub(super) const CMP_EQ: u32 = 0;
 pub(super) const CMP_NEQ: u32 = 1;
 pub(super) const CT_STATE: u32 = 0;
+pub(super) const CT_STATUS: u32 = 2;
+/// IPS_SRC_NAT in the ct status bits: the flow's source was translated.
+pub(super) const CT_STATUS_SRC_NAT: u32 = 1 << 4;
 pub(super) const CT_INVALID: u32 = 1;
 pub(super) const CT_ESTABLISHED: u32 = 1 << 1;
 pub(super) const CT_RELATED: u32 = 1 << 2;
