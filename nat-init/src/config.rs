@@ -70,6 +70,13 @@ pub struct Config {
     /// the most predictable. NAT Gateway documents ports per destination (55,000 simultaneous
     /// connections to each unique destination), not port preservation.
     pub masquerade_ports: MasqueradePorts,
+    /// `per_source_conntrack_limit` (default 32768, 0 = no limit): most tracked connections
+    /// one private source may hold through the NAT; its new flows beyond are dropped (counted
+    /// by `fwd_per_source_limit`), so one host cannot fill the table for the others. 32768 is
+    /// a quarter of the default `conntrack_max` (131072): one host never takes more than that
+    /// share, and it is above what a normal host opens (Linux's whole ephemeral port range,
+    /// 28232 ports, to one destination). Set it lower with a small `conntrack_max`.
+    pub per_source_conntrack_limit: u32,
     /// `imds` (default `true`): ask IMDSv2 for the VPC ranges and user-data at boot. Only the
     /// baked file can turn it off (user-data comes from IMDS).
     pub imds: bool,
@@ -95,6 +102,7 @@ impl Default for Config {
             default_route_mtu: 1500,
             icmp_rate: 10,
             masquerade_ports: MasqueradePorts::default(),
+            per_source_conntrack_limit: 32768,
             imds: true,
             dhcp_timeout: 30,
         }
@@ -152,6 +160,7 @@ struct RawConfig {
     default_route_mtu: Option<u16>,
     icmp_rate: Option<u32>,
     masquerade_ports: Option<String>,
+    per_source_conntrack_limit: Option<u32>,
     imds: Option<bool>,
     dhcp_timeout: Option<u32>,
 }
@@ -176,6 +185,9 @@ impl RawConfig {
             default_route_mtu: over.default_route_mtu.or(self.default_route_mtu),
             icmp_rate: over.icmp_rate.or(self.icmp_rate),
             masquerade_ports: over.masquerade_ports.or(self.masquerade_ports),
+            per_source_conntrack_limit: over
+                .per_source_conntrack_limit
+                .or(self.per_source_conntrack_limit),
             imds: over.imds.or(self.imds),
             dhcp_timeout: over.dhcp_timeout.or(self.dhcp_timeout),
         }
@@ -210,6 +222,9 @@ impl RawConfig {
                 .as_deref()
                 .and_then(masquerade_ports)
                 .unwrap_or(d.masquerade_ports),
+            per_source_conntrack_limit: self
+                .per_source_conntrack_limit
+                .unwrap_or(d.per_source_conntrack_limit),
             imds: self.imds.unwrap_or(d.imds),
             dhcp_timeout: self.dhcp_timeout.unwrap_or(d.dhcp_timeout),
         }
@@ -509,6 +524,7 @@ mss_clamp = false
 default_route_mtu = 1400
 icmp_rate = 100
 masquerade_ports = "preserve"
+per_source_conntrack_limit = 0
 imds = false
 dhcp_timeout = 10
 "#;
@@ -533,6 +549,7 @@ dhcp_timeout = 10
                 default_route_mtu: 1400,
                 icmp_rate: 100,
                 masquerade_ports: MasqueradePorts::Preserve,
+                per_source_conntrack_limit: 0,
                 imds: false,
                 dhcp_timeout: 10,
             }
@@ -722,6 +739,15 @@ dhcp_timeout = 10
             (Some(2), Some("masquerade_ports"))
         );
         assert!(e.message.contains("\"sequential\" is not one of"), "{e}");
+    }
+
+    #[test]
+    fn per_source_limit_default_is_a_quarter_of_the_default_table() {
+        assert_eq!(Config::default().per_source_conntrack_limit, 131072 / 4);
+        let c = Config::from_toml("per_source_conntrack_limit = 100", "x").unwrap();
+        assert_eq!(c.per_source_conntrack_limit, 100);
+        let e = err("per_source_conntrack_limit = -1");
+        assert_eq!(e.key.as_deref(), Some("per_source_conntrack_limit"));
     }
 
     #[test]

@@ -185,6 +185,7 @@ impl Topology {
             mss_clamp: true,
             icmp_rate_per_s: 5,
             masquerade_ports: nft::MasqueradePorts::default(),
+            per_source_limit: 1000,
         }
     }
 }
@@ -368,6 +369,8 @@ fn ruleset_installs_verifies_and_matches_nft() {
         "icmp type echo-request limit rate over 5/second",
         "udp sport 67 udp dport 68 counter",
         "comment \"fwd_drop\"",
+        "flags dynamic",
+        "ip saddr @private ip daddr != @private ct state new add @persrc { ip saddr ct count over 1000 } counter packets 0 bytes 0 drop comment \"fwd_per_source_limit\"",
         "type filter hook postrouting priority srcnat + 1; policy accept;",
         "oifname \"ens5\" ct status snat counter packets 0 bytes 0 comment \"masq_traffic\"",
         "comment \"in_drop\"",
@@ -478,6 +481,64 @@ fn masquerade_port_allocation() {
     assert!(preserved(0) < 2, "random kept the ports: {seen:?}");
     assert!(preserved(1) < 2, "fully-random kept the ports: {seen:?}");
     assert_eq!(preserved(2), 2, "preserve changed the ports: {seen:?}");
+}
+
+/// One private host cannot hold more than its share of conntrack: with a limit of 5, a client
+/// opening 8 connections (held open) gets 5, and a second client still connects.
+#[test]
+fn per_source_connection_limit() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    let mut sp = t.spec(false);
+    sp.per_source_limit = 5;
+    let r = nft::build(&sp);
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = spawn_in_ns(&t.server, move || {
+        let l = TcpListener::bind(sa(SERVER_IP, 8084)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let mut held = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        while std::time::Instant::now() < deadline {
+            match l.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        held.len()
+    });
+    rx.recv().unwrap();
+    let opened = in_ns(&t.client, || {
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            if let Ok(s) =
+                TcpStream::connect_timeout(&sa(SERVER_IP, 8084), Duration::from_millis(700))
+            {
+                open.push(s);
+            }
+        }
+        let n = open.len();
+        // Held until the second client has tried.
+        (n, open)
+    });
+    assert_eq!(opened.0, 5, "connections the first client got");
+    let other = in_ns(&t.client2, || {
+        TcpStream::connect_timeout(&sa(SERVER_IP, 8084), TIMEOUT).is_ok()
+    });
+    assert!(other, "the second client could not connect");
+    let c = counters(&t);
+    assert!(c.rule(nft::RULE_FWD_PER_SOURCE).unwrap().0 >= 3, "{c:?}");
+    // The dynamic set's elements do not make the table differ from what was installed.
+    in_ns(&t.nat, || {
+        nft::verify(&mut Nfnl::open().unwrap(), &r).unwrap()
+    });
+    drop(opened);
+    assert_eq!(server.join().unwrap(), 6);
 }
 
 #[test]

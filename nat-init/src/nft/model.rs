@@ -15,14 +15,24 @@ pub struct Ruleset {
     pub chains: Vec<Chain>,
 }
 
-/// An IPv4 address set with interval flag; elements are inclusive ranges, sorted and merged.
+/// An IPv4 address set: with the interval flag, elements are inclusive ranges, sorted and
+/// merged; a dynamic one (filled by rules) has none here, whatever the kernel holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: String,
     pub flags: u32,
     pub key_type: u32,
     pub key_len: u32,
+    /// Most elements (NFTA_SET_DESC_SIZE); 0 when not given.
+    pub size: u32,
     pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
+}
+
+impl Set {
+    /// Filled by rules (`flags dynamic`): its elements are the kernel's business.
+    pub fn is_dynamic(&self) -> bool {
+        self.flags & super::uapi::SET_EVAL != 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +140,18 @@ pub enum Expr {
     },
     FlowOffload {
         table: String,
+    },
+    /// Adds the key in `sreg` to `set`, running `expr` for its element (`add @set { ... }`).
+    Dynset {
+        set: String,
+        op: u32,
+        sreg: u32,
+        expr: Option<Box<Expr>>,
+    },
+    /// Connections tracked under the element (`ct count [over] N`).
+    Connlimit {
+        count: u32,
+        flags: u32,
     },
     /// An expression this module does not model (only ever from a read-back).
     Raw {

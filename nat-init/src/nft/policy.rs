@@ -20,6 +20,9 @@ pub struct RulesetSpec {
     pub mss_clamp: bool,
     pub icmp_rate_per_s: u32,
     pub masquerade_ports: MasqueradePorts,
+    /// Most tracked connections one private source may hold (new flows beyond are dropped);
+    /// 0: no limit.
+    pub per_source_limit: u32,
 }
 
 /// How masquerade picks a flow's source port on the outside address.
@@ -63,6 +66,11 @@ impl MasqueradePorts {
 pub const TABLE: &str = "nat_instance";
 /// The named interval set holding the private ranges.
 pub const PRIVATE_SET: &str = "private";
+/// The dynamic set keyed by private source address, holding each one's connection count.
+pub const PER_SOURCE_SET: &str = "persrc";
+/// Most sources [`PER_SOURCE_SET`] holds: the VPC's hosts (a new source beyond it is not
+/// limited until one leaves).
+const PER_SOURCE_SIZE: u32 = 65535;
 /// The flowtable's name.
 pub const FLOWTABLE: &str = "ft";
 
@@ -76,6 +84,7 @@ pub const RULE_FWD_OFFLOAD: &str = "fwd_offload";
 pub const RULE_FWD_ESTABLISHED: &str = "fwd_established";
 pub const RULE_FWD_INVALID: &str = "fwd_invalid";
 pub const RULE_FWD_NEW: &str = "fwd_new_private";
+pub const RULE_FWD_PER_SOURCE: &str = "fwd_per_source_limit";
 pub const RULE_FWD_DROP: &str = "fwd_drop";
 pub const RULE_IN_LO: &str = "in_loopback";
 pub const RULE_IN_ESTABLISHED: &str = "in_established";
@@ -318,6 +327,37 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
         RULE_FWD_INVALID,
         &[&ct_state(CT_INVALID), &[c.clone(), drop.clone()]],
     ));
+    // Before the accept, on exactly the flows it accepts: one host over its share of conntrack
+    // gets its new flows dropped, and the others still get theirs.
+    if spec.per_source_limit > 0 {
+        fwd.push(rule(
+            RULE_FWD_PER_SOURCE,
+            &[
+                &addr_in_set(false, false),
+                &addr_in_set(true, true),
+                &ct_state(CT_NEW),
+                &[
+                    Expr::Payload {
+                        base: BASE_NETWORK,
+                        offset: 12,
+                        len: 4,
+                        dreg: REG_1,
+                    },
+                    Expr::Dynset {
+                        set: PER_SOURCE_SET.into(),
+                        op: DYNSET_OP_ADD,
+                        sreg: REG_1,
+                        expr: Some(Box::new(Expr::Connlimit {
+                            count: spec.per_source_limit,
+                            flags: CONNLIMIT_F_INV,
+                        })),
+                    },
+                    c.clone(),
+                    drop.clone(),
+                ],
+            ],
+        ));
+    }
     fwd.push(rule(
         RULE_FWD_NEW,
         &[
@@ -390,16 +430,28 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
         rule(RULE_IN_DROP, &[&[c, drop]]),
     ];
 
-    Ruleset {
-        table: spec.table.clone(),
-        sets: vec![Set {
-            name: PRIVATE_SET.into(),
-            flags: SET_INTERVAL,
+    let mut sets = vec![Set {
+        name: PRIVATE_SET.into(),
+        flags: SET_INTERVAL,
+        key_type: TYPE_IPADDR,
+        key_len: 4,
+        size: 0,
+        // The kernel's interval sets reject overlapping elements.
+        ranges: cidr::merge(&spec.private),
+    }];
+    if spec.per_source_limit > 0 {
+        sets.push(Set {
+            name: PER_SOURCE_SET.into(),
+            flags: SET_EVAL,
             key_type: TYPE_IPADDR,
             key_len: 4,
-            // The kernel's interval sets reject overlapping elements.
-            ranges: cidr::merge(&spec.private),
-        }],
+            size: PER_SOURCE_SIZE,
+            ranges: Vec::new(),
+        });
+    }
+    Ruleset {
+        table: spec.table.clone(),
+        sets,
         flowtable: spec.flowtable.then(|| Flowtable {
             name: FLOWTABLE.into(),
             hook: HOOK_NETDEV_INGRESS,
@@ -444,6 +496,7 @@ pub(super) mod tests {
             mss_clamp: mss,
             icmp_rate_per_s: 10,
             masquerade_ports: MasqueradePorts::default(),
+            per_source_limit: 0,
         }
     }
 

@@ -41,6 +41,19 @@ fn range_text(a: Ipv4Addr, b: Ipv4Addr) -> String {
 
 impl fmt::Display for Set {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_dynamic() {
+            return write!(
+                f,
+                "set {} {{ type {}; size {}; flags dynamic; }}",
+                self.name,
+                if self.key_type == TYPE_IPADDR && self.key_len == 4 {
+                    "ipv4_addr".to_string()
+                } else {
+                    format!("{}/{}", self.key_type, self.key_len)
+                },
+                self.size
+            );
+        }
         let elems: Vec<String> = self
             .ranges
             .iter()
@@ -197,6 +210,29 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
             (
                 Expr::Payload {
                     base: BASE_NETWORK,
+                    offset: 12,
+                    len: 4,
+                    dreg,
+                },
+                Some(Expr::Dynset {
+                    set,
+                    op: DYNSET_OP_ADD,
+                    sreg,
+                    expr,
+                }),
+                _,
+            ) if dreg == sreg => (
+                format!(
+                    "add @{set} {{ ip saddr{} }}",
+                    expr.as_deref()
+                        .map(|e| format!(" {}", single(e)))
+                        .unwrap_or_default()
+                ),
+                2,
+            ),
+            (
+                Expr::Payload {
+                    base: BASE_NETWORK,
                     offset: 9,
                     len: 1,
                     dreg,
@@ -332,6 +368,14 @@ fn single(e: &Expr) -> String {
             }
         ),
         Expr::FlowOffload { table } => format!("flow add @{table}"),
+        Expr::Connlimit { count, flags } => format!(
+            "ct count {}{count}",
+            if flags & CONNLIMIT_F_INV != 0 {
+                "over "
+            } else {
+                ""
+            }
+        ),
         other => format!("[{other:?}]"),
     }
 }
@@ -435,6 +479,23 @@ mod tests {
             assert!(build(&sp).to_string().contains(text), "{name}");
             assert_eq!(ports.name(), name);
         }
+    }
+
+    #[test]
+    fn per_source_limit_prints_as_nft_does() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.per_source_limit = 20;
+        let text = build(&sp).to_string();
+        assert!(
+            text.contains("\tset persrc { type ipv4_addr; size 65535; flags dynamic; }\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\t\tip saddr @private ip daddr != @private ct state new add @persrc { ip saddr ct count over 20 } counter packets 0 bytes 0 drop comment \"fwd_per_source_limit\"\n\t\tip saddr @private ip daddr != @private ct state new counter"),
+            "{text}"
+        );
+        sp.per_source_limit = 0;
+        assert!(!build(&sp).to_string().contains("persrc"));
     }
 
     /// A read-back holds whatever the kernel (or the fuzz target's bytes) said, so printing must

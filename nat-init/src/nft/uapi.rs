@@ -33,6 +33,11 @@ pub(super) const EXTHDR_OP_TCPOPT: u32 = 1;
 pub(super) const TCPOPT_MAXSEG: u8 = 2;
 pub(super) const RT_TCPMSS: u32 = 3;
 pub(super) const SET_INTERVAL: u32 = 0x4;
+/// NFT_SET_EVAL: a set rules add to (`flags dynamic`).
+pub(super) const SET_EVAL: u32 = 0x20;
+pub(super) const DYNSET_OP_ADD: u32 = 0;
+/// NFT_CONNLIMIT_F_INV: `ct count over N`.
+pub(super) const CONNLIMIT_F_INV: u32 = 1;
 pub(super) const SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// nft's `ipv4_addr` datatype, so `nft list` prints the set's elements as addresses.
 pub(super) const TYPE_IPADDR: u32 = 7;

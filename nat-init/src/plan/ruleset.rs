@@ -20,6 +20,7 @@ pub fn ruleset_spec(
         mss_clamp: cfg.mss_clamp,
         icmp_rate_per_s: cfg.icmp_rate,
         masquerade_ports: cfg.masquerade_ports,
+        per_source_limit: cfg.per_source_conntrack_limit,
     }
 }
 
@@ -61,6 +62,7 @@ mod tests {
                 mss_clamp: false,
                 icmp_rate_per_s: 3,
                 masquerade_ports: nft::MasqueradePorts::Random,
+                per_source_limit: 32768,
             }
         );
         assert!(!ruleset_spec(&cfg, "ens5", &private, false).flowtable);
