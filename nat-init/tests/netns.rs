@@ -186,6 +186,7 @@ impl Topology {
             icmp_rate_per_s: 5,
             masquerade_ports: nft::MasqueradePorts::default(),
             per_source_limit: 1000,
+            dhcp_server: None,
         }
     }
 }
@@ -370,6 +371,8 @@ fn ruleset_installs_verifies_and_matches_nft() {
         "udp sport 67 udp dport 68 counter",
         "comment \"fwd_drop\"",
         "flags dynamic",
+        "type filter hook prerouting priority raw; policy accept;",
+        "iifname \"ens5\" udp sport 67 udp dport 68 counter packets 0 bytes 0 notrack comment \"raw_dhcp_notrack\"",
         "ip saddr @private ip daddr != @private ct state new add @persrc { ip saddr ct count over 1000 } counter packets 0 bytes 0 drop comment \"fwd_per_source_limit\"",
         "type filter hook postrouting priority srcnat + 1; policy accept;",
         "oifname \"ens5\" ct status snat counter packets 0 bytes 0 comment \"masq_traffic\"",
@@ -539,6 +542,112 @@ fn per_source_connection_limit() {
     });
     drop(opened);
     assert_eq!(server.join().unwrap(), 6);
+}
+
+/// Sends `n` UDP datagrams 67 -> 68 to `dst` from `n` different sources (198.51.100.10 up, on
+/// the server's link so rp_filter lets them in), as a DHCP-reply flood from the internet would.
+fn spoof_dhcp_replies(ns: &str, dst: Ipv4Addr, n: u8) {
+    in_ns(ns, move || {
+        // SAFETY: plain socket(2); the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        for i in 0..n {
+            let src = Ipv4Addr::new(198, 51, 100, 10 + i);
+            let mut p = vec![0x45u8, 0, 0, 36, 0, 0, 0, 0, 64, 17, 0, 0];
+            p.extend(src.octets());
+            p.extend(dst.octets());
+            // UDP 67 -> 68, length 16, no checksum, 8 bytes of payload.
+            p.extend([0, 67, 0, 68, 0, 16, 0, 0]);
+            p.extend(*b"dhcpoffr");
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(dst).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `p` and `to` outlive the call; the lengths are theirs.
+            let sent = unsafe {
+                libc::sendto(
+                    fd,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                sent,
+                p.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { libc::close(fd) };
+    });
+}
+
+fn conntrack_count(ns: &str) -> u64 {
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            "/proc/sys/net/netfilter/nf_conntrack_count",
+        ],
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// DHCP is not a door: spoofed replies from the internet never get conntrack entries (before a
+/// lease they are accepted untracked), and once the table names the lease's server, only its
+/// replies are accepted and the rest are counted as dropped.
+#[test]
+fn spoofed_dhcp_replies_are_untracked_and_dropped_once_leased() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    install(&t);
+    let before = conntrack_count(&t.nat);
+    spoof_dhcp_replies(&t.server, NAT_WAN_IP, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = conntrack_count(&t.nat);
+    assert!(
+        after < before + 10,
+        "conntrack {before} -> {after} after 200 spoofed replies"
+    );
+    let c = counters(&t);
+    assert!(c.rule(nft::RULE_IN_DHCP).unwrap().0 >= 200, "{c:?}");
+
+    let mut sp = t.spec(false);
+    sp.dhcp_server = Some(SERVER_IP);
+    let r = nft::build(&sp);
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    let listing = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "ruleset"]);
+    let want = "ip saddr 198.51.100.2 udp sport 67 udp dport 68 counter packets 0 bytes 0 accept comment \"in_dhcp\"";
+    assert!(listing.contains(want), "`{want}` not in:\n{listing}");
+    spoof_dhcp_replies(&t.server, NAT_WAN_IP, 100);
+    // The server's own reply still gets in.
+    in_ns(&t.server, || {
+        let u = UdpSocket::bind(sa(SERVER_IP, 67)).unwrap();
+        u.send_to(b"ack", sa(NAT_WAN_IP, 68)).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let c = counters(&t);
+    assert_eq!(c.rule(nft::RULE_IN_DHCP).unwrap().0, 1, "{c:?}");
+    assert!(c.rule(nft::RULE_IN_DROP).unwrap().0 >= 100, "{c:?}");
+    assert!(c.rule(nft::RULE_RAW_DHCP).unwrap().0 >= 101, "{c:?}");
+    assert!(conntrack_count(&t.nat) < before + 10);
 }
 
 #[test]

@@ -210,6 +210,7 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
                 }
             },
         },
+        "notrack" => Expr::Notrack,
         "connlimit" => Expr::Connlimit {
             count: u(1, "count")?,
             flags: get(&l, 2)
@@ -514,6 +515,7 @@ mod tests {
                 let mut sp = spec(&private, ft, mss);
                 sp.masquerade_ports = ports;
                 sp.per_source_limit = limit;
+                sp.dhcp_server = (limit == 5).then(|| std::net::Ipv4Addr::new(10, 0, 0, 2));
                 let r = build(&sp);
                 let back = round_trip(&r);
                 assert_eq!(back, r, "{back}\n{r}");

@@ -178,6 +178,7 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             }
             ("dynset", v)
         }
+        Expr::Notrack => ("notrack", vec![]),
         Expr::Connlimit { count, flags } => {
             ("connlimit", vec![nla_u32(1, *count), nla_u32(2, *flags)])
         }

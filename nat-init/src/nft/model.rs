@@ -148,6 +148,8 @@ pub enum Expr {
         sreg: u32,
         expr: Option<Box<Expr>>,
     },
+    /// The packet gets no conntrack entry.
+    Notrack,
     /// Connections tracked under the element (`ct count [over] N`).
     Connlimit {
         count: u32,
@@ -361,9 +363,9 @@ mod tests {
         assert_eq!((c.forwarded_packets, c.forwarded_bytes), (2 + 4, 600));
         assert_eq!(c.dropped_packets, 3 + 5 + 6 + 8 + 11);
         assert_eq!(c.dropped_bytes, 100 * c.dropped_packets);
-        // postrouting_count: masqueraded traffic 12.
+        // postrouting_count: masqueraded traffic 12; prerouting_raw: DHCP notrack 13 (neither).
         assert_eq!(c.masqueraded_bytes, 1200);
-        assert_eq!(c.rules.len(), 12);
+        assert_eq!(c.rules.len(), 13);
         assert_eq!(c.rule(crate::nft::RULE_IN_DHCP), Some((10, 1000)));
         assert_eq!(c.rule(crate::nft::RULE_IN_LO), None);
     }

@@ -4,6 +4,8 @@
 //! loopback, DHCP and rate-limited ping. The order of the rules is part of the policy; the
 //! comments at each say why.
 
+use std::net::Ipv4Addr;
+
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::*;
 use crate::cidr::{self, Ipv4Cidr};
@@ -23,6 +25,8 @@ pub struct RulesetSpec {
     /// Most tracked connections one private source may hold (new flows beyond are dropped);
     /// 0: no limit.
     pub per_source_limit: u32,
+    /// The DHCP lease's server: once there is one, DHCP replies are accepted from it only.
+    pub dhcp_server: Option<Ipv4Addr>,
 }
 
 /// How masquerade picks a flow's source port on the outside address.
@@ -92,6 +96,7 @@ pub const RULE_IN_INVALID: &str = "in_invalid";
 pub const RULE_IN_ICMP_LIMIT: &str = "in_icmp_over_limit";
 pub const RULE_IN_ICMP: &str = "in_icmp_echo";
 pub const RULE_IN_DHCP: &str = "in_dhcp";
+pub const RULE_RAW_DHCP: &str = "raw_dhcp_notrack";
 pub const RULE_IN_DROP: &str = "in_drop";
 
 /// nft's default packet burst for `limit rate`.
@@ -371,6 +376,31 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
     ));
     fwd.push(rule(RULE_FWD_DROP, &[&[c.clone(), drop.clone()]]));
 
+    let dhcp_reply: Vec<Expr> = [
+        meta_cmp(META_L4PROTO, CMP_EQ, vec![IPPROTO_UDP]),
+        payload_cmp(BASE_TRANSPORT, 0, 67u16.to_be_bytes().to_vec()),
+        payload_cmp(BASE_TRANSPORT, 2, 68u16.to_be_bytes().to_vec()),
+    ]
+    .concat();
+    // Before conntrack (raw priority): DHCP replies arriving on the interface never get an
+    // entry, so a spoofed flood of them cannot fill the table. Before a lease the client reads
+    // them on its packet socket, ahead of netfilter; once bound, on its UDP socket, through the
+    // input rule below.
+    let raw = Chain {
+        name: "prerouting_raw".into(),
+        kind: ChainType::Filter,
+        hook: HOOK_PRE_ROUTING,
+        priority: -300,
+        policy: NF_ACCEPT,
+        rules: vec![rule(
+            RULE_RAW_DHCP,
+            &[
+                &meta_cmp(META_IIFNAME, CMP_EQ, ifname(&spec.iface)),
+                &dhcp_reply,
+                &[c.clone(), Expr::Notrack],
+            ],
+        )],
+    };
     let input = vec![
         rule(
             RULE_IN_LO,
@@ -418,12 +448,16 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 &[c.clone(), accept.clone()],
             ],
         ),
+        // Untracked (see the raw chain). With a lease, from its server only: anything else
+        // claiming to be a DHCP server falls to the final drop, counted there.
         rule(
             RULE_IN_DHCP,
             &[
-                &meta_cmp(META_L4PROTO, CMP_EQ, vec![IPPROTO_UDP]),
-                &payload_cmp(BASE_TRANSPORT, 0, 67u16.to_be_bytes().to_vec()),
-                &payload_cmp(BASE_TRANSPORT, 2, 68u16.to_be_bytes().to_vec()),
+                &spec
+                    .dhcp_server
+                    .map(|s| payload_cmp(BASE_NETWORK, 12, s.octets().to_vec()).to_vec())
+                    .unwrap_or_default(),
+                &dhcp_reply,
                 &[c.clone(), accept.clone()],
             ],
         ),
@@ -477,6 +511,7 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 rules: input,
             },
             masq_count,
+            raw,
         ],
     }
 }
@@ -497,6 +532,7 @@ pub(super) mod tests {
             icmp_rate_per_s: 10,
             masquerade_ports: MasqueradePorts::default(),
             per_source_limit: 0,
+            dhcp_server: None,
         }
     }
 

@@ -233,6 +233,24 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
             (
                 Expr::Payload {
                     base: BASE_NETWORK,
+                    offset,
+                    len: 4,
+                    dreg,
+                },
+                Some(Expr::Cmp { sreg, op, data }),
+                _,
+            ) if dreg == sreg && (*offset == 12 || *offset == 16) && data.len() == 4 => (
+                format!(
+                    "ip {} {}{}",
+                    if *offset == 12 { "saddr" } else { "daddr" },
+                    op_text(*op),
+                    Ipv4Addr::new(data[0], data[1], data[2], data[3])
+                ),
+                2,
+            ),
+            (
+                Expr::Payload {
+                    base: BASE_NETWORK,
                     offset: 9,
                     len: 1,
                     dreg,
@@ -368,6 +386,7 @@ fn single(e: &Expr) -> String {
             }
         ),
         Expr::FlowOffload { table } => format!("flow add @{table}"),
+        Expr::Notrack => "notrack".into(),
         Expr::Connlimit { count, flags } => format!(
             "ct count {}{count}",
             if flags & CONNLIMIT_F_INV != 0 {
@@ -446,6 +465,10 @@ mod tests {
 		type filter hook postrouting priority 101; policy accept;
 		oifname "ens5" ct status snat counter packets 0 bytes 0 comment "masq_traffic"
 	}
+	chain prerouting_raw {
+		type filter hook prerouting priority -300; policy accept;
+		iifname "ens5" meta l4proto udp udp sport 67 udp dport 68 counter packets 0 bytes 0 notrack comment "raw_dhcp_notrack"
+	}
 }
 "#;
 
@@ -479,6 +502,21 @@ mod tests {
             assert!(build(&sp).to_string().contains(text), "{name}");
             assert_eq!(ports.name(), name);
         }
+    }
+
+    #[test]
+    fn dhcp_from_the_lease_server_only() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.dhcp_server = Some(Ipv4Addr::new(10, 0, 1, 1));
+        let text = build(&sp).to_string();
+        assert!(
+            text.contains("\t\tip saddr 10.0.1.1 meta l4proto udp udp sport 67 udp dport 68 counter packets 0 bytes 0 accept comment \"in_dhcp\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notrack comment \"raw_dhcp_notrack\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub(super) const REG_VERDICT: u32 = 0;
 pub(super) const REG_1: u32 = 1;
 pub(super) const NF_DROP: i32 = 0;
 pub(super) const NF_ACCEPT: i32 = 1;
+pub(super) const HOOK_PRE_ROUTING: u32 = 0;
 pub(super) const HOOK_LOCAL_IN: u32 = 1;
 pub(super) const HOOK_FORWARD: u32 = 2;
 pub(super) const HOOK_POST_ROUTING: u32 = 4;

@@ -57,6 +57,8 @@ pub struct Service {
     stages: Stages,
     private: Vec<Ipv4Cidr>,
     ruleset: Option<nft::Ruleset>,
+    /// The DHCP server the installed table accepts replies from (none: from any).
+    table_dhcp_server: Option<std::net::Ipv4Addr>,
     flowtable_active: bool,
     flowtable_said: Option<String>,
     sysctl_plan: Vec<(String, String)>,
@@ -111,6 +113,7 @@ impl Service {
             stages: Stages::new(),
             private: Vec::new(),
             ruleset: None,
+            table_dhcp_server: None,
             flowtable_active: false,
             flowtable_said: None,
             sysctl_plan: Vec::new(),
