@@ -115,6 +115,67 @@ pub fn merge(cidrs: &[Ipv4Cidr]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
         .collect()
 }
 
+/// The special-use blocks a private range must not touch, with why: sources or destinations
+/// there are never a VPC's hosts, and some (link-local: IMDS, the VPC DNS) must never be NATed.
+pub const SPECIAL_USE: [(Ipv4Addr, u8, &str); 5] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (
+        Ipv4Addr::new(169, 254, 0, 0),
+        16,
+        "link-local (IMDS, the VPC DNS)",
+    ),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved and broadcast"),
+];
+
+/// Why a set of private ranges cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangesError {
+    #[error(
+        "cover the whole address space once merged: that would make an open relay and masquerade nothing; list the VPC ranges instead"
+    )]
+    Everything,
+    #[error("{range} overlaps {special} ({why}), which is never a private source")]
+    SpecialUse {
+        range: Ipv4Cidr,
+        special: Ipv4Cidr,
+        why: &'static str,
+    },
+}
+
+impl RangesError {
+    /// The offending range, when one range is at fault (not the union as a whole).
+    pub fn range(&self) -> Option<Ipv4Cidr> {
+        match self {
+            RangesError::Everything => None,
+            RangesError::SpecialUse { range, .. } => Some(*range),
+        }
+    }
+}
+
+/// Checks ranges meant as the private set: their merged union must not be the whole space
+/// (`0.0.0.0/1` + `128.0.0.0/1` is), and no range may overlap a [`SPECIAL_USE`] block.
+pub fn check_private(cidrs: &[Ipv4Cidr]) -> Result<(), RangesError> {
+    if merge(cidrs) == [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST)] {
+        return Err(RangesError::Everything);
+    }
+    for c in cidrs {
+        for (addr, len, why) in SPECIAL_USE {
+            let special = Ipv4Cidr { addr, len };
+            // Two prefixes overlap exactly when one contains the other's first address.
+            if c.contains(special.addr) || special.contains(c.addr) {
+                return Err(RangesError::SpecialUse {
+                    range: *c,
+                    special,
+                    why,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn mask(len: u8) -> u32 {
     if len == 0 {
         0
@@ -231,6 +292,38 @@ mod tests {
         );
         assert_eq!(merge(&[c("10.0.0.0/24"), c("10.0.2.0/24")]).len(), 2);
         assert!(merge(&[]).is_empty());
+    }
+
+    #[test]
+    fn private_ranges_are_checked_as_a_merged_union() {
+        let c = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.parse().unwrap())
+                .collect::<Vec<Ipv4Cidr>>()
+        };
+        assert_eq!(
+            check_private(&c(&["0.0.0.0/1", "128.0.0.0/1"])),
+            Err(RangesError::Everything)
+        );
+        assert_eq!(
+            check_private(&c(&["0.0.0.0/0"])),
+            Err(RangesError::Everything)
+        );
+        assert!(check_private(&Ipv4Cidr::private_defaults()).is_ok());
+        assert!(check_private(&c(&["10.0.0.0/16", "198.18.0.0/15", "1.0.0.0/8"])).is_ok());
+        for (bad, special) in [
+            ("0.0.0.0/8", "0.0.0.0/8"),
+            ("127.0.0.1/32", "127.0.0.0/8"),
+            ("169.254.169.254/32", "169.254.0.0/16"),
+            ("168.0.0.0/6", "169.254.0.0/16"),
+            ("224.0.0.0/3", "224.0.0.0/4"),
+            ("255.255.255.255/32", "240.0.0.0/4"),
+        ] {
+            let e = check_private(&c(&["10.0.0.0/8", bad])).unwrap_err();
+            assert_eq!(e.range(), Some(bad.parse().unwrap()), "{bad}");
+            assert!(e.to_string().contains(special), "{bad}: {e}");
+        }
+        assert!(check_private(&c(&["126.0.0.0/8", "128.0.0.0/8", "223.0.0.0/8"])).is_ok());
     }
 
     #[test]

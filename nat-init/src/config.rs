@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 use crate::cidr::Ipv4Cidr;
+use crate::nft::MasqueradePorts;
 
 /// Where the image builder puts the rendered profile configuration.
 pub const BAKED_PATH: &str = "/etc/nat-init.toml";
@@ -30,7 +31,8 @@ pub struct Config {
     /// `private_ranges`: the source ranges whose new flows are forwarded and masqueraded
     /// (anything else is dropped: no open relay). Default: the VPC's IPv4 CIDR blocks from IMDS;
     /// without IMDS, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and 100.64.0.0/10.
-    /// `0.0.0.0/0` is refused.
+    /// Refused: an empty list, ranges whose merged union is the whole address space, and any
+    /// range overlapping a special-use block (0/8, 127/8, 169.254/16, 224/4, 240/4).
     pub private_ranges: Option<Vec<Ipv4Cidr>>,
     /// `health_interval` (default 60, 1..=86400): seconds between `nat-init: health` lines.
     pub health_interval: u32,
@@ -80,6 +82,25 @@ pub struct Config {
     pub default_route_mtu: u16,
     /// `icmp_rate` (default 10, 1..=100000): ICMP packets per second accepted on input.
     pub icmp_rate: u32,
+    /// `masquerade_ports` (default `"fully-random"`; or `"random"`, `"preserve"`): how the
+    /// outside source port of a masqueraded flow is chosen. `fully-random`: a fresh random port
+    /// each flow. Many hosts opening flows to the same destination at once (the usual load of
+    /// a NAT: one API, one bucket) are otherwise steered to the same candidate port, and the
+    /// loser of that race is dropped when conntrack confirms it (`insert_failed`, a lost SYN and
+    /// a retransmission a second later: the SNAT race Docker and Kubernetes met); random ports
+    /// also keep outside ports unpredictable. `random`: a port from a keyed hash of the flow.
+    /// `preserve`: the host's own port while it is free on the outside address (the kernel's
+    /// default), for what wants port preservation (some peer-to-peer traversal); it is also
+    /// the most predictable. NAT Gateway documents ports per destination (55,000 simultaneous
+    /// connections to each unique destination), not port preservation.
+    pub masquerade_ports: MasqueradePorts,
+    /// `per_source_conntrack_limit` (default 32768, 0 = no limit): most tracked connections
+    /// one private source may hold through the NAT; its new flows beyond are dropped (counted
+    /// by `fwd_per_source_limit`), so one host cannot fill the table for the others. 32768 is
+    /// a quarter of the default `conntrack_max` (131072): one host never takes more than that
+    /// share, and it is above what a normal host opens (Linux's whole ephemeral port range,
+    /// 28232 ports, to one destination). Set it lower with a small `conntrack_max`.
+    pub per_source_conntrack_limit: u32,
     /// `imds` (default `true`): ask IMDSv2 for the VPC ranges and user-data at boot. Only the
     /// baked file can turn it off (user-data comes from IMDS).
     pub imds: bool,
@@ -108,6 +129,8 @@ impl Default for Config {
             mss_clamp: true,
             default_route_mtu: 1500,
             icmp_rate: 10,
+            masquerade_ports: MasqueradePorts::default(),
+            per_source_conntrack_limit: 32768,
             imds: true,
             dhcp_timeout: 30,
         }
@@ -168,6 +191,8 @@ struct RawConfig {
     mss_clamp: Option<bool>,
     default_route_mtu: Option<u16>,
     icmp_rate: Option<u32>,
+    masquerade_ports: Option<String>,
+    per_source_conntrack_limit: Option<u32>,
     imds: Option<bool>,
     dhcp_timeout: Option<u32>,
 }
@@ -195,6 +220,10 @@ impl RawConfig {
             mss_clamp: over.mss_clamp.or(self.mss_clamp),
             default_route_mtu: over.default_route_mtu.or(self.default_route_mtu),
             icmp_rate: over.icmp_rate.or(self.icmp_rate),
+            masquerade_ports: over.masquerade_ports.or(self.masquerade_ports),
+            per_source_conntrack_limit: over
+                .per_source_conntrack_limit
+                .or(self.per_source_conntrack_limit),
             imds: over.imds.or(self.imds),
             dhcp_timeout: over.dhcp_timeout.or(self.dhcp_timeout),
         }
@@ -231,6 +260,15 @@ impl RawConfig {
             mss_clamp: self.mss_clamp.unwrap_or(d.mss_clamp),
             default_route_mtu: self.default_route_mtu.unwrap_or(d.default_route_mtu),
             icmp_rate: self.icmp_rate.unwrap_or(d.icmp_rate),
+            // Validated when parsed.
+            masquerade_ports: self
+                .masquerade_ports
+                .as_deref()
+                .and_then(masquerade_ports)
+                .unwrap_or(d.masquerade_ports),
+            per_source_conntrack_limit: self
+                .per_source_conntrack_limit
+                .unwrap_or(d.per_source_conntrack_limit),
             imds: self.imds.unwrap_or(d.imds),
             dhcp_timeout: self.dhcp_timeout.unwrap_or(d.dhcp_timeout),
         }
@@ -346,7 +384,22 @@ fn check_ifname(doc: &Document<'_>, key: &str, name: Option<&String>) -> Result<
     Ok(())
 }
 
+fn masquerade_ports(name: &str) -> Option<MasqueradePorts> {
+    MasqueradePorts::NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, m)| *m)
+}
+
 fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    if let Some(m) = &raw.masquerade_ports
+        && masquerade_ports(m).is_none()
+    {
+        return Err(doc.key_error(
+            "masquerade_ports",
+            format!("{m:?} is not one of \"random\", \"fully-random\", \"preserve\""),
+        ));
+    }
     check_ifname(doc, "interface", raw.interface.as_ref())?;
     check_ifname(doc, "name", raw.name.as_ref())?;
     if raw.name.is_some() && raw.rename == Some(false) {
@@ -371,11 +424,16 @@ fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
                     .to_string(),
             ));
         }
-        if let Some(all) = ranges.iter().find(|c| c.prefix_len() == 0) {
-            return Err(doc.key_error(
-                "private_ranges",
-                format!("{all} would make an open relay: list the VPC ranges instead"),
-            ));
+        // The merged union, so no combination of ranges gets around it.
+        if let Err(e) = crate::cidr::check_private(&ranges) {
+            let at = e
+                .range()
+                .and_then(|bad| ranges.iter().position(|c| *c == bad))
+                .map(|i| texts[i].span());
+            return Err(match at {
+                Some(span) => doc.error(Some(span), Some("private_ranges"), e.to_string()),
+                None => doc.key_error("private_ranges", e.to_string()),
+            });
         }
     }
     let num = |v: Option<u32>| v.map(u64::from);
@@ -558,6 +616,8 @@ flowtable = false
 mss_clamp = false
 default_route_mtu = 1400
 icmp_rate = 100
+masquerade_ports = "preserve"
+per_source_conntrack_limit = 0
 imds = false
 dhcp_timeout = 10
 "#;
@@ -585,6 +645,8 @@ dhcp_timeout = 10
                 mss_clamp: false,
                 default_route_mtu: 1400,
                 icmp_rate: 100,
+                masquerade_ports: MasqueradePorts::Preserve,
+                per_source_conntrack_limit: 0,
                 imds: false,
                 dhcp_timeout: 10,
             }
@@ -747,6 +809,65 @@ dhcp_timeout = 10
         assert!(e.message.contains("open relay"), "{e}");
         let e = err("private_ranges = \"10.0.0.0/8\"");
         assert_eq!(e.key.as_deref(), Some("private_ranges"));
+    }
+
+    #[test]
+    fn private_ranges_union_must_not_be_everything_or_special() {
+        let e = err("rename = true\nprivate_ranges = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("private_ranges"))
+        );
+        assert!(e.message.contains("open relay"), "{e}");
+        let e = err("private_ranges = [\n  \"10.0.0.0/16\",\n  \"169.254.0.0/20\",\n]\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("private_ranges"))
+        );
+        assert_eq!(
+            e.to_string(),
+            "user-data line 3, key private_ranges: 169.254.0.0/20 overlaps 169.254.0.0/16 (link-local (IMDS, the VPC DNS)), which is never a private source"
+        );
+        for bad in ["127.0.0.0/8", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"] {
+            let e = err(&format!("private_ranges = [\"{bad}\"]"));
+            assert!(e.message.contains("overlaps"), "{bad}: {e}");
+        }
+        // The baked file is checked alike, and the defaults are used instead.
+        let l = Config::layered(
+            Some(("private_ranges = [\"127.0.0.0/8\"]\n", BAKED_PATH)),
+            None,
+        );
+        assert_eq!(l.config.private_ranges, None);
+        assert!(
+            l.errors[0]
+                .to_string()
+                .starts_with("/etc/nat-init.toml line 1, key private_ranges")
+        );
+    }
+
+    #[test]
+    fn masquerade_ports_are_named() {
+        assert_eq!(
+            Config::default().masquerade_ports,
+            MasqueradePorts::FullyRandom
+        );
+        let c = Config::from_toml("masquerade_ports = \"random\"", "x").unwrap();
+        assert_eq!(c.masquerade_ports, MasqueradePorts::Random);
+        let e = err("\nmasquerade_ports = \"sequential\"\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("masquerade_ports"))
+        );
+        assert!(e.message.contains("\"sequential\" is not one of"), "{e}");
+    }
+
+    #[test]
+    fn per_source_limit_default_is_a_quarter_of_the_default_table() {
+        assert_eq!(Config::default().per_source_conntrack_limit, 131072 / 4);
+        let c = Config::from_toml("per_source_conntrack_limit = 100", "x").unwrap();
+        assert_eq!(c.per_source_conntrack_limit, 100);
+        let e = err("per_source_conntrack_limit = -1");
+        assert_eq!(e.key.as_deref(), Some("per_source_conntrack_limit"));
     }
 
     #[test]

@@ -68,6 +68,13 @@ pub struct Health {
     /// The ENA driver's allowance counters it has, in [`ENA_ALLOWANCES`] order; empty on
     /// other drivers (virtio in QEMU, veth in the tests).
     pub ena: Vec<(&'static str, u64)>,
+    /// Flows masquerade started (the nat rule's packets: it sees first packets only) and the
+    /// bytes of masqueraded flows out of the interface (offloaded packets not counted): zero
+    /// while `ready` means nothing is being NATed.
+    pub masq_flows: u64,
+    pub masq_bytes: u64,
+    /// New flows refused because their source already had its `per_source_conntrack_limit`.
+    pub per_source_dropped: u64,
 }
 
 /// conntrack's statistics summed over the CPUs: each counts packets whose new flow could not
@@ -112,6 +119,11 @@ impl Display for Health {
                 s.drop, s.early_drop, s.insert_failed
             )?;
         }
+        write!(
+            f,
+            " masq_flows={} masq_bytes={} per_source_dropped={}",
+            self.masq_flows, self.masq_bytes, self.per_source_dropped
+        )?;
         for (name, value) in &self.ena {
             write!(f, " {name}={value}")?;
         }
@@ -241,11 +253,14 @@ mod tests {
             conntrack_max: 65536,
             lease_left_s: 3500,
             offloaded: 3,
+            masq_flows: 4,
+            masq_bytes: 9000,
+            per_source_dropped: 5,
             ..Health::default()
         };
         assert_eq!(
             h.to_string(),
-            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3"
+            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3 masq_flows=4 masq_bytes=9000 per_source_dropped=5"
         );
         let h = Health {
             conntrack_stats: Some(ConntrackStats {
@@ -261,7 +276,7 @@ mod tests {
         };
         assert_eq!(
             h.to_string(),
-            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3 ct_drop=4 ct_early_drop=5 ct_insert_failed=6 bw_in_allowance_exceeded=1 pps_allowance_exceeded=2"
+            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=3 ct_drop=4 ct_early_drop=5 ct_insert_failed=6 masq_flows=4 masq_bytes=9000 per_source_dropped=5 bw_in_allowance_exceeded=1 pps_allowance_exceeded=2"
         );
     }
 

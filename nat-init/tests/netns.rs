@@ -23,6 +23,9 @@ use nat_init::nft::{self, Nfnl, RulesetSpec};
 use nat_init::sysctl::{self, SysctlSettings};
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// A second private client, on another private subnet behind the NAT.
+const CLIENT2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const NAT_LAN2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 const NAT_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const NAT_WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -33,6 +36,7 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 /// The three namespaces of one test; deleted on drop.
 struct Topology {
     client: String,
+    client2: String,
     nat: String,
     server: String,
 }
@@ -47,12 +51,20 @@ impl Topology {
         let pid = std::process::id();
         let t = Topology {
             client: format!("natinit-c-{pid}-{n}"),
+            client2: format!("natinit-d-{pid}-{n}"),
             nat: format!("natinit-n-{pid}-{n}"),
             server: format!("natinit-s-{pid}-{n}"),
         };
-        for ns in [&t.client, &t.nat, &t.server] {
+        for ns in [&t.client, &t.client2, &t.nat, &t.server] {
             sh("ip", &["netns", "add", ns]);
         }
+        sh(
+            "ip",
+            &[
+                "-n", &t.nat, "link", "add", "lan1", "type", "veth", "peer", "name", "eth0",
+                "netns", &t.client2,
+            ],
+        );
         sh(
             "ip",
             &[
@@ -79,6 +91,10 @@ impl Topology {
             r.replace_address(wan.index, NAT_WAN_IP, 24, 3600, 1800)
                 .expect("ens5 address");
             r.set_up(lan.index).expect("lan0 up");
+            let lan1 = r.link("lan1").expect("reading lan1").expect("lan1 exists");
+            r.replace_address(lan1.index, NAT_LAN2_IP, 24, u32::MAX, u32::MAX)
+                .expect("lan1 address");
+            r.set_up(lan1.index).expect("lan1 up");
             r.set_up(wan.index).expect("ens5 up");
         });
         in_ns(&t.client, || {
@@ -100,6 +116,27 @@ impl Topology {
                 Some(NAT_LAN_IP),
                 eth.index,
                 Some(CLIENT_IP),
+                None,
+            )
+            .unwrap();
+        });
+        in_ns(&t.client2, || {
+            let mut r = Rtnl::open().unwrap();
+            let lo = r.link("lo").unwrap().unwrap();
+            r.set_up(lo.index).unwrap();
+            let eth = r.link("eth0").unwrap().unwrap();
+            r.replace_address(eth.index, CLIENT2_IP, 24, u32::MAX, u32::MAX)
+                .unwrap();
+            r.set_up(eth.index).unwrap();
+            assert!(
+                r.wait_for_carrier(eth.index, Duration::from_secs(5))
+                    .unwrap()
+            );
+            r.replace_route(
+                "0.0.0.0/0".parse().unwrap(),
+                Some(NAT_LAN2_IP),
+                eth.index,
+                Some(CLIENT2_IP),
                 None,
             )
             .unwrap();
@@ -147,13 +184,16 @@ impl Topology {
             flowtable,
             mss_clamp: true,
             icmp_rate_per_s: 5,
+            masquerade_ports: nft::MasqueradePorts::default(),
+            per_source_limit: 1000,
+            dhcp_server: None,
         }
     }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for ns in [&self.client, &self.nat, &self.server] {
+        for ns in [&self.client, &self.client2, &self.nat, &self.server] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -326,7 +366,8 @@ fn ruleset_installs_verifies_and_matches_nft() {
         "type nat hook postrouting priority srcnat; policy accept;",
         "type filter hook forward priority filter; policy drop;",
         "type filter hook input priority filter; policy drop;",
-        "oifname \"ens5\" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade comment \"masquerade\"",
+        "oifname \"ens5\" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade fully-random comment \"masquerade\"",
+        "ip saddr @private ip daddr != @private ct state new counter packets 0 bytes 0 accept comment \"fwd_new_private\"",
         "elements = { 10.0.0.0/16 }",
         "ct state established,related counter",
         "ct state invalid counter",
@@ -334,6 +375,12 @@ fn ruleset_installs_verifies_and_matches_nft() {
         "icmp type echo-request limit rate over 5/second",
         "udp sport 67 udp dport 68 counter",
         "comment \"fwd_drop\"",
+        "flags dynamic",
+        "type filter hook prerouting priority raw; policy accept;",
+        "iifname \"ens5\" udp sport 67 udp dport 68 counter packets 0 bytes 0 notrack comment \"raw_dhcp_notrack\"",
+        "ip saddr @private ip daddr != @private ct state new add @persrc { ip saddr ct count over 1000 } counter packets 0 bytes 0 drop comment \"fwd_per_source_limit\"",
+        "type filter hook postrouting priority srcnat + 1; policy accept;",
+        "oifname \"ens5\" ct status snat counter packets 0 bytes 0 comment \"masq_traffic\"",
         "comment \"in_drop\"",
     ] {
         assert!(listing.contains(needle), "`{needle}` not in:\n{listing}");
@@ -397,6 +444,215 @@ fn ruleset_installs_verifies_and_matches_nft() {
         let err = nft::verify(&mut s, &nft::build(&other)).unwrap_err();
         assert!(err.to_string().contains("sets:"), "{err}");
     });
+}
+
+/// Each `masquerade_ports` setting installs, verifies, lists as nft writes it, and picks ports
+/// as it says: `preserve` keeps the client's port, the random ones do not.
+#[test]
+fn masquerade_port_allocation() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    let udp = udp_echo_peer(&t.server, sa(SERVER_IP, 9091));
+    for (i, (name, ports)) in nft::MasqueradePorts::NAMES.into_iter().enumerate() {
+        let mut sp = t.spec(false);
+        sp.masquerade_ports = ports;
+        let r = nft::build(&sp);
+        in_ns(&t.nat, || {
+            let mut s = Nfnl::open().unwrap();
+            nft::apply(&mut s, &r).unwrap();
+            nft::verify(&mut s, &r).unwrap();
+        });
+        let listing = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "ruleset"]);
+        let want = match ports {
+            nft::MasqueradePorts::Preserve => "masquerade comment \"masquerade\"".to_string(),
+            _ => format!("masquerade {name} comment \"masquerade\""),
+        };
+        assert!(listing.contains(&want), "`{want}` not in:\n{listing}");
+        // Two flows from fixed client ports: preserved both, or (random) not both.
+        let base = 40000 + 10 * i as u16;
+        let mut kept = 0;
+        for p in [base, base + 1] {
+            let got = udp_ask(&t.client, sa(CLIENT_IP, p), sa(SERVER_IP, 9091));
+            assert_eq!(got.as_deref(), Some("198.51.100.1"), "{name}");
+            kept += 1;
+        }
+        assert_eq!(kept, 2);
+    }
+    let seen = udp.join().unwrap();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    let preserved = |i: usize| {
+        let base = 40000 + 10 * i as u16;
+        seen.iter()
+            .filter(|p| p.port() == base || p.port() == base + 1)
+            .count()
+    };
+    assert!(preserved(0) < 2, "random kept the ports: {seen:?}");
+    assert!(preserved(1) < 2, "fully-random kept the ports: {seen:?}");
+    assert_eq!(preserved(2), 2, "preserve changed the ports: {seen:?}");
+}
+
+/// One private host cannot hold more than its share of conntrack: with a limit of 5, a client
+/// opening 8 connections (held open) gets 5, and a second client still connects.
+#[test]
+fn per_source_connection_limit() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    let mut sp = t.spec(false);
+    sp.per_source_limit = 5;
+    let r = nft::build(&sp);
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = spawn_in_ns(&t.server, move || {
+        let l = TcpListener::bind(sa(SERVER_IP, 8084)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let mut held = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        while std::time::Instant::now() < deadline {
+            match l.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        held.len()
+    });
+    rx.recv().unwrap();
+    let opened = in_ns(&t.client, || {
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            if let Ok(s) =
+                TcpStream::connect_timeout(&sa(SERVER_IP, 8084), Duration::from_millis(700))
+            {
+                open.push(s);
+            }
+        }
+        let n = open.len();
+        // Held until the second client has tried.
+        (n, open)
+    });
+    assert_eq!(opened.0, 5, "connections the first client got");
+    let other = in_ns(&t.client2, || {
+        TcpStream::connect_timeout(&sa(SERVER_IP, 8084), TIMEOUT).is_ok()
+    });
+    assert!(other, "the second client could not connect");
+    let c = counters(&t);
+    assert!(c.rule(nft::RULE_FWD_PER_SOURCE).unwrap().0 >= 3, "{c:?}");
+    // The dynamic set's elements do not make the table differ from what was installed.
+    in_ns(&t.nat, || {
+        nft::verify(&mut Nfnl::open().unwrap(), &r).unwrap()
+    });
+    drop(opened);
+    assert_eq!(server.join().unwrap(), 6);
+}
+
+/// Sends `n` UDP datagrams 67 -> 68 to `dst` from `n` different sources (198.51.100.10 up, on
+/// the server's link so rp_filter lets them in), as a DHCP-reply flood from the internet would.
+fn spoof_dhcp_replies(ns: &str, dst: Ipv4Addr, n: u8) {
+    in_ns(ns, move || {
+        // SAFETY: plain socket(2); the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        for i in 0..n {
+            let src = Ipv4Addr::new(198, 51, 100, 10 + i);
+            let mut p = vec![0x45u8, 0, 0, 36, 0, 0, 0, 0, 64, 17, 0, 0];
+            p.extend(src.octets());
+            p.extend(dst.octets());
+            // UDP 67 -> 68, length 16, no checksum, 8 bytes of payload.
+            p.extend([0, 67, 0, 68, 0, 16, 0, 0]);
+            p.extend(*b"dhcpoffr");
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(dst).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `p` and `to` outlive the call; the lengths are theirs.
+            let sent = unsafe {
+                libc::sendto(
+                    fd,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                sent,
+                p.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { libc::close(fd) };
+    });
+}
+
+fn conntrack_count(ns: &str) -> u64 {
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            "/proc/sys/net/netfilter/nf_conntrack_count",
+        ],
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// DHCP is not a door: spoofed replies from the internet never get conntrack entries (before a
+/// lease they are accepted untracked), and once the table names the lease's server, only its
+/// replies are accepted and the rest are counted as dropped.
+#[test]
+fn spoofed_dhcp_replies_are_untracked_and_dropped_once_leased() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    install(&t);
+    let before = conntrack_count(&t.nat);
+    spoof_dhcp_replies(&t.server, NAT_WAN_IP, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = conntrack_count(&t.nat);
+    assert!(
+        after < before + 10,
+        "conntrack {before} -> {after} after 200 spoofed replies"
+    );
+    let c = counters(&t);
+    assert!(c.rule(nft::RULE_IN_DHCP).unwrap().0 >= 200, "{c:?}");
+
+    let mut sp = t.spec(false);
+    sp.dhcp_server = Some(SERVER_IP);
+    let r = nft::build(&sp);
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    let listing = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "ruleset"]);
+    let want = "ip saddr 198.51.100.2 udp sport 67 udp dport 68 counter packets 0 bytes 0 accept comment \"in_dhcp\"";
+    assert!(listing.contains(want), "`{want}` not in:\n{listing}");
+    spoof_dhcp_replies(&t.server, NAT_WAN_IP, 100);
+    // The server's own reply still gets in.
+    in_ns(&t.server, || {
+        let u = UdpSocket::bind(sa(SERVER_IP, 67)).unwrap();
+        u.send_to(b"ack", sa(NAT_WAN_IP, 68)).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let c = counters(&t);
+    assert_eq!(c.rule(nft::RULE_IN_DHCP).unwrap().0, 1, "{c:?}");
+    assert!(c.rule(nft::RULE_IN_DROP).unwrap().0 >= 100, "{c:?}");
+    assert!(c.rule(nft::RULE_RAW_DHCP).unwrap().0 >= 101, "{c:?}");
+    assert!(conntrack_count(&t.nat) < before + 10);
 }
 
 #[test]
@@ -473,6 +729,39 @@ fn traffic_through_the_nat() {
         drops(&after) > drops(&before),
         "rogue source not dropped by the ruleset: {after:?}"
     );
+    // Every packet of the masqueraded flows out of ens5 (here the originals only: replies to
+    // the client leave by lan0): TCP's handshake, request and close, the UDP datagram and the
+    // echo request come to over 300 bytes.
+    assert!(
+        after.masqueraded_bytes >= before.masqueraded_bytes + 300,
+        "{after:?}"
+    );
+}
+
+/// Two private subnets talk through their own routes, never through the NAT: a new flow
+/// between them is dropped, while both still reach the internet.
+#[test]
+fn private_to_private_is_not_forwarded() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    install(&t);
+    let before = counters(&t);
+    let peer = tcp_echo_peer(&t.client2, sa(Ipv4Addr::UNSPECIFIED, 8082));
+    assert!(tcp_ask(&t.client, sa(CLIENT2_IP, 8082)).is_err());
+    let srv = tcp_echo_peer(&t.server, sa(SERVER_IP, 8083));
+    assert_eq!(
+        tcp_ask(&t.client2, sa(SERVER_IP, 8083)).unwrap(),
+        NAT_WAN_IP.to_string()
+    );
+    assert_eq!(
+        tcp_ask(&t.client, sa(SERVER_IP, 8083)).unwrap(),
+        NAT_WAN_IP.to_string()
+    );
+    assert!(peer.join().unwrap().is_empty());
+    assert_eq!(srv.join().unwrap().len(), 2);
+    let after = counters(&t);
+    let drops = |c: &nft::Counters| c.rule(nft::RULE_FWD_DROP).unwrap().0;
+    assert!(drops(&after) > drops(&before), "{after:?}");
 }
 
 #[test]

@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
         flowtable: true,
         mss_clamp: true,
         icmp_rate_per_s: 10,
+        masquerade_ports: nft::MasqueradePorts::default(),
+        per_source_limit: 32768,
+        dhcp_server: Some(std::net::Ipv4Addr::new(10, 0, 0, 2)),
     })
     .differences(&r);
     let _ = nft::Counters::of(&r);

@@ -134,13 +134,19 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
                 .unwrap_or(0),
         },
         "masq" => {
-            if get(&l, 1).is_some_and(|v| v.iter().any(|b| *b != 0)) || get(&l, 2).is_some() {
+            // A port range (registers) is not ours to model: kept raw so it shows as foreign.
+            if get(&l, 2).is_some() {
                 Expr::Raw {
                     name: name.into(),
                     data: data.to_vec(),
                 }
             } else {
-                Expr::Masq
+                Expr::Masq {
+                    flags: get(&l, 1)
+                        .map(|v| be32(v, "masq flags"))
+                        .transpose()?
+                        .unwrap_or(0),
+                }
             }
         }
         "immediate" => {
@@ -186,6 +192,31 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
         },
         "flow_offload" => Expr::FlowOffload {
             table: string(need(&l, 1, "flow_offload table")?),
+        },
+        "dynset" => Expr::Dynset {
+            set: string(need(&l, 1, "dynset set")?),
+            op: u(3, "op")?,
+            sreg: u(4, "sreg")?,
+            expr: match get(&l, 7) {
+                None => None,
+                Some(e) => {
+                    let e = attrs(e)?;
+                    let inner = string(need(&e, 1, "dynset expression name")?);
+                    // One level only: what comes from outside must not nest without bound.
+                    if inner == "dynset" {
+                        return Err(derr("dynset inside a dynset"));
+                    }
+                    Some(Box::new(decode_expr(&inner, get(&e, 2).unwrap_or(&[]))?))
+                }
+            },
+        },
+        "notrack" => Expr::Notrack,
+        "connlimit" => Expr::Connlimit {
+            count: u(1, "count")?,
+            flags: get(&l, 2)
+                .map(|v| be32(v, "connlimit flags"))
+                .transpose()?
+                .unwrap_or(0),
         },
         _ => Expr::Raw {
             name: name.into(),
@@ -299,6 +330,13 @@ pub fn decode(table: &str, msgs: &[Reply]) -> Result<Ruleset, DecodeError> {
                     .transpose()?
                     .unwrap_or(0),
                 key_len: u32_attr(&l, 5, "set key len")?,
+                size: match get(&l, 9) {
+                    Some(d) => get(&attrs(d)?, 1)
+                        .map(|v| be32(v, "set size"))
+                        .transpose()?
+                        .unwrap_or(0),
+                    None => 0,
+                },
                 ranges: Vec::new(),
             }),
             MSG_NEWSETELEM => {
@@ -366,7 +404,7 @@ pub fn decode(table: &str, msgs: &[Reply]) -> Result<Ruleset, DecodeError> {
             .ok_or_else(|| derr(format!("rule in unknown chain {chain}")))?;
         c.rules.push(rule);
     }
-    for s in &mut r.sets {
+    for s in r.sets.iter_mut().filter(|s| !s.is_dynamic()) {
         let mut e: Vec<(u32, u32)> = elems
             .iter()
             .filter(|(n, _, _)| *n == s.name)
@@ -470,10 +508,19 @@ mod tests {
             (vec!["0.0.0.0/0"], false, false),
             (vec![], false, false),
         ] {
-            let r = build(&spec(&private, ft, mss));
-            let back = round_trip(&r);
-            assert_eq!(back, r, "{back}\n{r}");
-            assert!(r.differences(&back).is_empty());
+            for ((_, ports), limit) in crate::nft::MasqueradePorts::NAMES
+                .into_iter()
+                .zip([0, 5, 32768])
+            {
+                let mut sp = spec(&private, ft, mss);
+                sp.masquerade_ports = ports;
+                sp.per_source_limit = limit;
+                sp.dhcp_server = (limit == 5).then(|| std::net::Ipv4Addr::new(10, 0, 0, 2));
+                let r = build(&sp);
+                let back = round_trip(&r);
+                assert_eq!(back, r, "{back}\n{r}");
+                assert!(r.differences(&back).is_empty());
+            }
         }
     }
 
@@ -528,7 +575,11 @@ mod tests {
         ];
         for (file, r) in [
             ("ens5.bin", build(&spec(&["10.0.0.0/16"], false, true))),
-            ("flowtable.bin", build(&spec(&all, true, true))),
+            ("flowtable.bin", {
+                let mut sp = spec(&all, true, true);
+                sp.per_source_limit = 32768;
+                build(&sp)
+            }),
         ] {
             let path = dir.join(file);
             if std::env::var_os("NAT_INIT_WRITE_SEEDS").is_some() {

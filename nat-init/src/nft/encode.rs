@@ -114,7 +114,9 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
                 nla_u32(5, *flags),
             ],
         ),
-        Expr::Masq => ("masq", vec![]),
+        // The kernel dumps NFTA_MASQ_FLAGS only when not zero; so is it sent.
+        Expr::Masq { flags } if *flags == 0 => ("masq", vec![]),
+        Expr::Masq { flags } => ("masq", vec![nla_u32(1, *flags)]),
         Expr::Verdict(code) => (
             "immediate",
             vec![
@@ -164,8 +166,30 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
         }
         Expr::Rt { key, dreg } => ("rt", vec![nla_u32(1, *dreg), nla_u32(2, *key)]),
         Expr::FlowOffload { table } => ("flow_offload", vec![nla_str(1, table)]),
+        Expr::Dynset {
+            set,
+            op,
+            sreg,
+            expr,
+        } => {
+            let mut v = vec![nla_u32(4, *sreg), nla_u32(3, *op), nla_str(1, set)];
+            if let Some(e) = expr {
+                v.push(nla_nested(7, &expr_nla(e)));
+            }
+            ("dynset", v)
+        }
+        Expr::Notrack => ("notrack", vec![]),
+        Expr::Connlimit { count, flags } => {
+            ("connlimit", vec![nla_u32(1, *count), nla_u32(2, *flags)])
+        }
         Expr::Raw { name, data } => (name.as_str(), vec![nla(0, data.clone())]),
     }
+}
+
+/// One expression as NFTA_EXPR_NAME and NFTA_EXPR_DATA, for nesting (a dynset's element).
+fn expr_nla(e: &Expr) -> Vec<DefaultNla> {
+    let (name, attrs) = expr_attrs(e);
+    vec![nla_str(1, name), nla_nested(2, &attrs)]
 }
 
 /// nftnl's rule userdata layout: TLVs of (type u8, len u8, value); type 0 is the comment.
@@ -198,10 +222,7 @@ pub(super) fn table_msg(kind: u8, table: &str) -> NetfilterMessage {
     ipv4(other(kind, vec![nla_str(1, table)]))
 }
 
-/// Set ID used to reference the set from rules within the same batch.
-const SET_ID: u32 = 1;
-
-fn set_elem_attrs(table: &str, s: &Set) -> Vec<DefaultNla> {
+fn set_elem_attrs(table: &str, s: &Set, id: u32) -> Vec<DefaultNla> {
     let mut elems = Vec::new();
     for (a, b) in &s.ranges {
         elems.push(nla_nested(1, &[nla_data(1, &a.octets())]));
@@ -220,7 +241,7 @@ fn set_elem_attrs(table: &str, s: &Set) -> Vec<DefaultNla> {
         nla_str(1, table),
         nla_str(2, &s.name),
         nla_nested(3, &elems),
-        nla_u32(4, SET_ID),
+        nla_u32(4, id),
     ]
 }
 
@@ -264,25 +285,28 @@ pub fn encode(r: &Ruleset) -> Vec<(NetfilterMessage, u16, String)> {
         NLM_F_CREATE,
         format!("add table ip {t}"),
     )];
-    for s in &r.sets {
+    for (i, s) in r.sets.iter().enumerate() {
+        // The set's id within the batch: its place, from 1.
+        let id = i as u32 + 1;
+        let mut attrs = vec![
+            nla_str(1, t),
+            nla_str(2, &s.name),
+            nla_u32(3, s.flags),
+            nla_u32(4, s.key_type),
+            nla_u32(5, s.key_len),
+            nla_u32(10, id),
+        ];
+        if s.size != 0 {
+            attrs.push(nla_nested(9, &[nla_u32(1, s.size)]));
+        }
         out.push((
-            ipv4(other(
-                MSG_NEWSET,
-                vec![
-                    nla_str(1, t),
-                    nla_str(2, &s.name),
-                    nla_u32(3, s.flags),
-                    nla_u32(4, s.key_type),
-                    nla_u32(5, s.key_len),
-                    nla_u32(10, SET_ID),
-                ],
-            )),
+            ipv4(other(MSG_NEWSET, attrs)),
             NLM_F_CREATE,
             format!("add {s}"),
         ));
         if !s.ranges.is_empty() {
             out.push((
-                ipv4(other(MSG_NEWSETELEM, set_elem_attrs(t, s))),
+                ipv4(other(MSG_NEWSETELEM, set_elem_attrs(t, s, id))),
                 NLM_F_CREATE,
                 format!("add elements to set {}", s.name),
             ));

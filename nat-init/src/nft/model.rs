@@ -15,14 +15,24 @@ pub struct Ruleset {
     pub chains: Vec<Chain>,
 }
 
-/// An IPv4 address set with interval flag; elements are inclusive ranges, sorted and merged.
+/// An IPv4 address set: with the interval flag, elements are inclusive ranges, sorted and
+/// merged; a dynamic one (filled by rules) has none here, whatever the kernel holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: String,
     pub flags: u32,
     pub key_type: u32,
     pub key_len: u32,
+    /// Most elements (NFTA_SET_DESC_SIZE); 0 when not given.
+    pub size: u32,
     pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
+}
+
+impl Set {
+    /// Filled by rules (`flags dynamic`): its elements are the kernel's business.
+    pub fn is_dynamic(&self) -> bool {
+        self.flags & super::uapi::SET_EVAL != 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +112,10 @@ pub enum Expr {
         kind: u32,
         flags: u32,
     },
-    Masq,
+    /// NF_NAT_RANGE_* flags: how the source port is chosen (see `MasqueradePorts`).
+    Masq {
+        flags: u32,
+    },
     Verdict(i32),
     Byteorder {
         sreg: u32,
@@ -127,6 +140,20 @@ pub enum Expr {
     },
     FlowOffload {
         table: String,
+    },
+    /// Adds the key in `sreg` to `set`, running `expr` for its element (`add @set { ... }`).
+    Dynset {
+        set: String,
+        op: u32,
+        sreg: u32,
+        expr: Option<Box<Expr>>,
+    },
+    /// The packet gets no conntrack entry.
+    Notrack,
+    /// Connections tracked under the element (`ct count [over] N`).
+    Connlimit {
+        count: u32,
+        flags: u32,
     },
     /// An expression this module does not model (only ever from a read-back).
     Raw {
@@ -223,7 +250,7 @@ impl Ruleset {
 /// Packet and byte counts of the named rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Accepted in the forward chain (established, ICMP errors, new private flows).
+    /// Accepted in the forward chain (established and related, new private flows).
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     /// Dropped by rules in forward and input (invalid and the final drops).
@@ -231,6 +258,9 @@ pub struct Counters {
     pub dropped_bytes: u64,
     /// New connections masqueraded (NAT rules see only a flow's first packet).
     pub masqueraded_flows: u64,
+    /// Bytes of masqueraded flows leaving the interface, both directions, counted after source
+    /// NAT. Like the forward counters, this misses packets the flowtable offloaded.
+    pub masqueraded_bytes: u64,
     /// (chain, rule name, packets, bytes) for every rule with a counter.
     pub rules: Vec<(String, String, u64, u64)>,
 }
@@ -260,8 +290,11 @@ impl Counters {
                     c.dropped_packets = c.dropped_packets.saturating_add(p);
                     c.dropped_bytes = c.dropped_bytes.saturating_add(b);
                 }
-                if rule.exprs.contains(&Expr::Masq) {
+                if rule.exprs.iter().any(|e| matches!(e, Expr::Masq { .. })) {
                     c.masqueraded_flows = c.masqueraded_flows.saturating_add(p);
+                }
+                if rule.name == super::policy::RULE_MASQ_TRAFFIC {
+                    c.masqueraded_bytes = c.masqueraded_bytes.saturating_add(b);
                 }
                 c.rules.push((ch.name.clone(), rule.name.clone(), p, b));
             }
@@ -300,7 +333,7 @@ mod tests {
         assert!(d[0].starts_with("sets:"));
         assert!(
             d.iter()
-                .any(|x| x.contains("chain forward rule 5") && x.contains("got `nothing`"))
+                .any(|x| x.contains("chain forward rule 4") && x.contains("got `nothing`"))
         );
         assert!(
             d.iter()
@@ -323,15 +356,17 @@ mod tests {
             }
         }
         let c = Counters::of(&r);
-        // postrouting: masquerade 1; forward: established 2, icmp 3, invalid 4 (drop), new 5,
-        // drop 6; input: over limit 7 (drop), established 8, invalid 9 (drop), echo 10, dhcp 11,
-        // drop 12. The loopback accept has no counter.
+        // postrouting: masquerade 1; forward: established 2, invalid 3 (drop), new 4, drop 5;
+        // input: over limit 6 (drop), established 7, invalid 8 (drop), echo 9, dhcp 10, drop 11.
+        // The loopback accept has no counter.
         assert_eq!(c.masqueraded_flows, 1);
-        assert_eq!((c.forwarded_packets, c.forwarded_bytes), (2 + 3 + 5, 1000));
-        assert_eq!(c.dropped_packets, 4 + 6 + 7 + 9 + 12);
+        assert_eq!((c.forwarded_packets, c.forwarded_bytes), (2 + 4, 600));
+        assert_eq!(c.dropped_packets, 3 + 5 + 6 + 8 + 11);
         assert_eq!(c.dropped_bytes, 100 * c.dropped_packets);
-        assert_eq!(c.rules.len(), 12);
-        assert_eq!(c.rule(crate::nft::RULE_IN_DHCP), Some((11, 1100)));
+        // postrouting_count: masqueraded traffic 12; prerouting_raw: DHCP notrack 13 (neither).
+        assert_eq!(c.masqueraded_bytes, 1200);
+        assert_eq!(c.rules.len(), 13);
+        assert_eq!(c.rule(crate::nft::RULE_IN_DHCP), Some((10, 1000)));
         assert_eq!(c.rule(crate::nft::RULE_IN_LO), None);
     }
 

@@ -1,8 +1,11 @@
 //! The ruleset the appliance wants, built from a [`RulesetSpec`] (the configuration's view of
 //! it): masquerade what the private ranges send out of the interface to anywhere else, forward
-//! only flows they start (with their replies and ICMP errors), and drop unsolicited input but
-//! loopback, DHCP and rate-limited ping. The order of the rules is part of the policy; the
-//! comments at each say why.
+//! only flows they start to non-private destinations (with their replies and ICMP errors), at
+//! most a set number per source, and drop unsolicited input but loopback, DHCP replies (from
+//! the lease's server, untracked) and rate-limited ping; count masqueraded traffic after
+//! source NAT. The order of the rules is part of the policy; the comments at each say why.
+
+use std::net::Ipv4Addr;
 
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::*;
@@ -19,23 +22,74 @@ pub struct RulesetSpec {
     pub flowtable: bool,
     pub mss_clamp: bool,
     pub icmp_rate_per_s: u32,
+    pub masquerade_ports: MasqueradePorts,
+    /// Most tracked connections one private source may hold (new flows beyond are dropped);
+    /// 0: no limit.
+    pub per_source_limit: u32,
+    /// The DHCP lease's server: once there is one, DHCP replies are accepted from it only.
+    pub dhcp_server: Option<Ipv4Addr>,
+}
+
+/// How masquerade picks a flow's source port on the outside address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MasqueradePorts {
+    /// A keyed hash of the flow picks the port (NF_NAT_RANGE_PROTO_RANDOM, `random`).
+    Random,
+    /// A fresh random port for every flow (NF_NAT_RANGE_PROTO_RANDOM_FULLY, `fully-random`):
+    /// the default, see `Config::masquerade_ports`.
+    #[default]
+    FullyRandom,
+    /// The host's own port while it is free, the kernel's default (no flag, `preserve`).
+    Preserve,
+}
+
+impl MasqueradePorts {
+    /// The config value's spelling, nft's too (but `preserve`, which nft leaves unsaid).
+    pub const NAMES: [(&str, MasqueradePorts); 3] = [
+        ("random", MasqueradePorts::Random),
+        ("fully-random", MasqueradePorts::FullyRandom),
+        ("preserve", MasqueradePorts::Preserve),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("fully-random", |(n, _)| n)
+    }
+
+    fn flags(self) -> u32 {
+        match self {
+            MasqueradePorts::Random => NAT_RANGE_PROTO_RANDOM,
+            MasqueradePorts::FullyRandom => NAT_RANGE_PROTO_RANDOM_FULLY,
+            MasqueradePorts::Preserve => 0,
+        }
+    }
 }
 
 /// The default table name.
 pub const TABLE: &str = "nat_instance";
 /// The named interval set holding the private ranges.
 pub const PRIVATE_SET: &str = "private";
+/// The dynamic set keyed by private source address, holding each one's connection count.
+pub const PER_SOURCE_SET: &str = "persrc";
+/// Most sources [`PER_SOURCE_SET`] holds: the VPC's hosts (a new source beyond it is not
+/// limited until one leaves).
+const PER_SOURCE_SIZE: u32 = 65535;
 /// The flowtable's name.
 pub const FLOWTABLE: &str = "ft";
 
 // Names of the rules that carry counters (NFTA_RULE_USERDATA comments).
 pub const RULE_MASQ: &str = "masquerade";
+/// Counts every packet of masqueraded flows leaving the interface (both directions: replies to
+/// private hosts leave by the same ENI), in its own chain after source NAT.
+pub const RULE_MASQ_TRAFFIC: &str = "masq_traffic";
 pub const RULE_FWD_MSS: &str = "fwd_mss_clamp";
 pub const RULE_FWD_OFFLOAD: &str = "fwd_offload";
 pub const RULE_FWD_ESTABLISHED: &str = "fwd_established";
-pub const RULE_FWD_ICMP: &str = "fwd_icmp_unreachable";
 pub const RULE_FWD_INVALID: &str = "fwd_invalid";
 pub const RULE_FWD_NEW: &str = "fwd_new_private";
+pub const RULE_FWD_PER_SOURCE: &str = "fwd_per_source_limit";
 pub const RULE_FWD_DROP: &str = "fwd_drop";
 pub const RULE_IN_LO: &str = "in_loopback";
 pub const RULE_IN_ESTABLISHED: &str = "in_established";
@@ -43,6 +97,7 @@ pub const RULE_IN_INVALID: &str = "in_invalid";
 pub const RULE_IN_ICMP_LIMIT: &str = "in_icmp_over_limit";
 pub const RULE_IN_ICMP: &str = "in_icmp_echo";
 pub const RULE_IN_DHCP: &str = "in_dhcp";
+pub const RULE_RAW_DHCP: &str = "raw_dhcp_notrack";
 pub const RULE_IN_DROP: &str = "in_drop";
 
 /// nft's default packet burst for `limit rate`.
@@ -154,7 +209,47 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 &meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)),
                 &addr_in_set(false, false),
                 &addr_in_set(true, true),
-                &[c.clone(), Expr::Masq],
+                &[
+                    c.clone(),
+                    Expr::Masq {
+                        flags: spec.masquerade_ports.flags(),
+                    },
+                ],
+            ],
+        )],
+    };
+
+    // The nat chain sees a flow's first packet only; this one, hooked after source NAT, every
+    // packet of a flow masquerade translated, for the bytes on the health line. No verdict.
+    let masq_count = Chain {
+        name: "postrouting_count".into(),
+        kind: ChainType::Filter,
+        hook: HOOK_POST_ROUTING,
+        priority: 101,
+        policy: NF_ACCEPT,
+        rules: vec![rule(
+            RULE_MASQ_TRAFFIC,
+            &[
+                &meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)),
+                &[
+                    Expr::Ct {
+                        key: CT_STATUS,
+                        dreg: REG_1,
+                    },
+                    Expr::Bitwise {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        len: 4,
+                        mask: CT_STATUS_SRC_NAT.to_ne_bytes().to_vec(),
+                        xor: vec![0; 4],
+                    },
+                    Expr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_NEQ,
+                        data: vec![0; 4],
+                    },
+                    c.clone(),
+                ],
             ],
         )],
     };
@@ -232,30 +327,81 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             &[c.clone(), accept.clone()],
         ],
     ));
-    // Before the invalid drop: a "fragmentation needed" for a flow conntrack no longer knows is
-    // invalid, and dropping it would black-hole path MTU discovery.
-    fwd.push(rule(
-        RULE_FWD_ICMP,
-        &[
-            &ip_protocol(IPPROTO_ICMP),
-            &payload_cmp(BASE_TRANSPORT, 0, vec![ICMP_DEST_UNREACH]),
-            &[c.clone(), accept.clone()],
-        ],
-    ));
+    // No rule for untracked ICMP errors: those about a NATed flow are RELATED to it (accepted
+    // above, and translated back), and any other has no flow here to help.
     fwd.push(rule(
         RULE_FWD_INVALID,
         &[&ct_state(CT_INVALID), &[c.clone(), drop.clone()]],
     ));
+    // Before the accept, on exactly the flows it accepts: one host over its share of conntrack
+    // gets its new flows dropped, and the others still get theirs.
+    if spec.per_source_limit > 0 {
+        fwd.push(rule(
+            RULE_FWD_PER_SOURCE,
+            &[
+                &addr_in_set(false, false),
+                &addr_in_set(true, true),
+                &ct_state(CT_NEW),
+                &[
+                    Expr::Payload {
+                        base: BASE_NETWORK,
+                        offset: 12,
+                        len: 4,
+                        dreg: REG_1,
+                    },
+                    Expr::Dynset {
+                        set: PER_SOURCE_SET.into(),
+                        op: DYNSET_OP_ADD,
+                        sreg: REG_1,
+                        expr: Some(Box::new(Expr::Connlimit {
+                            count: spec.per_source_limit,
+                            flags: CONNLIMIT_F_INV,
+                        })),
+                    },
+                    c.clone(),
+                    drop.clone(),
+                ],
+            ],
+        ));
+    }
     fwd.push(rule(
         RULE_FWD_NEW,
         &[
+            // From private to the internet only: two private subnets reach each other over the
+            // VPC's own routes, so a flow between them here is a misroute (or a relay attempt).
             &addr_in_set(false, false),
+            &addr_in_set(true, true),
             &ct_state(CT_NEW),
             &[c.clone(), accept.clone()],
         ],
     ));
     fwd.push(rule(RULE_FWD_DROP, &[&[c.clone(), drop.clone()]]));
 
+    let dhcp_reply: Vec<Expr> = [
+        meta_cmp(META_L4PROTO, CMP_EQ, vec![IPPROTO_UDP]),
+        payload_cmp(BASE_TRANSPORT, 0, 67u16.to_be_bytes().to_vec()),
+        payload_cmp(BASE_TRANSPORT, 2, 68u16.to_be_bytes().to_vec()),
+    ]
+    .concat();
+    // Before conntrack (raw priority): DHCP replies arriving on the interface never get an
+    // entry, so a spoofed flood of them cannot fill the table. Before a lease the client reads
+    // them on its packet socket, ahead of netfilter; once bound, on its UDP socket, through the
+    // input rule below.
+    let raw = Chain {
+        name: "prerouting_raw".into(),
+        kind: ChainType::Filter,
+        hook: HOOK_PRE_ROUTING,
+        priority: -300,
+        policy: NF_ACCEPT,
+        rules: vec![rule(
+            RULE_RAW_DHCP,
+            &[
+                &meta_cmp(META_IIFNAME, CMP_EQ, ifname(&spec.iface)),
+                &dhcp_reply,
+                &[c.clone(), Expr::Notrack],
+            ],
+        )],
+    };
     let input = vec![
         rule(
             RULE_IN_LO,
@@ -303,28 +449,44 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 &[c.clone(), accept.clone()],
             ],
         ),
+        // Untracked (see the raw chain). With a lease, from its server only: anything else
+        // claiming to be a DHCP server falls to the final drop, counted there.
         rule(
             RULE_IN_DHCP,
             &[
-                &meta_cmp(META_L4PROTO, CMP_EQ, vec![IPPROTO_UDP]),
-                &payload_cmp(BASE_TRANSPORT, 0, 67u16.to_be_bytes().to_vec()),
-                &payload_cmp(BASE_TRANSPORT, 2, 68u16.to_be_bytes().to_vec()),
+                &spec
+                    .dhcp_server
+                    .map(|s| payload_cmp(BASE_NETWORK, 12, s.octets().to_vec()).to_vec())
+                    .unwrap_or_default(),
+                &dhcp_reply,
                 &[c.clone(), accept.clone()],
             ],
         ),
         rule(RULE_IN_DROP, &[&[c, drop]]),
     ];
 
-    Ruleset {
-        table: spec.table.clone(),
-        sets: vec![Set {
-            name: PRIVATE_SET.into(),
-            flags: SET_INTERVAL,
+    let mut sets = vec![Set {
+        name: PRIVATE_SET.into(),
+        flags: SET_INTERVAL,
+        key_type: TYPE_IPADDR,
+        key_len: 4,
+        size: 0,
+        // The kernel's interval sets reject overlapping elements.
+        ranges: cidr::merge(&spec.private),
+    }];
+    if spec.per_source_limit > 0 {
+        sets.push(Set {
+            name: PER_SOURCE_SET.into(),
+            flags: SET_EVAL,
             key_type: TYPE_IPADDR,
             key_len: 4,
-            // The kernel's interval sets reject overlapping elements.
-            ranges: cidr::merge(&spec.private),
-        }],
+            size: PER_SOURCE_SIZE,
+            ranges: Vec::new(),
+        });
+    }
+    Ruleset {
+        table: spec.table.clone(),
+        sets,
         flowtable: spec.flowtable.then(|| Flowtable {
             name: FLOWTABLE.into(),
             hook: HOOK_NETDEV_INGRESS,
@@ -349,6 +511,8 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 policy: NF_DROP,
                 rules: input,
             },
+            masq_count,
+            raw,
         ],
     }
 }
@@ -367,6 +531,9 @@ pub(super) mod tests {
             flowtable,
             mss_clamp: mss,
             icmp_rate_per_s: 10,
+            masquerade_ports: MasqueradePorts::default(),
+            per_source_limit: 0,
+            dhcp_server: None,
         }
     }
 

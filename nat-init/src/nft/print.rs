@@ -41,6 +41,19 @@ fn range_text(a: Ipv4Addr, b: Ipv4Addr) -> String {
 
 impl fmt::Display for Set {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_dynamic() {
+            return write!(
+                f,
+                "set {} {{ type {}; size {}; flags dynamic; }}",
+                self.name,
+                if self.key_type == TYPE_IPADDR && self.key_len == 4 {
+                    "ipv4_addr".to_string()
+                } else {
+                    format!("{}/{}", self.key_type, self.key_len)
+                },
+                self.size
+            );
+        }
         let elems: Vec<String> = self
             .ranges
             .iter()
@@ -197,6 +210,47 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
             (
                 Expr::Payload {
                     base: BASE_NETWORK,
+                    offset: 12,
+                    len: 4,
+                    dreg,
+                },
+                Some(Expr::Dynset {
+                    set,
+                    op: DYNSET_OP_ADD,
+                    sreg,
+                    expr,
+                }),
+                _,
+            ) if dreg == sreg => (
+                format!(
+                    "add @{set} {{ ip saddr{} }}",
+                    expr.as_deref()
+                        .map(|e| format!(" {}", single(e)))
+                        .unwrap_or_default()
+                ),
+                2,
+            ),
+            (
+                Expr::Payload {
+                    base: BASE_NETWORK,
+                    offset,
+                    len: 4,
+                    dreg,
+                },
+                Some(Expr::Cmp { sreg, op, data }),
+                _,
+            ) if dreg == sreg && (*offset == 12 || *offset == 16) && data.len() == 4 => (
+                format!(
+                    "ip {} {}{}",
+                    if *offset == 12 { "saddr" } else { "daddr" },
+                    op_text(*op),
+                    Ipv4Addr::new(data[0], data[1], data[2], data[3])
+                ),
+                2,
+            ),
+            (
+                Expr::Payload {
+                    base: BASE_NETWORK,
                     offset: 9,
                     len: 1,
                     dreg,
@@ -273,6 +327,15 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                 3,
             ),
             (
+                Expr::Ct { key: CT_STATUS, .. },
+                Some(Expr::Bitwise { mask, .. }),
+                Some(Expr::Cmp {
+                    op: CMP_NEQ, data, ..
+                }),
+            ) if data.iter().all(|b| *b == 0) && u32_ne(mask) == Some(CT_STATUS_SRC_NAT) => {
+                ("ct status snat".into(), 3)
+            }
+            (
                 Expr::Rt { key: RT_TCPMSS, .. },
                 Some(Expr::Byteorder { .. }),
                 Some(Expr::Exthdr {
@@ -295,7 +358,12 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
 fn single(e: &Expr) -> String {
     match e {
         Expr::Counter { packets, bytes } => format!("counter packets {packets} bytes {bytes}"),
-        Expr::Masq => "masquerade".into(),
+        Expr::Masq { flags } => match *flags {
+            0 => "masquerade".into(),
+            NAT_RANGE_PROTO_RANDOM => "masquerade random".into(),
+            NAT_RANGE_PROTO_RANDOM_FULLY => "masquerade fully-random".into(),
+            f => format!("masquerade flags {f:#x}"),
+        },
         Expr::Verdict(v) => policy_name(*v),
         Expr::Limit {
             rate,
@@ -318,6 +386,15 @@ fn single(e: &Expr) -> String {
             }
         ),
         Expr::FlowOffload { table } => format!("flow add @{table}"),
+        Expr::Notrack => "notrack".into(),
+        Expr::Connlimit { count, flags } => format!(
+            "ct count {}{count}",
+            if flags & CONNLIMIT_F_INV != 0 {
+                "over "
+            } else {
+                ""
+            }
+        ),
         other => format!("[{other:?}]"),
     }
 }
@@ -357,22 +434,21 @@ impl fmt::Display for Ruleset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::policy::build;
     use crate::nft::policy::tests::spec;
+    use crate::nft::policy::{MasqueradePorts, build};
 
     const EXPECTED_ENS5: &str = r#"table ip nat_instance {
 	set private { type ipv4_addr; flags interval; elements = { 10.0.0.0/16 } }
 	chain postrouting {
 		type nat hook postrouting priority 100; policy accept;
-		oifname "ens5" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade comment "masquerade"
+		oifname "ens5" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade fully-random comment "masquerade"
 	}
 	chain forward {
 		type filter hook forward priority 0; policy drop;
 		meta l4proto tcp tcp flags syn tcp option maxseg size set rt mtu comment "fwd_mss_clamp"
 		ct state established,related counter packets 0 bytes 0 accept comment "fwd_established"
-		ip protocol icmp icmp type destination-unreachable counter packets 0 bytes 0 accept comment "fwd_icmp_unreachable"
 		ct state invalid counter packets 0 bytes 0 drop comment "fwd_invalid"
-		ip saddr @private ct state new counter packets 0 bytes 0 accept comment "fwd_new_private"
+		ip saddr @private ip daddr != @private ct state new counter packets 0 bytes 0 accept comment "fwd_new_private"
 		counter packets 0 bytes 0 drop comment "fwd_drop"
 	}
 	chain input {
@@ -385,6 +461,14 @@ mod tests {
 		meta l4proto udp udp sport 67 udp dport 68 counter packets 0 bytes 0 accept comment "in_dhcp"
 		counter packets 0 bytes 0 drop comment "in_drop"
 	}
+	chain postrouting_count {
+		type filter hook postrouting priority 101; policy accept;
+		oifname "ens5" ct status snat counter packets 0 bytes 0 comment "masq_traffic"
+	}
+	chain prerouting_raw {
+		type filter hook prerouting priority -300; policy accept;
+		iifname "ens5" meta l4proto udp udp sport 67 udp dport 68 counter packets 0 bytes 0 notrack comment "raw_dhcp_notrack"
+	}
 }
 "#;
 
@@ -392,6 +476,64 @@ mod tests {
     fn text_for_ens5() {
         let r = build(&spec(&["10.0.0.0/16"], false, true));
         assert_eq!(r.to_string(), EXPECTED_ENS5);
+    }
+
+    #[test]
+    fn masquerade_port_allocation_prints_as_nft_does() {
+        for (name, ports, text) in [
+            (
+                "random",
+                MasqueradePorts::Random,
+                "masquerade random comment",
+            ),
+            (
+                "fully-random",
+                MasqueradePorts::FullyRandom,
+                "masquerade fully-random comment",
+            ),
+            (
+                "preserve",
+                MasqueradePorts::Preserve,
+                "counter packets 0 bytes 0 masquerade comment",
+            ),
+        ] {
+            let mut sp = spec(&["10.0.0.0/16"], false, true);
+            sp.masquerade_ports = ports;
+            assert!(build(&sp).to_string().contains(text), "{name}");
+            assert_eq!(ports.name(), name);
+        }
+    }
+
+    #[test]
+    fn dhcp_from_the_lease_server_only() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.dhcp_server = Some(Ipv4Addr::new(10, 0, 1, 1));
+        let text = build(&sp).to_string();
+        assert!(
+            text.contains("\t\tip saddr 10.0.1.1 meta l4proto udp udp sport 67 udp dport 68 counter packets 0 bytes 0 accept comment \"in_dhcp\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notrack comment \"raw_dhcp_notrack\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn per_source_limit_prints_as_nft_does() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.per_source_limit = 20;
+        let text = build(&sp).to_string();
+        assert!(
+            text.contains("\tset persrc { type ipv4_addr; size 65535; flags dynamic; }\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\t\tip saddr @private ip daddr != @private ct state new add @persrc { ip saddr ct count over 20 } counter packets 0 bytes 0 drop comment \"fwd_per_source_limit\"\n\t\tip saddr @private ip daddr != @private ct state new counter"),
+            "{text}"
+        );
+        sp.per_source_limit = 0;
+        assert!(!build(&sp).to_string().contains("persrc"));
     }
 
     /// A read-back holds whatever the kernel (or the fuzz target's bytes) said, so printing must

@@ -175,7 +175,12 @@ pub fn read_back(sock: &mut Nfnl, table: &str) -> Result<Ruleset> {
             what: what("sets"),
             source,
         })?;
+        // A dynamic set's elements are whatever the traffic put there: not read.
+        let dynamic = get(&l, 3)
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .is_some_and(|f| u32::from_be_bytes(f) & super::uapi::SET_EVAL != 0);
         if get(&l, 1).map(string).as_deref() == Some(table)
+            && !dynamic
             && let Some(n) = get(&l, 2)
         {
             names.push(string(n));

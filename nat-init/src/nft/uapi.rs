@@ -7,6 +7,7 @@ pub(super) const REG_VERDICT: u32 = 0;
 pub(super) const REG_1: u32 = 1;
 pub(super) const NF_DROP: i32 = 0;
 pub(super) const NF_ACCEPT: i32 = 1;
+pub(super) const HOOK_PRE_ROUTING: u32 = 0;
 pub(super) const HOOK_LOCAL_IN: u32 = 1;
 pub(super) const HOOK_FORWARD: u32 = 2;
 pub(super) const HOOK_POST_ROUTING: u32 = 4;
@@ -19,6 +20,9 @@ pub(super) const BASE_TRANSPORT: u32 = 2;
 pub(super) const CMP_EQ: u32 = 0;
 pub(super) const CMP_NEQ: u32 = 1;
 pub(super) const CT_STATE: u32 = 0;
+pub(super) const CT_STATUS: u32 = 2;
+/// IPS_SRC_NAT in the ct status bits: the flow's source was translated.
+pub(super) const CT_STATUS_SRC_NAT: u32 = 1 << 4;
 pub(super) const CT_INVALID: u32 = 1;
 pub(super) const CT_ESTABLISHED: u32 = 1 << 1;
 pub(super) const CT_RELATED: u32 = 1 << 2;
@@ -30,6 +34,11 @@ pub(super) const EXTHDR_OP_TCPOPT: u32 = 1;
 pub(super) const TCPOPT_MAXSEG: u8 = 2;
 pub(super) const RT_TCPMSS: u32 = 3;
 pub(super) const SET_INTERVAL: u32 = 0x4;
+/// NFT_SET_EVAL: a set rules add to (`flags dynamic`).
+pub(super) const SET_EVAL: u32 = 0x20;
+pub(super) const DYNSET_OP_ADD: u32 = 0;
+/// NFT_CONNLIMIT_F_INV: `ct count over N`.
+pub(super) const CONNLIMIT_F_INV: u32 = 1;
 pub(super) const SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// nft's `ipv4_addr` datatype, so `nft list` prints the set's elements as addresses.
 pub(super) const TYPE_IPADDR: u32 = 7;
@@ -40,6 +49,9 @@ pub(super) const ICMP_DEST_UNREACH: u8 = 3;
 pub(super) const ICMP_ECHO_REQUEST: u8 = 8;
 pub(super) const TCP_SYN: u8 = 0x02;
 pub(super) const IFNAMSIZ: usize = 16;
+/// NF_NAT_RANGE_PROTO_RANDOM and _RANDOM_FULLY (linux/netfilter/nf_nat.h): NFTA_MASQ_FLAGS.
+pub(super) const NAT_RANGE_PROTO_RANDOM: u32 = 1 << 2;
+pub(super) const NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
 
 /// nfnetlink's subsystem number for nf_tables: the high byte of a netlink message type.
 pub(super) const NFNL_SUBSYS_NFTABLES: u8 = 10;

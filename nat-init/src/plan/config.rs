@@ -92,6 +92,19 @@ impl RangesFrom {
     }
 }
 
+/// The VPC's CIDRs from IMDS (for the primary ENI `mac`), when they can be the private ranges;
+/// else why not, naming the IMDS path, for an error line (the caller keeps its ranges). Checked
+/// like the configuration's: see [`crate::cidr::check_private`].
+pub fn usable_vpc(vpc: Vec<Ipv4Cidr>, mac: &str) -> Result<Vec<Ipv4Cidr>, String> {
+    match crate::cidr::check_private(&vpc) {
+        Ok(()) => Ok(vpc),
+        Err(e) => Err(format!(
+            "meta-data/network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks: {} {e}",
+            crate::report::ranges_text(&vpc)
+        )),
+    }
+}
+
 /// The private ranges: configured ones win, then the VPC's CIDRs from IMDS, then RFC 1918 and
 /// 100.64.0.0/10. Sorted and deduplicated so the ruleset and the ready line are deterministic.
 pub fn private_ranges(cfg: &Config, vpc: Option<&[Ipv4Cidr]>) -> (Vec<Ipv4Cidr>, RangesFrom) {
@@ -159,6 +172,23 @@ mod tests {
         let mut b = imds_backoff();
         let d: Vec<u64> = (0..8).map(|_| b.failure().as_secs()).collect();
         assert_eq!(d, [1, 2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
+    fn vpc_ranges_from_imds_are_checked() {
+        let ok = vec![cidr("10.0.0.0/16")];
+        assert_eq!(usable_vpc(ok.clone(), "0a:1b:2c:3d:4e:5f"), Ok(ok));
+        let e = usable_vpc(
+            vec![cidr("0.0.0.0/1"), cidr("128.0.0.0/1")],
+            "0a:1b:2c:3d:4e:5f",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("meta-data/network/interfaces/macs/0a:1b:2c:3d:4e:5f/vpc-ipv4-cidr-blocks: 0.0.0.0/1,128.0.0.0/1 cover the whole address space"),
+            "{e}"
+        );
+        let e = usable_vpc(vec![cidr("169.254.0.0/16")], "0a:1b:2c:3d:4e:5f").unwrap_err();
+        assert!(e.contains("overlaps 169.254.0.0/16"), "{e}");
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub fn conntrack_drops(
         return None;
     }
     Some(format!(
-        "conntrack is dropping new flows: ct_drop +{} ct_early_drop +{} ct_insert_failed +{} since the last health line, conntrack={conntrack}/{conntrack_max}; raise conntrack_max (0 sizes it from RAM), or lower the per-source limit if one host fills the table",
+        "conntrack is dropping new flows: ct_drop +{} ct_early_drop +{} ct_insert_failed +{} since the last health line, conntrack={conntrack}/{conntrack_max}; raise conntrack_max (0 sizes it from RAM), or lower per_source_conntrack_limit if one host fills the table",
         d[0], d[1], d[2]
     ))
 }
@@ -139,6 +139,9 @@ pub fn health(
         offloaded,
         conntrack_stats: None,
         ena: Vec::new(),
+        masq_flows: c.masqueraded_flows,
+        masq_bytes: c.masqueraded_bytes,
+        per_source_dropped: c.rule(nft::RULE_FWD_PER_SOURCE).map_or(0, |(p, _)| p),
     }
 }
 
@@ -154,12 +157,13 @@ mod tests {
             dropped_packets: 2,
             dropped_bytes: 120,
             masqueraded_flows: 3,
+            masqueraded_bytes: 4500,
             rules: vec![("forward".into(), nft::RULE_FWD_OFFLOAD.into(), 6, 9000)],
         };
         let h = health(&c, true, None, 7, 65536, Some(3500));
         assert_eq!(
             h.to_string(),
-            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=6"
+            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=6 masq_flows=3 masq_bytes=4500"
         );
         let h = health(&c, false, Some(4), 7, 65536, None);
         assert_eq!((h.offloaded, h.lease_left_s), (0, 0));
@@ -246,7 +250,7 @@ entries  searched found new invalid ignore delete delete_list insert insert_fail
         assert_eq!(
             conntrack_drops(Some(&quiet), &dropping, 131072, 131072).as_deref(),
             Some(
-                "conntrack is dropping new flows: ct_drop +3 ct_early_drop +20 ct_insert_failed +0 since the last health line, conntrack=131072/131072; raise conntrack_max (0 sizes it from RAM), or lower the per-source limit if one host fills the table"
+                "conntrack is dropping new flows: ct_drop +3 ct_early_drop +20 ct_insert_failed +0 since the last health line, conntrack=131072/131072; raise conntrack_max (0 sizes it from RAM), or lower per_source_conntrack_limit if one host fills the table"
             )
         );
         let clash = ConntrackStats {

@@ -25,7 +25,7 @@ mod sysctl;
 pub use args::parse_args;
 pub use config::{
     IMDS_RETRY_MAX, IMDS_RETRY_MIN, RangesFrom, UserData, classify_user_data, imds_backoff,
-    late_imds_changes, private_ranges,
+    late_imds_changes, private_ranges, usable_vpc,
 };
 pub use health::{
     ConntrackStatError, PROC_CONNTRACK, PROC_CONNTRACK_STAT, conntrack_drops, count_offloaded,

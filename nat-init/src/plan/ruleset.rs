@@ -1,16 +1,20 @@
 //! The table the configuration asks for, and what the ruleset stage says about the flowtable.
 
+use std::net::Ipv4Addr;
+
 use crate::cidr::Ipv4Cidr;
 use crate::config::Config;
 use crate::nft::{self, RulesetSpec};
 
-/// The appliance's table on `iface` for the `private` ranges. `flowtable` is whether it gets one:
+/// The appliance's table on `iface` for the `private` ranges, taking DHCP replies from
+/// `dhcp_server` only (the lease's, when there is one). `flowtable` is whether it gets one:
 /// the configuration wants it and the kernel can add it (see [`nft::flowtable_supported`]).
 pub fn ruleset_spec(
     cfg: &Config,
     iface: &str,
     private: &[Ipv4Cidr],
     flowtable: bool,
+    dhcp_server: Option<Ipv4Addr>,
 ) -> RulesetSpec {
     RulesetSpec {
         table: nft::TABLE.to_string(),
@@ -19,6 +23,9 @@ pub fn ruleset_spec(
         flowtable,
         mss_clamp: cfg.mss_clamp,
         icmp_rate_per_s: cfg.icmp_rate,
+        masquerade_ports: cfg.masquerade_ports,
+        per_source_limit: cfg.per_source_conntrack_limit,
+        dhcp_server,
     }
 }
 
@@ -45,10 +52,12 @@ mod tests {
         let cfg = Config {
             mss_clamp: false,
             icmp_rate: 3,
+            masquerade_ports: nft::MasqueradePorts::Random,
             ..Config::default()
         };
         let private = ["10.0.0.0/16".parse().unwrap()];
-        let s = ruleset_spec(&cfg, "ens5", &private, true);
+        let server = Some(Ipv4Addr::new(10, 0, 1, 1));
+        let s = ruleset_spec(&cfg, "ens5", &private, true, server);
         assert_eq!(
             s,
             RulesetSpec {
@@ -58,9 +67,12 @@ mod tests {
                 flowtable: true,
                 mss_clamp: false,
                 icmp_rate_per_s: 3,
+                masquerade_ports: nft::MasqueradePorts::Random,
+                per_source_limit: 32768,
+                dhcp_server: server,
             }
         );
-        assert!(!ruleset_spec(&cfg, "ens5", &private, false).flowtable);
+        assert!(!ruleset_spec(&cfg, "ens5", &private, false, None).flowtable);
     }
 
     #[test]

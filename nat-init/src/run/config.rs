@@ -155,6 +155,11 @@ impl Service {
             report::ranges_text(&d.vpc_cidrs)
         ));
         self.check_primary(&d.mac)?;
+        // Ranges that fail the private-range check are an error line and not used.
+        let vpc = plan::usable_vpc(d.vpc_cidrs, &d.mac).unwrap_or_else(|why| {
+            error("imds", format_args!("{why}; the VPC's ranges are not used"));
+            Vec::new()
+        });
         let user_data = match plan::classify_user_data(d.user_data.as_deref()) {
             UserData::Absent => None,
             UserData::Foreign(kind) => {
@@ -165,10 +170,7 @@ impl Service {
             }
             UserData::Toml(t) => Some(t.to_string()),
         };
-        Ok(Answer::Answered {
-            vpc: d.vpc_cidrs,
-            user_data,
-        })
+        Ok(Answer::Answered { vpc, user_data })
     }
 
     /// Layers the user-data of IMDS's answer (`(vpc, user_data)`, none when it did not answer)

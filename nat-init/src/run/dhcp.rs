@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use nat_init::dhcp::LeaseChange;
-use nat_init::plan;
+use nat_init::plan::{self, Stage};
 use nat_init::report;
 
 use super::Service;
@@ -65,8 +65,13 @@ impl Service {
                         l.server
                     ));
                 }
+                let server = l.server;
                 self.lease = Some(l);
                 self.stages.lease_applied_by_dhcp();
+                if self.ruleset.is_some() && self.table_dhcp_server != Some(server) {
+                    // The table takes DHCP replies from the old server only: rebuild it.
+                    self.stages.invalidate(Stage::Nft, now_ms());
+                }
             }
             LeaseChange::Drop(l) => {
                 error(
@@ -82,6 +87,19 @@ impl Service {
                 self.lease = None;
                 self.applied = None;
                 self.stages.lease_lost();
+                // Without a lease, DHCP replies from any server: the stages wait for a lease,
+                // so the table is rebuilt here (forwarding off if that fails, as in the stage).
+                if self.ruleset.is_some()
+                    && self.table_dhcp_server.is_some()
+                    && let Err(e) = self.install_ruleset()
+                {
+                    let d = self.stages.failed(Stage::Nft, now_ms());
+                    error(
+                        "nft",
+                        format_args!("{e:#}; retrying in {}", report::seconds(d)),
+                    );
+                    super::sysctl::forwarding_off();
+                }
                 let now = now_ms();
                 self.no_lease_since_ms = now;
                 self.no_lease_backoff.success();

@@ -64,6 +64,8 @@ pub struct Service {
     imds_retry_ms: Option<u64>,
     imds_backoff: Backoff,
     ruleset: Option<nft::Ruleset>,
+    /// The DHCP server the installed table accepts replies from (none: from any).
+    table_dhcp_server: Option<std::net::Ipv4Addr>,
     flowtable_active: bool,
     flowtable_said: Option<String>,
     sysctl_plan: Vec<(String, String)>,
@@ -118,6 +120,7 @@ impl Service {
             imds_retry_ms: None,
             imds_backoff: plan::imds_backoff(),
             ruleset: None,
+            table_dhcp_server: None,
             flowtable_active: false,
             flowtable_said: None,
             sysctl_plan: Vec::new(),

@@ -1,6 +1,7 @@
 //! [`Stage::Nft`](nat_init::plan::Stage::Nft): the appliance's table. Built from the config (with
 //! a flowtable if the kernel can add one), kept when an identical one is already installed (a
-//! restart), else installed in one atomic batch and read back.
+//! restart), else installed in one atomic batch and read back. It takes DHCP replies from the
+//! lease's server only, so it is rebuilt when that changes or the lease is lost.
 
 use anyhow::{Context, Result};
 
@@ -14,7 +15,14 @@ impl Service {
     pub(super) fn install_ruleset(&mut self) -> Result<()> {
         let mut sock = Nfnl::open()?;
         let supported = self.cfg.flowtable && nft::flowtable_supported(&mut sock);
-        let spec = plan::ruleset_spec(&self.cfg, &self.iface.name, &self.private, supported);
+        let server = self.lease.as_ref().map(|l| l.server);
+        let spec = plan::ruleset_spec(
+            &self.cfg,
+            &self.iface.name,
+            &self.private,
+            supported,
+            server,
+        );
         let r = nft::build(&spec);
         match nft::verify(&mut sock, &r) {
             Ok(()) => info(format_args!(
@@ -39,6 +47,7 @@ impl Service {
         }
         self.flowtable_active = supported;
         self.ruleset = Some(r);
+        self.table_dhcp_server = server;
         Ok(())
     }
 }

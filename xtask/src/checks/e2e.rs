@@ -71,7 +71,7 @@ const FLOOD_SYNS: usize = 5000;
 const IMDS_DOWN: Duration = Duration::from_secs(10);
 /// The user-data of that boot: health lines every 2 s instead of 60 once it is applied, and a
 /// small conntrack table with a per-source cap for the SYN flood.
-const LATE_USER_DATA: &str = "# nat-init user-data\nhealth_interval = 2\nconntrack_max = 4096\n";
+const LATE_USER_DATA: &str = "# nat-init user-data\nhealth_interval = 2\nconntrack_max = 4096\nper_source_conntrack_limit = 1000\n";
 pub const CHECKS: &[&str] = &[
     READY,
     MODULES,
