@@ -158,12 +158,15 @@ mod tests {
             dropped_bytes: 120,
             masqueraded_flows: 3,
             masqueraded_bytes: 4500,
-            rules: vec![("forward".into(), nft::RULE_FWD_OFFLOAD.into(), 6, 9000)],
+            rules: vec![
+                ("forward".into(), nft::RULE_FWD_OFFLOAD.into(), 6, 9000),
+                ("forward".into(), nft::RULE_FWD_PER_SOURCE.into(), 8, 480),
+            ],
         };
         let h = health(&c, true, None, 7, 65536, Some(3500));
         assert_eq!(
             h.to_string(),
-            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=6 masq_flows=3 masq_bytes=4500"
+            "nat-init: health forwarded_packets=10 forwarded_bytes=15000 dropped=2 conntrack=7/65536 lease_left_s=3500 offloaded=6 masq_flows=3 masq_bytes=4500 per_source_dropped=8"
         );
         let h = health(&c, false, Some(4), 7, 65536, None);
         assert_eq!((h.offloaded, h.lease_left_s), (0, 0));
