@@ -153,11 +153,13 @@ fn addr_in_set(daddr: bool, invert: bool) -> [Expr; 2] {
 }
 
 fn ct_state(mask: u32) -> [Expr; 3] {
+    ct_bits(CT_STATE, mask)
+}
+
+/// Any of `mask`'s bits set in conntrack's `key` (`ct state ...`, `ct status ...`).
+fn ct_bits(key: u32, mask: u32) -> [Expr; 3] {
     [
-        Expr::Ct {
-            key: CT_STATE,
-            dreg: REG_1,
-        },
+        Expr::Ct { key, dreg: REG_1 },
         Expr::Bitwise {
             sreg: REG_1,
             dreg: REG_1,
@@ -231,25 +233,8 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             RULE_MASQ_TRAFFIC,
             &[
                 &meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)),
-                &[
-                    Expr::Ct {
-                        key: CT_STATUS,
-                        dreg: REG_1,
-                    },
-                    Expr::Bitwise {
-                        sreg: REG_1,
-                        dreg: REG_1,
-                        len: 4,
-                        mask: CT_STATUS_SRC_NAT.to_ne_bytes().to_vec(),
-                        xor: vec![0; 4],
-                    },
-                    Expr::Cmp {
-                        sreg: REG_1,
-                        op: CMP_NEQ,
-                        data: vec![0; 4],
-                    },
-                    c.clone(),
-                ],
+                &ct_bits(CT_STATUS, CT_STATUS_SRC_NAT),
+                std::slice::from_ref(&c),
             ],
         )],
     };
