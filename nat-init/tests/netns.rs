@@ -97,50 +97,8 @@ impl Topology {
             r.set_up(lan1.index).expect("lan1 up");
             r.set_up(wan.index).expect("ens5 up");
         });
-        in_ns(&t.client, || {
-            let mut r = Rtnl::open().unwrap();
-            let lo = r.link("lo").unwrap().unwrap();
-            r.set_up(lo.index).unwrap();
-            let eth = r.link("eth0").unwrap().unwrap();
-            r.replace_address(eth.index, CLIENT_IP, 24, u32::MAX, u32::MAX)
-                .unwrap();
-            r.replace_address(eth.index, ROGUE_IP, 32, u32::MAX, u32::MAX)
-                .unwrap();
-            r.set_up(eth.index).unwrap();
-            assert!(
-                r.wait_for_carrier(eth.index, Duration::from_secs(5))
-                    .unwrap()
-            );
-            r.replace_route(
-                "0.0.0.0/0".parse().unwrap(),
-                Some(NAT_LAN_IP),
-                eth.index,
-                Some(CLIENT_IP),
-                None,
-            )
-            .unwrap();
-        });
-        in_ns(&t.client2, || {
-            let mut r = Rtnl::open().unwrap();
-            let lo = r.link("lo").unwrap().unwrap();
-            r.set_up(lo.index).unwrap();
-            let eth = r.link("eth0").unwrap().unwrap();
-            r.replace_address(eth.index, CLIENT2_IP, 24, u32::MAX, u32::MAX)
-                .unwrap();
-            r.set_up(eth.index).unwrap();
-            assert!(
-                r.wait_for_carrier(eth.index, Duration::from_secs(5))
-                    .unwrap()
-            );
-            r.replace_route(
-                "0.0.0.0/0".parse().unwrap(),
-                Some(NAT_LAN2_IP),
-                eth.index,
-                Some(CLIENT2_IP),
-                None,
-            )
-            .unwrap();
-        });
+        client_up(&t.client, CLIENT_IP, Some(ROGUE_IP), NAT_LAN_IP);
+        client_up(&t.client2, CLIENT2_IP, None, NAT_LAN2_IP);
         in_ns(&t.server, || {
             let mut r = Rtnl::open().unwrap();
             let lo = r.link("lo").unwrap().unwrap();
@@ -200,6 +158,36 @@ impl Drop for Topology {
 }
 
 /// Runs `f` on a thread that has joined namespace `ns`; sockets it opens belong to `ns`.
+/// A private client in `ns`: lo up, eth0 with `ip`/24 (and `extra`/32), carrier, and its
+/// default route through the NAT's address `gw` on its subnet.
+fn client_up(ns: &str, ip: Ipv4Addr, extra: Option<Ipv4Addr>, gw: Ipv4Addr) {
+    in_ns(ns, || {
+        let mut r = Rtnl::open().unwrap();
+        let lo = r.link("lo").unwrap().unwrap();
+        r.set_up(lo.index).unwrap();
+        let eth = r.link("eth0").unwrap().unwrap();
+        r.replace_address(eth.index, ip, 24, u32::MAX, u32::MAX)
+            .unwrap();
+        if let Some(extra) = extra {
+            r.replace_address(eth.index, extra, 32, u32::MAX, u32::MAX)
+                .unwrap();
+        }
+        r.set_up(eth.index).unwrap();
+        assert!(
+            r.wait_for_carrier(eth.index, Duration::from_secs(5))
+                .unwrap()
+        );
+        r.replace_route(
+            "0.0.0.0/0".parse().unwrap(),
+            Some(gw),
+            eth.index,
+            Some(ip),
+            None,
+        )
+        .unwrap();
+    });
+}
+
 fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     test_support::netns::run_in(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }
