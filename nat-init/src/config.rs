@@ -107,6 +107,75 @@ pub struct Config {
     /// `dhcp_timeout` (default 30, 1..=3600): seconds without a lease after which nat-init
     /// prints `nat-init: error dhcp ...`. It keeps trying afterwards.
     pub dhcp_timeout: u32,
+    /// The AWS side: the instance role's calls to EC2 (all off by default, since they need
+    /// IAM permissions) and the clock (on by default).
+    pub aws: AwsConfig,
+}
+
+/// The AWS-side keys (flat in the document, like every other key). Everything that calls
+/// EC2 is off until a key asks for it; nothing here holds up the NAT on its own ENI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    /// `disable_source_dest_check` (default `false`): turn the source/destination check off
+    /// on the primary ENI (`ec2:ModifyNetworkInterfaceAttribute`) and read it back.
+    pub disable_source_dest_check: bool,
+    /// `route_tables` (default none): route table ids (`rtb-...`) whose `0.0.0.0/0` is
+    /// replaced (or created) to point at this instance's primary ENI.
+    pub route_tables: Vec<String>,
+    /// `route_table_tag` (default none): `"Key=Value"`: the route tables of this VPC that carry
+    /// the tag are claimed like `route_tables`.
+    pub route_table_tag: Option<(String, String)>,
+    /// `reclaim_routes` (default `false`): a claimed table found pointing elsewhere later is
+    /// pointed back at this ENI; otherwise it is only reported.
+    pub reclaim_routes: bool,
+    /// `elastic_ips` (default none): Elastic IP allocation ids (`eipalloc-...`), associated in
+    /// order with the ENI's primary private address and then with secondary private addresses
+    /// (assigned as needed); new flows are spread across them.
+    pub elastic_ips: Vec<String>,
+    /// `aws_region` (default: IMDS's `placement/region`).
+    pub region: Option<String>,
+    /// `ec2_endpoint` (default `https://ec2.<region>.amazonaws.com`): an `https://host[:port]`
+    /// URL, for a VPC interface endpoint's DNS name.
+    pub ec2_endpoint: Option<String>,
+    /// `aws_ca_file` (default none; baked file only): a PEM file of extra trust roots for the
+    /// AWS endpoints, added to the built-in set (the test image's emulated AWS).
+    pub ca_file: Option<String>,
+    /// `aws_check_interval` (default 60, 10..=3600): seconds between re-checks of the source/
+    /// destination check, the routes and the addresses once they are in place.
+    pub check_interval: u32,
+    /// `ntp` (default `true`): check the clock against `ntp_server` at start and every
+    /// 15 minutes, and step it when it is off by more than a second (SigV4 and TLS need it).
+    pub ntp: bool,
+    /// `ntp_server` (default `169.254.169.123`, the Amazon Time Sync Service).
+    pub ntp_server: std::net::Ipv4Addr,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            disable_source_dest_check: false,
+            route_tables: Vec::new(),
+            route_table_tag: None,
+            reclaim_routes: false,
+            elastic_ips: Vec::new(),
+            region: None,
+            ec2_endpoint: None,
+            ca_file: None,
+            check_interval: 60,
+            ntp: true,
+            ntp_server: std::net::Ipv4Addr::new(169, 254, 169, 123),
+        }
+    }
+}
+
+impl AwsConfig {
+    /// Whether anything needs EC2 calls (and so the instance role's credentials).
+    pub fn uses_ec2(&self) -> bool {
+        self.disable_source_dest_check
+            || !self.route_tables.is_empty()
+            || self.route_table_tag.is_some()
+            || !self.elastic_ips.is_empty()
+    }
 }
 
 impl Default for Config {
@@ -133,6 +202,7 @@ impl Default for Config {
             per_source_conntrack_limit: 32768,
             imds: true,
             dhcp_timeout: 30,
+            aws: AwsConfig::default(),
         }
     }
 }
@@ -195,6 +265,18 @@ struct RawConfig {
     per_source_conntrack_limit: Option<u32>,
     imds: Option<bool>,
     dhcp_timeout: Option<u32>,
+    disable_source_dest_check: Option<bool>,
+    /// Spanned so an error points at the element.
+    route_tables: Option<Vec<toml::Spanned<String>>>,
+    route_table_tag: Option<String>,
+    reclaim_routes: Option<bool>,
+    elastic_ips: Option<Vec<toml::Spanned<String>>>,
+    aws_region: Option<String>,
+    ec2_endpoint: Option<String>,
+    aws_ca_file: Option<String>,
+    aws_check_interval: Option<u32>,
+    ntp: Option<bool>,
+    ntp_server: Option<String>,
 }
 
 impl RawConfig {
@@ -226,11 +308,25 @@ impl RawConfig {
                 .or(self.per_source_conntrack_limit),
             imds: over.imds.or(self.imds),
             dhcp_timeout: over.dhcp_timeout.or(self.dhcp_timeout),
+            disable_source_dest_check: over
+                .disable_source_dest_check
+                .or(self.disable_source_dest_check),
+            route_tables: over.route_tables.or(self.route_tables),
+            route_table_tag: over.route_table_tag.or(self.route_table_tag),
+            reclaim_routes: over.reclaim_routes.or(self.reclaim_routes),
+            elastic_ips: over.elastic_ips.or(self.elastic_ips),
+            aws_region: over.aws_region.or(self.aws_region),
+            ec2_endpoint: over.ec2_endpoint.or(self.ec2_endpoint),
+            aws_ca_file: over.aws_ca_file.or(self.aws_ca_file),
+            aws_check_interval: over.aws_check_interval.or(self.aws_check_interval),
+            ntp: over.ntp.or(self.ntp),
+            ntp_server: over.ntp_server.or(self.ntp_server),
         }
     }
 
     fn resolve(self) -> Config {
         let d = Config::default();
+        let aws = self.resolve_aws(d.aws);
         Config {
             interface: self.interface,
             rename: self.rename.unwrap_or(d.rename),
@@ -271,9 +367,58 @@ impl RawConfig {
                 .unwrap_or(d.per_source_conntrack_limit),
             imds: self.imds.unwrap_or(d.imds),
             dhcp_timeout: self.dhcp_timeout.unwrap_or(d.dhcp_timeout),
+            aws,
+        }
+    }
+
+    /// Validated when parsed: nothing is dropped here.
+    fn resolve_aws(&self, d: AwsConfig) -> AwsConfig {
+        let texts = |v: &Option<Vec<toml::Spanned<String>>>| -> Vec<String> {
+            v.iter().flatten().map(|s| s.get_ref().clone()).collect()
+        };
+        AwsConfig {
+            disable_source_dest_check: self
+                .disable_source_dest_check
+                .unwrap_or(d.disable_source_dest_check),
+            route_tables: texts(&self.route_tables),
+            route_table_tag: self.route_table_tag.as_deref().and_then(tag_pair),
+            reclaim_routes: self.reclaim_routes.unwrap_or(d.reclaim_routes),
+            elastic_ips: texts(&self.elastic_ips),
+            region: self.aws_region.clone(),
+            ec2_endpoint: self.ec2_endpoint.clone(),
+            ca_file: self.aws_ca_file.clone(),
+            check_interval: self.aws_check_interval.unwrap_or(d.check_interval),
+            ntp: self.ntp.unwrap_or(d.ntp),
+            ntp_server: self
+                .ntp_server
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(d.ntp_server),
         }
     }
 }
+
+/// `Key=Value` of `route_table_tag`: both sides non-empty.
+fn tag_pair(text: &str) -> Option<(String, String)> {
+    let (k, v) = text.split_once('=')?;
+    (!k.is_empty() && !v.is_empty()).then(|| (k.to_string(), v.to_string()))
+}
+
+/// An EC2 resource id: `prefix-` and 8 or 17 lowercase hex digits.
+fn is_resource_id(text: &str, prefix: &str) -> bool {
+    text.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|hex| {
+            matches!(hex.len(), 8 | 17)
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
+/// Most Elastic IPs one ENI can carry on any instance type (50 addresses); a t4g.nano's ENI
+/// takes 2.
+const MAX_ELASTIC_IPS: usize = 50;
 
 /// A parsed document with what is needed to point at its keys.
 struct Document<'a> {
@@ -477,7 +622,93 @@ fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
     )?;
     check_range(doc, "icmp_rate", num(raw.icmp_rate), 1, 100_000)?;
     check_range(doc, "dhcp_timeout", num(raw.dhcp_timeout), 1, 3600)?;
+    validate_aws(raw, doc)
+}
+
+/// Every element of a list of EC2 resource ids has the id's form, and none repeats.
+fn check_ids(
+    doc: &Document<'_>,
+    key: &str,
+    ids: Option<&Vec<toml::Spanned<String>>>,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let Some(ids) = ids else { return Ok(()) };
+    for (i, id) in ids.iter().enumerate() {
+        let text = id.get_ref();
+        if !is_resource_id(text, prefix) {
+            return Err(doc.error(
+                Some(id.span()),
+                Some(key),
+                format!("{text:?} is not a {prefix} id: expected {prefix}- and 8 or 17 hex digits"),
+            ));
+        }
+        if ids[..i].iter().any(|o| o.get_ref() == text) {
+            return Err(doc.error(
+                Some(id.span()),
+                Some(key),
+                format!("{text} is listed twice"),
+            ));
+        }
+    }
     Ok(())
+}
+
+fn validate_aws(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    check_ids(doc, "route_tables", raw.route_tables.as_ref(), "rtb")?;
+    check_ids(doc, "elastic_ips", raw.elastic_ips.as_ref(), "eipalloc")?;
+    if let Some(ids) = &raw.elastic_ips
+        && ids.len() > MAX_ELASTIC_IPS
+    {
+        return Err(doc.key_error(
+            "elastic_ips",
+            format!(
+                "{} allocation ids: an ENI carries at most {MAX_ELASTIC_IPS} addresses (a t4g.nano's 2)",
+                ids.len()
+            ),
+        ));
+    }
+    if let Some(t) = &raw.route_table_tag
+        && tag_pair(t).is_none()
+    {
+        return Err(doc.key_error(
+            "route_table_tag",
+            format!("{t:?} is not \"Key=Value\" with both sides non-empty"),
+        ));
+    }
+    if let Some(r) = &raw.aws_region {
+        let ok = r.len() <= 32
+            && r.split('-').count() >= 3
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(doc.key_error(
+                "aws_region",
+                format!("{r:?} is not a region name such as \"eu-west-1\""),
+            ));
+        }
+    }
+    if let Some(e) = &raw.ec2_endpoint
+        && let Err(why) = crate::plan::aws::parse_endpoint(e)
+    {
+        return Err(doc.key_error("ec2_endpoint", why));
+    }
+    if let Some(p) = &raw.aws_ca_file
+        && !p.starts_with('/')
+    {
+        return Err(doc.key_error("aws_ca_file", format!("{p:?} is not an absolute path")));
+    }
+    if let Some(s) = &raw.ntp_server
+        && s.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        return Err(doc.key_error("ntp_server", format!("{s:?} is not an IPv4 address")));
+    }
+    check_range(
+        doc,
+        "aws_check_interval",
+        raw.aws_check_interval.map(u64::from),
+        10,
+        3600,
+    )
 }
 
 /// The result of layering user-data over the baked file: always a usable configuration, plus
@@ -509,15 +740,19 @@ impl Config {
         };
         let merged = match user_data {
             Some(text) => match parse_raw(text, "user-data").and_then(|over| {
-                if over.imds.is_some() {
+                // IMDS comes before user-data, and extra trust roots from user-data would let
+                // whoever can set it vouch for the AWS endpoints.
+                let baked_only = [
+                    ("imds", over.imds.is_some()),
+                    ("aws_ca_file", over.aws_ca_file.is_some()),
+                ];
+                if let Some((key, _)) = baked_only.iter().find(|(_, set)| *set) {
                     let doc = Document {
                         text,
                         source_name: "user-data",
                         keys: key_spans(text),
                     };
-                    return Err(
-                        doc.key_error("imds", "can only be set in the baked file".to_string())
-                    );
+                    return Err(doc.key_error(key, "can only be set in the baked file".to_string()));
                 }
                 Ok(over)
             }) {
@@ -649,8 +884,87 @@ dhcp_timeout = 10
                 per_source_conntrack_limit: 0,
                 imds: false,
                 dhcp_timeout: 10,
+                aws: AwsConfig::default(),
             }
         );
+    }
+
+    #[test]
+    fn aws_keys_parse() {
+        let text = r#"
+disable_source_dest_check = true
+route_tables = ["rtb-0123456789abcdef0", "rtb-01234567"]
+route_table_tag = "nat:zone=a"
+reclaim_routes = true
+elastic_ips = ["eipalloc-0123456789abcdef0"]
+aws_region = "eu-west-1"
+ec2_endpoint = "https://vpce-1.ec2.eu-west-1.vpce.amazonaws.com"
+aws_ca_file = "/etc/nat-init/ca.pem"
+aws_check_interval = 30
+ntp = false
+ntp_server = "10.0.0.2"
+"#;
+        let c = Config::from_toml(text, "baked").unwrap();
+        assert_eq!(
+            c.aws,
+            AwsConfig {
+                disable_source_dest_check: true,
+                route_tables: vec!["rtb-0123456789abcdef0".into(), "rtb-01234567".into()],
+                route_table_tag: Some(("nat:zone".into(), "a".into())),
+                reclaim_routes: true,
+                elastic_ips: vec!["eipalloc-0123456789abcdef0".into()],
+                region: Some("eu-west-1".into()),
+                ec2_endpoint: Some("https://vpce-1.ec2.eu-west-1.vpce.amazonaws.com".into()),
+                ca_file: Some("/etc/nat-init/ca.pem".into()),
+                check_interval: 30,
+                ntp: false,
+                ntp_server: "10.0.0.2".parse().unwrap(),
+            }
+        );
+        assert!(c.aws.uses_ec2());
+        assert!(!Config::default().aws.uses_ec2());
+        assert!(Config::default().aws.ntp);
+    }
+
+    #[test]
+    fn bad_aws_keys_name_the_element() {
+        let e = err("route_tables = [\n  \"rtb-01234567\",\n  \"rtb-xyz\",\n]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("route_tables")));
+        assert!(e.message.contains("not a rtb id"), "{e}");
+        let e = err("elastic_ips = [\"eipalloc-01234567\", \"eipalloc-01234567\"]\n");
+        assert!(e.message.contains("listed twice"), "{e}");
+        let e = err("elastic_ips = [\"rtb-01234567\"]\n");
+        assert_eq!(e.key.as_deref(), Some("elastic_ips"));
+        for (text, key) in [
+            ("route_table_tag = \"novalue=\"\n", "route_table_tag"),
+            ("route_table_tag = \"plain\"\n", "route_table_tag"),
+            ("aws_region = \"Mars\"\n", "aws_region"),
+            (
+                "ec2_endpoint = \"http://ec2.us-east-1.amazonaws.com\"\n",
+                "ec2_endpoint",
+            ),
+            ("ntp_server = \"time.example\"\n", "ntp_server"),
+            ("aws_check_interval = 5\n", "aws_check_interval"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert_eq!(e.line, Some(1), "{text}: {e}");
+        }
+        let e = Config::from_toml("aws_ca_file = \"ca.pem\"\n", "baked").unwrap_err();
+        assert!(e.message.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn user_data_cannot_add_trust_roots() {
+        let l = Config::layered(
+            Some(("aws_ca_file = \"/etc/ca.pem\"\n", BAKED_PATH)),
+            Some("aws_ca_file = \"/tmp/evil.pem\"\nroute_tables = [\"rtb-01234567\"]\n"),
+        );
+        assert_eq!(l.errors.len(), 1);
+        assert_eq!(l.errors[0].key.as_deref(), Some("aws_ca_file"));
+        assert_eq!(l.config.aws.ca_file.as_deref(), Some("/etc/ca.pem"));
+        // Refused as a whole: no half-applied override.
+        assert!(l.config.aws.route_tables.is_empty());
     }
 
     #[test]

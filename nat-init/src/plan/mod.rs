@@ -9,9 +9,12 @@
 //! - `ruleset`: the table the configuration asks for, and what to say about the flowtable;
 //! - `sysctl`: the conntrack sizing (checked against RAM) and the line saying what was set;
 //! - `health`: what the `health` line says, and when conntrack dropping flows is an error;
+//! - `aws`: the AWS side: endpoints, what to do with each claimed route table, how Elastic IPs
+//!   pair with the ENI's addresses, and the `aws_*` fields of the console lines;
 //! - `args`: the command line.
 
 mod args;
+pub mod aws;
 mod config;
 mod health;
 mod lease;
