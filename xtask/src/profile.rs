@@ -17,6 +17,10 @@ pub struct Profile {
     pub init: InitSection,
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,
+    /// More files for the rootfs: absolute path in the image = file beside the profile (a
+    /// relative path below the profile's directory). Installed with mode 0644.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +288,22 @@ fn validate(p: &Profile, stem: &str, root: &Path) -> Result<()> {
             bail!("[packages] extra_files entry {f:?} must be an absolute file path without ..");
         }
     }
+    for (at, from) in &p.files {
+        if !at.starts_with('/') || at.ends_with('/') || at.split('/').any(|c| c == ".." || c == ".")
+        {
+            bail!("[files] {at:?} must be an absolute file path without . or ..");
+        }
+        if from.is_empty()
+            || from.starts_with('/')
+            || from
+                .split('/')
+                .any(|c| c.is_empty() || c == ".." || c == ".")
+        {
+            bail!(
+                "[files] {at:?} = {from:?} must be a relative path below the profile's directory"
+            );
+        }
+    }
     if let Some(script) = &p.init.script {
         if script.is_empty() || script.contains('/') || script.starts_with('.') {
             bail!("[init] script = {script:?} must name a file beside the profile");
@@ -415,6 +435,18 @@ health_interval = 5
             (
                 GOOD.replace("[[service]]", "[init]\nscript = \"../x.sh\"\n[[service]]"),
                 "beside the profile",
+            ),
+            (
+                format!("{GOOD}\n[files]\n\"etc/ca.pem\" = \"test-ca/ca.pem\"\n"),
+                "absolute file path",
+            ),
+            (
+                format!("{GOOD}\n[files]\n\"/etc/ca.pem\" = \"../secrets/ca.pem\"\n"),
+                "below the profile's directory",
+            ),
+            (
+                format!("{GOOD}\n[files]\n\"/etc/ca.pem\" = \"/etc/ssl/ca.pem\"\n"),
+                "below the profile's directory",
             ),
         ];
         for (text, want) in cases {

@@ -54,6 +54,13 @@ pub fn assemble(
             extra_file(&extras, f).with_context(|| format!("[packages] extra_files {f:?}"))?;
         tree.file(f, 0o755, data);
     }
+    let dir = loaded.path.parent().unwrap_or(Path::new("."));
+    for (at, from) in &profile.files {
+        let p = dir.join(from);
+        let data = std::fs::read(&p)
+            .with_context(|| format!("[files] {at:?}: reading {}", p.display()))?;
+        tree.file(at.trim_start_matches('/'), 0o644, data);
+    }
     for (s, bin) in bins.services {
         tree.file(&format!("sbin/{}", s.binary()), 0o755, bin);
         if let Some(cfg) = &s.config {
