@@ -386,6 +386,130 @@ fn ok_text(what: &str, r: Response) -> Result<String, ImdsError> {
     })
 }
 
+/// What the AWS side needs from IMDS besides [`ImdsData`]: where it runs and which ENI is its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsIdentity {
+    /// `placement/region`.
+    pub region: String,
+    /// The primary ENI's id (`network/interfaces/macs/<mac>/interface-id`).
+    pub interface_id: String,
+    /// Its private addresses (`.../local-ipv4s`), primary first.
+    pub local_ipv4s: Vec<Ipv4Addr>,
+}
+
+/// An IMDSv2 session: one token, then GETs, all within one deadline.
+pub struct Session<'a> {
+    ep: &'a Endpoint,
+    deadline: Instant,
+    host: String,
+    token: String,
+}
+
+impl<'a> Session<'a> {
+    /// Asks for a token; the session's GETs must be done within `budget` from now.
+    pub fn open(ep: &'a Endpoint, budget: Duration) -> Result<Self, ImdsError> {
+        let deadline = Instant::now() + budget;
+        let host = ep.addr.ip().to_string();
+        let ttl = TOKEN_TTL_S.to_string();
+        let put = build_request(
+            "PUT",
+            "/latest/api/token",
+            &host,
+            &[("X-aws-ec2-metadata-token-ttl-seconds", &ttl)],
+        );
+        let token = ok_text("token", request(ep, deadline, "token", &put)?)?;
+        let token = token.trim().to_string();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ImdsError::Content {
+                what: "token".to_string(),
+                detail: "empty or not printable".to_string(),
+            });
+        }
+        Ok(Self {
+            ep,
+            deadline,
+            host,
+            token,
+        })
+    }
+
+    /// `GET /latest/<path>`, any status.
+    pub fn get(&self, what: &str, path: &str) -> Result<Response, ImdsError> {
+        let raw = build_request(
+            "GET",
+            &format!("/latest/{path}"),
+            &self.host,
+            &[("X-aws-ec2-metadata-token", &self.token)],
+        );
+        request(self.ep, self.deadline, what, &raw)
+    }
+
+    /// `GET /latest/<path>`, which must answer 200 with UTF-8.
+    pub fn text(&self, what: &str, path: &str) -> Result<String, ImdsError> {
+        ok_text(what, self.get(what, path)?)
+    }
+}
+
+/// A single path segment IMDS named (a role name, a region): printable, no `/`, so it can go
+/// into a URL path or a host name as it is.
+fn segment(what: &str, text: &str) -> Result<String, ImdsError> {
+    let t = text.trim();
+    let ok = !t.is_empty()
+        && t.len() <= 128
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_+=,.@".contains(&b));
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(ImdsError::Content {
+            what: what.to_string(),
+            detail: format!("{:?} is not a plain name", truncate(t)),
+        })
+    }
+}
+
+/// The region, the primary ENI's id and its private addresses, for the ENI with `mac`.
+pub fn fetch_aws_identity(ep: &Endpoint, mac: &str) -> Result<AwsIdentity, ImdsError> {
+    let s = Session::open(ep, ep.budget)?;
+    let region = segment("region", &s.text("region", "meta-data/placement/region")?)?;
+    let base = format!("meta-data/network/interfaces/macs/{mac}");
+    let eni = s.text("interface-id", &format!("{base}/interface-id"))?;
+    let interface_id = segment("interface-id", &eni)?;
+    if !interface_id.starts_with("eni-") {
+        return Err(ImdsError::Content {
+            what: "interface-id".to_string(),
+            detail: format!("{interface_id:?} is not an ENI id"),
+        });
+    }
+    let ips = s.text("local-ipv4s", &format!("{base}/local-ipv4s"))?;
+    let mut local_ipv4s = Vec::new();
+    for line in ips.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        local_ipv4s.push(line.parse::<Ipv4Addr>().map_err(|_| ImdsError::Content {
+            what: "local-ipv4s".to_string(),
+            detail: format!("{:?} is not an IPv4 address", truncate(line)),
+        })?);
+    }
+    Ok(AwsIdentity {
+        region,
+        interface_id,
+        local_ipv4s,
+    })
+}
+
+/// The instance role's name and its credentials document (JSON, parsed by
+/// `aws::credentials`). An instance without a role answers 404 to the listing.
+pub fn fetch_role_credentials(ep: &Endpoint) -> Result<(String, String), ImdsError> {
+    let s = Session::open(ep, ep.budget)?;
+    let listing = s.text("iam role", "meta-data/iam/security-credentials/")?;
+    let first = listing.lines().next().unwrap_or_default();
+    let role = segment("iam role", first)?;
+    let doc = s.text(
+        "iam credentials",
+        &format!("meta-data/iam/security-credentials/{role}"),
+    )?;
+    Ok((role, doc))
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
@@ -595,6 +719,51 @@ mod tests {
             },
             _ => http("404 Not Found", ""),
         }
+    }
+
+    #[test]
+    fn aws_identity_and_role_credentials() {
+        let (ep, _) = serve(|h| {
+            let first = h.lines().next().unwrap_or("");
+            let base = "/latest/meta-data/network/interfaces/macs/0a:1b:2c:3d:4e:5f";
+            match first.split(' ').nth(1).unwrap_or("") {
+                "/latest/meta-data/placement/region" => http("200 OK", "eu-west-1"),
+                p if p == format!("{base}/interface-id") => http("200 OK", "eni-0123456789abcdef0"),
+                p if p == format!("{base}/local-ipv4s") => http("200 OK", "10.0.0.10\n10.0.0.40\n"),
+                "/latest/meta-data/iam/security-credentials/" => http("200 OK", "nat-role\n"),
+                "/latest/meta-data/iam/security-credentials/nat-role" => {
+                    http("200 OK", "{\"Code\":\"Success\"}")
+                }
+                _ => imds(h, None),
+            }
+        });
+        let id = fetch_aws_identity(&ep, "0a:1b:2c:3d:4e:5f").unwrap();
+        assert_eq!(
+            id,
+            AwsIdentity {
+                region: "eu-west-1".into(),
+                interface_id: "eni-0123456789abcdef0".into(),
+                local_ipv4s: vec!["10.0.0.10".parse().unwrap(), "10.0.0.40".parse().unwrap()],
+            }
+        );
+        let (role, doc) = fetch_role_credentials(&ep).unwrap();
+        assert_eq!(role, "nat-role");
+        assert_eq!(doc, "{\"Code\":\"Success\"}");
+    }
+
+    #[test]
+    fn no_role_and_bad_names_are_errors() {
+        let (ep, _) = serve(|h| {
+            let first = h.lines().next().unwrap_or("");
+            match first.split(' ').nth(1).unwrap_or("") {
+                "/latest/meta-data/placement/region" => http("200 OK", "../../etc"),
+                _ => imds(h, None),
+            }
+        });
+        let e = fetch_role_credentials(&ep).unwrap_err();
+        assert!(matches!(e, ImdsError::Status { status: 404, .. }), "{e}");
+        let e = fetch_aws_identity(&ep, "0a:1b:2c:3d:4e:5f").unwrap_err();
+        assert!(e.to_string().contains("not a plain name"), "{e}");
     }
 
     #[test]
