@@ -50,6 +50,9 @@ pub struct LeasePlan {
     pub gateway: Ipv4Addr,
     /// What the lease got wrong and what was kept instead, one error line each.
     pub problems: Vec<LeaseProblem>,
+    /// Secondary private addresses of the ENI that carry Elastic IPs (the AWS side assigned
+    /// them): on the interface with the lease's prefix, for as long as the lease.
+    pub secondary: Vec<Ipv4Addr>,
 }
 
 /// What the interface holds now, for the values a bad lease cannot set.
@@ -176,14 +179,37 @@ impl LeasePlan {
 
     /// Whether `iface` still has the planned address, given its IPv4 addresses now.
     pub fn check_address(&self, iface: &str, addrs: &[(Ipv4Addr, u8)]) -> Result<(), String> {
-        if addrs.contains(&(self.addr, self.prefix_len)) {
+        let missing: Vec<String> = std::iter::once(self.addr)
+            .chain(self.secondary.iter().copied())
+            .filter(|a| !addrs.contains(&(*a, self.prefix_len)))
+            .map(|a| format!("{a}/{}", self.prefix_len))
+            .collect();
+        if missing.is_empty() {
             Ok(())
         } else {
             Err(format!(
-                "address {}/{} is missing from {iface}",
-                self.addr, self.prefix_len
+                "address {} is missing from {iface}",
+                missing.join(", ")
             ))
         }
+    }
+
+    /// The plan with the ENI's secondary addresses kept (not removed as stale) and put in
+    /// place: those outside the lease's subnet (or the lease's own) are left out.
+    pub fn with_secondary(mut self, secondary: &[Ipv4Addr]) -> LeasePlan {
+        let subnet = Ipv4Cidr::containing(self.addr, self.prefix_len);
+        self.secondary = secondary
+            .iter()
+            .copied()
+            .filter(|a| *a != self.addr && subnet.contains(*a))
+            .collect();
+        self.secondary.sort_unstable();
+        self.secondary.dedup();
+        let keep = &self.secondary;
+        let len = self.prefix_len;
+        self.remove
+            .retain(|(a, l)| !(keep.contains(a) && *l == len));
+        self
     }
 
     /// Whether the planned default route (gateway and MTU) is still in the main table.
@@ -374,6 +400,7 @@ pub fn plan_lease(
         routes,
         gateway,
         problems,
+        secondary: Vec::new(),
     })
 }
 
@@ -455,6 +482,22 @@ mod tests {
             .unwrap()
             .with_link_mtu(4000);
         assert_eq!((p.mtu, p.routes[0].mtu), (4000, Some(1500)));
+    }
+
+    #[test]
+    fn secondary_addresses_are_kept_and_checked() {
+        let l = lease();
+        let s: Ipv4Addr = "10.0.1.40".parse().unwrap();
+        let outside: Ipv4Addr = "192.168.9.9".parse().unwrap();
+        let existing = [(l.addr, 24), (s, 24), ("10.0.1.99".parse().unwrap(), 24)];
+        let p = plan_lease(&l, 10_000, &existing, 1500, FRESH)
+            .unwrap()
+            .with_secondary(&[s, outside, l.addr, s]);
+        assert_eq!(p.secondary, vec![s]);
+        assert_eq!(p.remove, vec![("10.0.1.99".parse().unwrap(), 24)]);
+        assert!(p.check_address("ens5", &existing).is_ok());
+        let e = p.check_address("ens5", &[(l.addr, 24)]).unwrap_err();
+        assert_eq!(e, "address 10.0.1.40/24 is missing from ens5");
     }
 
     #[test]

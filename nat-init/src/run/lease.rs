@@ -39,7 +39,8 @@ impl Service {
             &existing,
             self.cfg.default_route_mtu,
             current,
-        )?;
+        )?
+        .with_secondary(&self.secondary);
         for p in &plan.problems {
             error("dhcp", format_args!("{p}"));
         }
@@ -63,6 +64,15 @@ impl Service {
             plan.valid_lft_s,
             plan.preferred_lft_s,
         )?;
+        for a in &plan.secondary {
+            rtnl.replace_address(
+                index,
+                *a,
+                plan.prefix_len,
+                plan.valid_lft_s,
+                plan.preferred_lft_s,
+            )?;
+        }
         for r in &plan.routes {
             rtnl.replace_route(r.dst, r.gateway, index, r.src, r.mtu)?;
         }

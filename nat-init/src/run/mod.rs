@@ -57,6 +57,9 @@ pub struct Service {
     lease: Option<Lease>,
     /// What the lease was turned into on the interface, once configured.
     applied: Option<LeasePlan>,
+    /// The ENI's secondary private addresses that carry Elastic IPs (from the AWS side): on
+    /// the interface beside the lease's address, and the table's SNAT sources.
+    secondary: Vec<std::net::Ipv4Addr>,
     stages: Stages,
     private: Vec<Ipv4Cidr>,
     private_from: RangesFrom,
@@ -114,6 +117,7 @@ impl Service {
             client,
             lease: None,
             applied: None,
+            secondary: Vec::new(),
             stages: Stages::new(),
             private: Vec::new(),
             private_from: RangesFrom::Defaults,
