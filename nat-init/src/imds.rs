@@ -393,6 +393,8 @@ pub struct AwsIdentity {
     pub region: String,
     /// The primary ENI's id (`network/interfaces/macs/<mac>/interface-id`).
     pub interface_id: String,
+    /// Its VPC (`.../vpc-id`): route tables found by tag are looked for there only.
+    pub vpc_id: String,
     /// Its private addresses (`.../local-ipv4s`), primary first.
     pub local_ipv4s: Vec<Ipv4Addr>,
 }
@@ -481,6 +483,7 @@ pub fn fetch_aws_identity(ep: &Endpoint, mac: &str) -> Result<AwsIdentity, ImdsE
             detail: format!("{interface_id:?} is not an ENI id"),
         });
     }
+    let vpc_id = segment("vpc-id", &s.text("vpc-id", &format!("{base}/vpc-id"))?)?;
     let ips = s.text("local-ipv4s", &format!("{base}/local-ipv4s"))?;
     let mut local_ipv4s = Vec::new();
     for line in ips.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -492,6 +495,7 @@ pub fn fetch_aws_identity(ep: &Endpoint, mac: &str) -> Result<AwsIdentity, ImdsE
     Ok(AwsIdentity {
         region,
         interface_id,
+        vpc_id,
         local_ipv4s,
     })
 }
@@ -730,6 +734,7 @@ mod tests {
                 "/latest/meta-data/placement/region" => http("200 OK", "eu-west-1"),
                 p if p == format!("{base}/interface-id") => http("200 OK", "eni-0123456789abcdef0"),
                 p if p == format!("{base}/local-ipv4s") => http("200 OK", "10.0.0.10\n10.0.0.40\n"),
+                p if p == format!("{base}/vpc-id") => http("200 OK", "vpc-0123456789abcdef0"),
                 "/latest/meta-data/iam/security-credentials/" => http("200 OK", "nat-role\n"),
                 "/latest/meta-data/iam/security-credentials/nat-role" => {
                     http("200 OK", "{\"Code\":\"Success\"}")
@@ -743,6 +748,7 @@ mod tests {
             AwsIdentity {
                 region: "eu-west-1".into(),
                 interface_id: "eni-0123456789abcdef0".into(),
+                vpc_id: "vpc-0123456789abcdef0".into(),
                 local_ipv4s: vec!["10.0.0.10".parse().unwrap(), "10.0.0.40".parse().unwrap()],
             }
         );
