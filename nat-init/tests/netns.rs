@@ -145,6 +145,7 @@ impl Topology {
             masquerade_ports: nft::MasqueradePorts::default(),
             per_source_limit: 1000,
             dhcp_server: None,
+            snat_addresses: Vec::new(),
         }
     }
 }
