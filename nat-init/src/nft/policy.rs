@@ -1,10 +1,10 @@
 //! The ruleset the appliance wants, built from a [`RulesetSpec`] (the configuration's view of
 //! it): masquerade what the private ranges send out of the interface to anywhere else (or
-//! spread it across several outside addresses with source NAT), forward
-//! only flows they start to non-private destinations (with their replies and ICMP errors), at
-//! most a set number per source, and drop unsolicited input but loopback, DHCP replies (from
-//! the lease's server, untracked) and rate-limited ping; count masqueraded traffic after
-//! source NAT. The order of the rules is part of the policy; the comments at each say why.
+//! spread it across several outside addresses with source NAT), forward only flows they start
+//! to non-private destinations (with their replies and ICMP errors), at most a set number per
+//! source, and drop unsolicited input but loopback, DHCP replies (from the lease's server,
+//! untracked) and rate-limited ping; count masqueraded traffic after source NAT. The order of
+//! the rules is part of the policy; the comments at each say why.
 
 use std::net::Ipv4Addr;
 
