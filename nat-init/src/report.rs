@@ -68,9 +68,10 @@ pub struct Health {
     /// The ENA driver's allowance counters it has, in [`ENA_ALLOWANCES`] order; empty on
     /// other drivers (virtio in QEMU, veth in the tests).
     pub ena: Vec<(&'static str, u64)>,
-    /// Flows masquerade started (the nat rule's packets: it sees first packets only) and the
-    /// bytes of masqueraded flows out of the interface (offloaded packets not counted): zero
-    /// while `ready` means nothing is being NATed.
+    /// Flows masquerade started (the nat rule's packets: it sees first packets only; with
+    /// several egress addresses, the snat rules' sum) and the bytes of masqueraded flows out of
+    /// the interface (offloaded packets not counted): zero while `ready` means nothing is being
+    /// NATed.
     pub masq_flows: u64,
     pub masq_bytes: u64,
     /// New flows refused because their source already had its `per_source_conntrack_limit`.

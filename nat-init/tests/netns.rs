@@ -28,6 +28,8 @@ const CLIENT2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const NAT_LAN2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 const NAT_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const NAT_WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// A second outside address on ens5, for source NAT across several addresses.
+const NAT_WAN2_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// A public source the client also owns: flows from it must not be forwarded.
 const ROGUE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
@@ -145,6 +147,7 @@ impl Topology {
             masquerade_ports: nft::MasqueradePorts::default(),
             per_source_limit: 1000,
             dhcp_server: None,
+            snat_addresses: Vec::new(),
         }
     }
 }
@@ -477,6 +480,104 @@ fn masquerade_port_allocation() {
     assert!(preserved(0) < 2, "random kept the ports: {seen:?}");
     assert!(preserved(1) < 2, "fully-random kept the ports: {seen:?}");
     assert_eq!(preserved(2), 2, "preserve changed the ports: {seen:?}");
+}
+
+/// Sends one datagram from each of `n` client ports (`first` up: `n` new flows) to `dst` and
+/// returns the replies, each the source address the server saw.
+fn udp_flows(ns: &str, first: u16, n: u16, dst: SocketAddr) -> Vec<String> {
+    in_ns(ns, move || {
+        (first..first + n)
+            .filter_map(|p| {
+                let u = UdpSocket::bind(sa(CLIENT_IP, p)).unwrap();
+                u.set_read_timeout(Some(TIMEOUT)).unwrap();
+                u.send_to(b"hello", dst).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, _) = u.recv_from(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .collect()
+    })
+}
+
+/// With two outside addresses, new flows to one server address and port leave from both, each
+/// a fair share, replies come back through either, and the table verifies; with one address
+/// given, every flow leaves from it (not the interface's primary).
+#[test]
+fn snat_spreads_flows_across_addresses() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    in_ns(&t.nat, || {
+        let mut r = Rtnl::open().unwrap();
+        let wan = r.link("ens5").unwrap().unwrap();
+        r.replace_address(wan.index, NAT_WAN2_IP, 24, u32::MAX, u32::MAX)
+            .unwrap();
+    });
+    let mut sp = t.spec(false);
+    sp.snat_addresses = vec![NAT_WAN_IP, NAT_WAN2_IP];
+    let r = nft::build(&sp);
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    // nft reads the rules back as we print them.
+    let listing = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "ruleset"]);
+    let post = &r
+        .chains
+        .iter()
+        .find(|c| c.name == "postrouting")
+        .unwrap()
+        .rules;
+    assert_eq!(post.len(), 2);
+    for rule in post {
+        let text = rule.to_string();
+        assert!(listing.contains(&text), "`{text}` not in:\n{listing}");
+    }
+    assert!(
+        listing.contains("numgen random mod 2 0 counter packets 0 bytes 0 snat to 198.51.100.1 fully-random comment \"snat 0\""),
+        "{listing}"
+    );
+
+    const FLOWS: u16 = 200;
+    let server = udp_echo_peer(&t.server, sa(SERVER_IP, 9092));
+    let replies = udp_flows(&t.client, 42000, FLOWS, sa(SERVER_IP, 9092));
+    let seen = server.join().unwrap();
+    assert_eq!(seen.len(), usize::from(FLOWS), "{seen:?}");
+    assert_eq!(replies.len(), usize::from(FLOWS), "replies lost");
+    let from = |ip: Ipv4Addr| seen.iter().filter(|p| p.ip() == ip).count();
+    let (a, b) = (from(NAT_WAN_IP), from(NAT_WAN2_IP));
+    assert_eq!(a + b, usize::from(FLOWS), "{seen:?}");
+    for n in [a, b] {
+        assert!(n >= usize::from(FLOWS) / 4, "unfair split {a}/{b}");
+    }
+    // The replies say the same, each through the address it was sent from.
+    let said = |ip: Ipv4Addr| replies.iter().filter(|r| **r == ip.to_string()).count();
+    assert_eq!((said(NAT_WAN_IP), said(NAT_WAN2_IP)), (a, b));
+
+    let c = counters(&t);
+    assert_eq!(c.masqueraded_flows, u64::from(FLOWS), "{c:?}");
+    assert_eq!(
+        c.rule(&nft::snat_rule_name(0)).unwrap().0 + c.rule(&nft::snat_rule_name(1)).unwrap().0,
+        u64::from(FLOWS)
+    );
+    in_ns(&t.nat, || {
+        nft::verify(&mut Nfnl::open().unwrap(), &r).unwrap()
+    });
+
+    // The control: one address given, one source seen, and it is that address.
+    sp.snat_addresses = vec![NAT_WAN2_IP];
+    let r = nft::build(&sp);
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    let server = udp_echo_peer(&t.server, sa(SERVER_IP, 9093));
+    let replies = udp_flows(&t.client, 43000, 50, sa(SERVER_IP, 9093));
+    let seen = server.join().unwrap();
+    assert_eq!(seen.len(), 50, "{seen:?}");
+    assert!(seen.iter().all(|p| p.ip() == NAT_WAN2_IP), "{seen:?}");
+    assert!(replies.iter().all(|r| *r == NAT_WAN2_IP.to_string()));
 }
 
 /// One private host cannot hold more than its share of conntrack: with a limit of 5, a client

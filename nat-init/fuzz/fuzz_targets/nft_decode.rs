@@ -21,6 +21,10 @@ fuzz_target!(|data: &[u8]| {
         masquerade_ports: nft::MasqueradePorts::default(),
         per_source_limit: 32768,
         dhcp_server: Some(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        snat_addresses: vec![
+            std::net::Ipv4Addr::new(198, 51, 100, 1),
+            std::net::Ipv4Addr::new(198, 51, 100, 3),
+        ],
     })
     .differences(&r);
     let _ = nft::Counters::of(&r);

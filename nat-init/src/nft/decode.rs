@@ -10,7 +10,7 @@ use netlink_packet_core::{NLA_TYPE_MASK, NetlinkDeserializable, NetlinkHeader, N
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::{
     MSG_NEWCHAIN, MSG_NEWFLOWTABLE, MSG_NEWRULE, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE,
-    NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, REG_VERDICT, SET_ELEM_INTERVAL_END,
+    NAT_SNAT, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_IPV4, REG_VERDICT, SET_ELEM_INTERVAL_END,
 };
 
 /// A read-back or encoding that does not fit the model.
@@ -152,9 +152,42 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
         "immediate" => {
             let dreg = u(1, "dreg")?;
             let d = attrs(need(&l, 2, "immediate data")?)?;
-            match (dreg, get(&d, 2)) {
-                (REG_VERDICT, Some(v)) => {
+            match (dreg, get(&d, 2), get(&d, 1)) {
+                (REG_VERDICT, Some(v), _) => {
                     Expr::Verdict(u32_attr(&attrs(v)?, 1, "verdict code")? as i32)
+                }
+                (r, None, Some(value)) if r != REG_VERDICT => Expr::Immediate {
+                    dreg,
+                    data: value.to_vec(),
+                },
+                _ => Expr::Raw {
+                    name: name.into(),
+                    data: data.to_vec(),
+                },
+            }
+        }
+        "numgen" => Expr::Numgen {
+            dreg: u(1, "dreg")?,
+            modulus: u(2, "modulus")?,
+            kind: u(3, "type")?,
+            offset: get(&l, 4)
+                .map(|v| be32(v, "numgen offset"))
+                .transpose()?
+                .unwrap_or(0),
+        },
+        "nat" => {
+            let opt = |k: u16, f: &str| get(&l, k).map(|v| be32(v, &w(f))).transpose();
+            let (min, max) = (opt(3, "addr min")?, opt(4, "addr max")?);
+            // Source NAT to one IPv4 address with no port range is ours; any other is kept raw
+            // so it shows as foreign.
+            match (u(1, "type")?, u(2, "family")?, min, max) {
+                (NAT_SNAT, NFPROTO_IPV4, Some(a), Some(b))
+                    if a == b && get(&l, 5).is_none() && get(&l, 6).is_none() =>
+                {
+                    Expr::Snat {
+                        addr: a,
+                        flags: opt(7, "flags")?.unwrap_or(0),
+                    }
                 }
                 _ => Expr::Raw {
                     name: name.into(),
@@ -508,14 +541,18 @@ mod tests {
             (vec!["0.0.0.0/0"], false, false),
             (vec![], false, false),
         ] {
-            for ((_, ports), limit) in crate::nft::MasqueradePorts::NAMES
+            for (((_, ports), limit), snat) in crate::nft::MasqueradePorts::NAMES
                 .into_iter()
                 .zip([0, 5, 32768])
+                .zip([0, 1, 3])
             {
                 let mut sp = spec(&private, ft, mss);
                 sp.masquerade_ports = ports;
                 sp.per_source_limit = limit;
                 sp.dhcp_server = (limit == 5).then(|| std::net::Ipv4Addr::new(10, 0, 0, 2));
+                sp.snat_addresses = (0..snat)
+                    .map(|h| std::net::Ipv4Addr::new(198, 51, 100, h + 1))
+                    .collect();
                 let r = build(&sp);
                 let back = round_trip(&r);
                 assert_eq!(back, r, "{back}\n{r}");
@@ -580,6 +617,13 @@ mod tests {
                 sp.per_source_limit = 32768;
                 build(&sp)
             }),
+            ("snat.bin", {
+                let mut sp = spec(&all, false, true);
+                sp.snat_addresses = (1..=3)
+                    .map(|h| std::net::Ipv4Addr::new(198, 51, 100, h))
+                    .collect();
+                build(&sp)
+            }),
         ] {
             let path = dir.join(file);
             if std::env::var_os("NAT_INIT_WRITE_SEEDS").is_some() {
@@ -588,6 +632,38 @@ mod tests {
             let seed = std::fs::read(&path).unwrap();
             assert_eq!(decode_replies(TABLE, &seed).unwrap(), r, "{file}");
         }
+    }
+
+    /// A `nat` expression other than source NAT to one address (a port range, a dnat, an
+    /// address range) is not ours: it reads back raw, so verify reports it.
+    #[test]
+    fn foreign_nat_stays_raw() {
+        let u = |k: u16, v: u32| tlv(k, &v.to_be_bytes());
+        let ours = [u(1, 0), u(2, 2), u(3, 1), u(4, 1), u(7, 0x11)].concat();
+        assert_eq!(
+            decode_expr("nat", &ours).unwrap(),
+            Expr::Snat {
+                addr: 1,
+                flags: 0x11
+            }
+        );
+        for other in [
+            [u(1, 0), u(2, 2), u(3, 1), u(4, 1), u(5, 2), u(6, 2)].concat(),
+            [u(1, 1), u(2, 2), u(3, 1), u(4, 1)].concat(),
+            [u(1, 0), u(2, 2), u(3, 1), u(4, 2)].concat(),
+            [u(1, 0), u(2, 10), u(3, 1), u(4, 1)].concat(),
+        ] {
+            assert!(
+                matches!(decode_expr("nat", &other).unwrap(), Expr::Raw { .. }),
+                "{other:?}"
+            );
+        }
+        // An immediate with neither a verdict nor a value is not a load either.
+        let imm = [u(1, 1), tlv(2 | 0x8000, &[])].concat();
+        assert!(matches!(
+            decode_expr("immediate", &imm).unwrap(),
+            Expr::Raw { .. }
+        ));
     }
 
     /// One netlink attribute, padded, as the kernel lays them out.

@@ -13,7 +13,8 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 
 use super::model::{ChainType, Expr, Rule, Ruleset, Set};
 use super::uapi::{
-    MSG_NEWCHAIN, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE, REG_VERDICT, SET_ELEM_INTERVAL_END,
+    MSG_NEWCHAIN, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE, NAT_SNAT, NFPROTO_IPV4, REG_VERDICT,
+    SET_ELEM_INTERVAL_END,
 };
 
 fn nla(kind: u16, value: Vec<u8>) -> DefaultNla {
@@ -124,6 +125,34 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
                 nla_nested(2, &[nla_nested(2, &[nla_u32(1, *code as u32)])]),
             ],
         ),
+        Expr::Immediate { dreg, data } => ("immediate", vec![nla_u32(1, *dreg), nla_data(2, data)]),
+        Expr::Numgen {
+            dreg,
+            modulus,
+            kind,
+            offset,
+        } => (
+            "numgen",
+            vec![
+                nla_u32(1, *dreg),
+                nla_u32(2, *modulus),
+                nla_u32(3, *kind),
+                nla_u32(4, *offset),
+            ],
+        ),
+        // One address: the same register for both ends of the range, as the kernel dumps it.
+        Expr::Snat { addr, flags } => {
+            let mut v = vec![
+                nla_u32(1, NAT_SNAT),
+                nla_u32(2, NFPROTO_IPV4),
+                nla_u32(3, *addr),
+                nla_u32(4, *addr),
+            ];
+            if *flags != 0 {
+                v.push(nla_u32(7, *flags));
+            }
+            ("nat", v)
+        }
         Expr::Byteorder {
             sreg,
             dreg,
@@ -409,5 +438,45 @@ mod tests {
         let (name, attrs) = expr_attrs(&flow);
         assert_eq!(name, "flow_offload");
         assert_eq!(emit_all(&attrs), [7, 0, 1, 0, b'f', b't', 0, 0]);
+    }
+
+    /// `numgen random mod 2` and the immediate load of 198.51.100.1 as `nft --debug=mnl`
+    /// sends them; its `nat` has the same attributes but for the range's end (the kernel sets
+    /// it to the start and dumps it back, so it is sent here) and MAP_IPS (added likewise).
+    #[test]
+    fn snat_wire_format_matches_nft() {
+        let ng = Expr::Numgen {
+            dreg: 1,
+            modulus: 2,
+            kind: crate::nft::uapi::NG_RANDOM,
+            offset: 0,
+        };
+        let (name, attrs) = expr_attrs(&ng);
+        assert_eq!(name, "numgen");
+        let u = |k: u8, v: u8| [8u8, 0, k, 0, 0, 0, 0, v];
+        assert_eq!(
+            emit_all(&attrs),
+            [u(1, 1), u(2, 2), u(3, 1), u(4, 0)].concat()
+        );
+        let imm = Expr::Immediate {
+            dreg: 1,
+            data: vec![198, 51, 100, 1],
+        };
+        let (name, attrs) = expr_attrs(&imm);
+        assert_eq!(name, "immediate");
+        assert_eq!(
+            emit_all(&attrs),
+            [&u(1, 1)[..], &[12, 0, 2, 0x80, 8, 0, 1, 0, 198, 51, 100, 1]].concat()
+        );
+        let nat = Expr::Snat {
+            addr: 1,
+            flags: 0x11,
+        };
+        let (name, attrs) = expr_attrs(&nat);
+        assert_eq!(name, "nat");
+        assert_eq!(
+            emit_all(&attrs),
+            [u(1, 0), u(2, 2), u(3, 1), u(4, 1), u(7, 0x11)].concat()
+        );
     }
 }

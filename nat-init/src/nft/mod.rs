@@ -1,7 +1,8 @@
-//! The appliance's nftables table: masquerade outbound traffic from the private ranges, forward
-//! only flows those ranges start, and drop unsolicited input. [`build`] makes a pure model of the
-//! table (comparable, printable in nft syntax); [`apply`] installs it over netlink in one atomic
-//! batch, [`verify`] reads it back and compares, [`counters`] reports the named rules' counters.
+//! The appliance's nftables table: masquerade outbound traffic from the private ranges (or
+//! spread it across several outside addresses with source NAT), forward only flows those ranges
+//! start, and drop unsolicited input. [`build`] makes a pure model of the table (comparable,
+//! printable in nft syntax); [`apply`] installs it over netlink in one atomic batch, [`verify`]
+//! reads it back and compares, [`counters`] reports the named rules' counters.
 //!
 //! One layer a file, pure until the socket:
 //! - `policy`: the ruleset we want, built from a [`RulesetSpec`] (the configuration's view),
@@ -16,8 +17,8 @@
 //! The wire codec (`encode`, `decode`) is ours. What netlink-packet-netfilter 0.4 gives us is
 //! the sending side's framing: the nfnetlink header, batch begin/end, and the rule message's
 //! table, chain, user-data and expression-list attributes. Its typed expressions stop at bitwise,
-//! cmp, immediate, lookup, meta and payload: masq, counter, ct, limit, byteorder, exthdr, rt and
-//! flow_offload exist only as raw attributes, and flowtables only as raw attribute lists. So
+//! cmp, immediate, lookup, meta and payload: masq, nat, numgen, counter, ct, limit, byteorder,
+//! exthdr, rt and flow_offload exist only as raw attributes, and flowtables only as raw attribute lists. So
 //! every expression, and every message but the rule, is written as raw attributes through its
 //! escape hatches (`Expressions::Other`, `NfTablesMessage::Other`, `NewFlowTable`), in one
 //! layout that `decode` reads back exactly. Replies skip its typed parse altogether ([`Reply`]
@@ -43,7 +44,7 @@ pub use policy::{
     FLOWTABLE, MasqueradePorts, PER_SOURCE_SET, PRIVATE_SET, RULE_FWD_DROP, RULE_FWD_ESTABLISHED,
     RULE_FWD_INVALID, RULE_FWD_MSS, RULE_FWD_NEW, RULE_FWD_OFFLOAD, RULE_FWD_PER_SOURCE,
     RULE_IN_DHCP, RULE_IN_DROP, RULE_IN_ESTABLISHED, RULE_IN_ICMP, RULE_IN_ICMP_LIMIT,
-    RULE_IN_INVALID, RULE_IN_LO, RULE_MASQ, RULE_MASQ_TRAFFIC, RULE_RAW_DHCP, RulesetSpec, TABLE,
-    build,
+    RULE_IN_INVALID, RULE_IN_LO, RULE_MASQ, RULE_MASQ_TRAFFIC, RULE_RAW_DHCP, RULE_SNAT_PREFIX,
+    RulesetSpec, TABLE, build, snat_rule_name,
 };
 pub use socket::{Nfnl, NftError, Result, apply, counters, flowtable_supported, read_back, verify};

@@ -117,6 +117,25 @@ pub enum Expr {
         flags: u32,
     },
     Verdict(i32),
+    /// A constant loaded into a data register (`immediate` other than a verdict).
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    /// A number in `offset..offset + modulus` into `dreg`, random or counting up (`numgen`).
+    Numgen {
+        dreg: u32,
+        modulus: u32,
+        kind: u32,
+        offset: u32,
+    },
+    /// Source NAT to the IPv4 address in register `addr` (the `nat` expression, type snat,
+    /// family ip, one address). `flags` are NF_NAT_RANGE_* as the kernel holds them:
+    /// MAP_IPS, which it adds for an address register, and the port flags.
+    Snat {
+        addr: u32,
+        flags: u32,
+    },
     Byteorder {
         sreg: u32,
         dreg: u32,
@@ -256,7 +275,8 @@ pub struct Counters {
     /// Dropped by rules in forward and input (invalid and the final drops).
     pub dropped_packets: u64,
     pub dropped_bytes: u64,
-    /// New connections masqueraded (NAT rules see only a flow's first packet).
+    /// New connections masqueraded or source-NATed to one of several addresses (NAT rules see
+    /// only a flow's first packet).
     pub masqueraded_flows: u64,
     /// Bytes of masqueraded flows leaving the interface, both directions, counted after source
     /// NAT. Like the forward counters, this misses packets the flowtable offloaded.
@@ -290,7 +310,11 @@ impl Counters {
                     c.dropped_packets = c.dropped_packets.saturating_add(p);
                     c.dropped_bytes = c.dropped_bytes.saturating_add(b);
                 }
-                if rule.exprs.iter().any(|e| matches!(e, Expr::Masq { .. })) {
+                if rule
+                    .exprs
+                    .iter()
+                    .any(|e| matches!(e, Expr::Masq { .. } | Expr::Snat { .. }))
+                {
                     c.masqueraded_flows = c.masqueraded_flows.saturating_add(p);
                 }
                 if rule.name == super::policy::RULE_MASQ_TRAFFIC {
@@ -368,6 +392,24 @@ mod tests {
         assert_eq!(c.rules.len(), 13);
         assert_eq!(c.rule(crate::nft::RULE_IN_DHCP), Some((10, 1000)));
         assert_eq!(c.rule(crate::nft::RULE_IN_LO), None);
+    }
+
+    /// With several egress addresses, masqueraded flows are the sum over the snat rules.
+    #[test]
+    fn masqueraded_flows_sum_the_snat_rules() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.snat_addresses = (1..=3).map(|h| Ipv4Addr::new(198, 51, 100, h)).collect();
+        let mut r = build(&sp);
+        for (i, rule) in r.chains[0].rules.iter_mut().enumerate() {
+            for e in &mut rule.exprs {
+                if let Expr::Counter { packets, .. } = e {
+                    *packets = 10u64.pow(i as u32);
+                }
+            }
+        }
+        let c = Counters::of(&r);
+        assert_eq!(c.masqueraded_flows, 111);
+        assert_eq!(c.rule("snat 2"), Some((100, 0)));
     }
 
     /// Counters read back can hold anything (the nft_decode fuzz target feeds them), and their

@@ -1,9 +1,10 @@
 //! The ruleset the appliance wants, built from a [`RulesetSpec`] (the configuration's view of
-//! it): masquerade what the private ranges send out of the interface to anywhere else, forward
-//! only flows they start to non-private destinations (with their replies and ICMP errors), at
-//! most a set number per source, and drop unsolicited input but loopback, DHCP replies (from
-//! the lease's server, untracked) and rate-limited ping; count masqueraded traffic after
-//! source NAT. The order of the rules is part of the policy; the comments at each say why.
+//! it): masquerade what the private ranges send out of the interface to anywhere else (or
+//! spread it across several outside addresses with source NAT), forward only flows they start
+//! to non-private destinations (with their replies and ICMP errors), at most a set number per
+//! source, and drop unsolicited input but loopback, DHCP replies (from the lease's server,
+//! untracked) and rate-limited ping; count masqueraded traffic after source NAT. The order of
+//! the rules is part of the policy; the comments at each say why.
 
 use std::net::Ipv4Addr;
 
@@ -28,9 +29,14 @@ pub struct RulesetSpec {
     pub per_source_limit: u32,
     /// The DHCP lease's server: once there is one, DHCP replies are accepted from it only.
     pub dhcp_server: Option<Ipv4Addr>,
+    /// Outside addresses to spread new flows across (each its own ~64k ports per destination),
+    /// one rule each; empty: masquerade to the interface's primary address. Duplicates count
+    /// once.
+    pub snat_addresses: Vec<Ipv4Addr>,
 }
 
-/// How masquerade picks a flow's source port on the outside address.
+/// How masquerade (or source NAT to several addresses) picks a flow's source port on the
+/// outside address.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MasqueradePorts {
     /// A keyed hash of the flow picks the port (NF_NAT_RANGE_PROTO_RANDOM, `random`).
@@ -81,6 +87,9 @@ pub const FLOWTABLE: &str = "ft";
 
 // Names of the rules that carry counters (NFTA_RULE_USERDATA comments).
 pub const RULE_MASQ: &str = "masquerade";
+/// The source NAT rules to several addresses are named this and their place, from 0
+/// (see [`snat_rule_name`]).
+pub const RULE_SNAT_PREFIX: &str = "snat ";
 /// Counts every packet of masqueraded flows leaving the interface (both directions: replies to
 /// private hosts leave by the same ENI), in its own chain after source NAT.
 pub const RULE_MASQ_TRAFFIC: &str = "masq_traffic";
@@ -193,6 +202,88 @@ fn rule(name: &str, parts: &[&[Expr]]) -> Rule {
     }
 }
 
+/// The name of the source NAT rule at `index` of [`RulesetSpec::snat_addresses`] (duplicates
+/// left out): `snat 0`, `snat 1`, ...
+pub fn snat_rule_name(index: usize) -> String {
+    format!("{RULE_SNAT_PREFIX}{index}")
+}
+
+/// The postrouting chain's rules: masquerade, or one source NAT rule per address. Rule `i` of
+/// `n` takes a new flow with probability 1/(n-i) among those rules before it passed over, so
+/// each address gets 1/n of the flows, drawn per flow (`numgen random`); the last one takes
+/// what is left. One rule per address rather than one `numgen ... map` lookup: no anonymous
+/// map to encode, name and compare on read-back, and each address has its own counter.
+fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
+    let matches: Vec<Expr> = [
+        meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)).to_vec(),
+        addr_in_set(false, false).to_vec(),
+        addr_in_set(true, true).to_vec(),
+    ]
+    .concat();
+    if spec.snat_addresses.is_empty() {
+        return vec![rule(
+            RULE_MASQ,
+            &[
+                &matches,
+                &[
+                    counter(),
+                    Expr::Masq {
+                        flags: spec.masquerade_ports.flags(),
+                    },
+                ],
+            ],
+        )];
+    }
+    let mut addrs: Vec<Ipv4Addr> = Vec::new();
+    for a in &spec.snat_addresses {
+        if !addrs.contains(a) {
+            addrs.push(*a);
+        }
+    }
+    let n = addrs.len();
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let pick: Vec<Expr> = if i + 1 < n {
+                vec![
+                    Expr::Numgen {
+                        dreg: REG_1,
+                        modulus: (n - i) as u32,
+                        kind: NG_RANDOM,
+                        offset: 0,
+                    },
+                    Expr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_EQ,
+                        data: 0u32.to_ne_bytes().to_vec(),
+                    },
+                ]
+            } else {
+                Vec::new()
+            };
+            rule(
+                &snat_rule_name(i),
+                &[
+                    &matches,
+                    &pick,
+                    &[
+                        counter(),
+                        Expr::Immediate {
+                            dreg: REG_1,
+                            data: a.octets().to_vec(),
+                        },
+                        Expr::Snat {
+                            addr: REG_1,
+                            flags: NAT_RANGE_MAP_IPS | spec.masquerade_ports.flags(),
+                        },
+                    ],
+                ],
+            )
+        })
+        .collect()
+}
+
 /// The table for `spec`. Pure: same spec, same model, same bytes.
 pub fn build(spec: &RulesetSpec) -> Ruleset {
     let accept = Expr::Verdict(NF_ACCEPT);
@@ -205,20 +296,7 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
         hook: HOOK_POST_ROUTING,
         priority: 100,
         policy: NF_ACCEPT,
-        rules: vec![rule(
-            RULE_MASQ,
-            &[
-                &meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)),
-                &addr_in_set(false, false),
-                &addr_in_set(true, true),
-                &[
-                    c.clone(),
-                    Expr::Masq {
-                        flags: spec.masquerade_ports.flags(),
-                    },
-                ],
-            ],
-        )],
+        rules: nat_rules(spec),
     };
 
     // The nat chain sees a flow's first packet only; this one, hooked after source NAT, every
@@ -519,6 +597,7 @@ pub(super) mod tests {
             masquerade_ports: MasqueradePorts::default(),
             per_source_limit: 0,
             dhcp_server: None,
+            snat_addresses: Vec::new(),
         }
     }
 
@@ -563,6 +642,89 @@ pub(super) mod tests {
                 .any(|x| matches!(x, Expr::FlowOffload { .. }))
         );
         assert!(!on.differences(&off).is_empty());
+    }
+
+    /// Rule i of n draws `numgen random mod (n - i)` and takes the flow on 0, the last takes
+    /// the rest: each address 1/n. Duplicates count once; the match and the ports are
+    /// masquerade's.
+    #[test]
+    fn snat_addresses_one_rule_each() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        let [a, b, c] = [1, 3, 7].map(|h| Ipv4Addr::new(198, 51, 100, h));
+        sp.snat_addresses = vec![a, b, a, c];
+        sp.masquerade_ports = MasqueradePorts::Random;
+        let r = build(&sp);
+        let post = &r.chains[0].rules;
+        let names: Vec<&str> = post.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["snat 0", "snat 1", "snat 2"]);
+        let masq = &build(&spec(&["10.0.0.0/16"], false, false)).chains[0].rules[0];
+        for (i, (rule, addr)) in post.iter().zip([a, b, c]).enumerate() {
+            assert_eq!(
+                rule.exprs[..6],
+                masq.exprs[..6],
+                "rule {i}: masquerade's match"
+            );
+            let modulus = rule.exprs.iter().find_map(|e| match e {
+                Expr::Numgen {
+                    modulus,
+                    kind: NG_RANDOM,
+                    offset: 0,
+                    dreg: REG_1,
+                } => Some(*modulus),
+                _ => None,
+            });
+            assert_eq!(modulus, [Some(3), Some(2), None][i], "rule {i}");
+            let n = rule.exprs.len();
+            assert_eq!(
+                rule.exprs[n - 2..],
+                [
+                    Expr::Immediate {
+                        dreg: REG_1,
+                        data: addr.octets().to_vec()
+                    },
+                    Expr::Snat {
+                        addr: REG_1,
+                        flags: NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_RANDOM
+                    }
+                ]
+            );
+        }
+        assert!(!r.to_string().contains("masquerade"));
+        sp.snat_addresses = vec![b];
+        let one = build(&sp);
+        assert_eq!(one.chains[0].rules.len(), 1);
+        assert!(
+            !one.chains[0].rules[0]
+                .exprs
+                .iter()
+                .any(|e| matches!(e, Expr::Numgen { .. }))
+        );
+    }
+
+    /// The rules as built give each address 1/n of the new flows: the chance a flow reaches
+    /// rule i times the chance its numgen takes it there.
+    #[test]
+    fn snat_rules_share_flows_evenly() {
+        for n in 1..=8u8 {
+            let mut sp = spec(&["10.0.0.0/16"], false, false);
+            sp.snat_addresses = (1..=n).map(|h| Ipv4Addr::new(198, 51, 100, h)).collect();
+            let r = build(&sp);
+            let mut reach = 1.0f64;
+            for rule in &r.chains[0].rules {
+                let take = rule
+                    .exprs
+                    .iter()
+                    .find_map(|e| match e {
+                        Expr::Numgen { modulus, .. } => Some(1.0 / f64::from(*modulus)),
+                        _ => None,
+                    })
+                    .unwrap_or(1.0);
+                let p = reach * take;
+                assert!((p - 1.0 / f64::from(n)).abs() < 1e-12, "{n}: {}", rule.name);
+                reach -= p;
+            }
+            assert!(reach.abs() < 1e-12, "{n}: {reach} of the flows left");
+        }
     }
 
     #[test]

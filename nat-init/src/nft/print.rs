@@ -347,6 +347,36 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                     ..
                 }),
             ) => ("tcp option maxseg size set rt mtu".into(), 3),
+            (
+                Expr::Numgen {
+                    dreg,
+                    modulus,
+                    kind,
+                    offset,
+                },
+                Some(Expr::Cmp { sreg, op, data }),
+                _,
+            ) if dreg == sreg && u32_ne(data).is_some() => (
+                format!(
+                    "{} {}{}",
+                    numgen_text(*kind, *modulus, *offset),
+                    op_text(*op),
+                    u32_ne(data).unwrap_or_default()
+                ),
+                2,
+            ),
+            (Expr::Immediate { dreg, data }, Some(Expr::Snat { addr, flags }), _)
+                if dreg == addr && data.len() == 4 && flags & NAT_RANGE_MAP_IPS != 0 =>
+            {
+                (
+                    format!(
+                        "snat to {}{}",
+                        Ipv4Addr::new(data[0], data[1], data[2], data[3]),
+                        ports_text(flags & !NAT_RANGE_MAP_IPS)
+                    ),
+                    2,
+                )
+            }
             (e, _, _) => (single(e), 1),
         };
         out.push(text);
@@ -355,15 +385,42 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
     out
 }
 
+/// How masquerade or snat picks ports, as nft writes it after the statement.
+fn ports_text(flags: u32) -> String {
+    match flags {
+        0 => String::new(),
+        NAT_RANGE_PROTO_RANDOM => " random".into(),
+        NAT_RANGE_PROTO_RANDOM_FULLY => " fully-random".into(),
+        f => format!(" flags {f:#x}"),
+    }
+}
+
+fn numgen_text(kind: u32, modulus: u32, offset: u32) -> String {
+    format!(
+        "numgen {} mod {modulus}{}",
+        match kind {
+            NG_RANDOM => "random".to_string(),
+            0 => "inc".to_string(),
+            k => format!("type{k}"),
+        },
+        if offset == 0 {
+            String::new()
+        } else {
+            format!(" offset {offset}")
+        }
+    )
+}
+
 fn single(e: &Expr) -> String {
     match e {
         Expr::Counter { packets, bytes } => format!("counter packets {packets} bytes {bytes}"),
-        Expr::Masq { flags } => match *flags {
-            0 => "masquerade".into(),
-            NAT_RANGE_PROTO_RANDOM => "masquerade random".into(),
-            NAT_RANGE_PROTO_RANDOM_FULLY => "masquerade fully-random".into(),
-            f => format!("masquerade flags {f:#x}"),
-        },
+        Expr::Masq { flags } => format!("masquerade{}", ports_text(*flags)),
+        Expr::Numgen {
+            modulus,
+            kind,
+            offset,
+            ..
+        } => numgen_text(*kind, *modulus, *offset),
         Expr::Verdict(v) => policy_name(*v),
         Expr::Limit {
             rate,
@@ -502,6 +559,45 @@ mod tests {
             assert!(build(&sp).to_string().contains(text), "{name}");
             assert_eq!(ports.name(), name);
         }
+    }
+
+    /// As `nft list ruleset` (1.0.6) prints what `nft` itself installs for these rules.
+    #[test]
+    fn snat_addresses_print_as_nft_does() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.snat_addresses = vec![
+            Ipv4Addr::new(198, 51, 100, 1),
+            Ipv4Addr::new(198, 51, 100, 3),
+        ];
+        let text = build(&sp).to_string();
+        let m = "oifname \"ens5\" ip saddr @private ip daddr != @private";
+        assert!(
+            text.contains(&format!("\t\t{m} numgen random mod 2 0 counter packets 0 bytes 0 snat to 198.51.100.1 fully-random comment \"snat 0\"\n\t\t{m} counter packets 0 bytes 0 snat to 198.51.100.3 fully-random comment \"snat 1\"\n\t}}")),
+            "{text}"
+        );
+        sp.masquerade_ports = MasqueradePorts::Preserve;
+        assert!(
+            build(&sp)
+                .to_string()
+                .contains("snat to 198.51.100.3 comment \"snat 1\""),
+        );
+        // Not the patterns built: the low-level form.
+        let odd = [
+            Expr::Numgen {
+                dreg: REG_1,
+                modulus: 4,
+                kind: 0,
+                offset: 2,
+            },
+            Expr::Snat {
+                addr: REG_1,
+                flags: 0,
+            },
+        ];
+        assert_eq!(
+            statements(&odd),
+            ["numgen inc mod 4 offset 2", "[Snat { addr: 1, flags: 0 }]"]
+        );
     }
 
     #[test]

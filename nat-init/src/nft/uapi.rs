@@ -49,9 +49,19 @@ pub(super) const ICMP_DEST_UNREACH: u8 = 3;
 pub(super) const ICMP_ECHO_REQUEST: u8 = 8;
 pub(super) const TCP_SYN: u8 = 0x02;
 pub(super) const IFNAMSIZ: usize = 16;
-/// NF_NAT_RANGE_PROTO_RANDOM and _RANDOM_FULLY (linux/netfilter/nf_nat.h): NFTA_MASQ_FLAGS.
+/// NF_NAT_RANGE_PROTO_RANDOM and _RANDOM_FULLY (linux/netfilter/nf_nat.h): NFTA_MASQ_FLAGS
+/// and NFTA_NAT_FLAGS.
 pub(super) const NAT_RANGE_PROTO_RANDOM: u32 = 1 << 2;
 pub(super) const NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
+/// NF_NAT_RANGE_MAP_IPS: the kernel adds it to a nat expression given an address register, and
+/// dumps it back.
+pub(super) const NAT_RANGE_MAP_IPS: u32 = 1;
+/// NFT_NAT_SNAT: the `nat` expression's type for source NAT.
+pub(super) const NAT_SNAT: u32 = 0;
+/// NFPROTO_IPV4: the `nat` expression's address family.
+pub(super) const NFPROTO_IPV4: u32 = 2;
+/// NFT_NG_RANDOM: `numgen random` (NFT_NG_INCREMENTAL, 0, counts up).
+pub(super) const NG_RANDOM: u32 = 1;
 
 /// nfnetlink's subsystem number for nf_tables: the high byte of a netlink message type.
 pub(super) const NFNL_SUBSYS_NFTABLES: u8 = 10;

@@ -26,6 +26,8 @@ pub fn ruleset_spec(
         masquerade_ports: cfg.masquerade_ports,
         per_source_limit: cfg.per_source_conntrack_limit,
         dhcp_server,
+        // Masquerade until several egress addresses are given.
+        snat_addresses: Vec::new(),
     }
 }
 
@@ -70,6 +72,7 @@ mod tests {
                 masquerade_ports: nft::MasqueradePorts::Random,
                 per_source_limit: 32768,
                 dhcp_server: server,
+                snat_addresses: Vec::new(),
             }
         );
         assert!(!ruleset_spec(&cfg, "ens5", &private, false, None).flowtable);
