@@ -87,7 +87,9 @@ struct Signing {
     amz_date: String,
     scope: String,
     signed_headers: String,
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the tests"))]
     canonical_request: String,
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the tests"))]
     string_to_sign: String,
     signature: String,
 }
