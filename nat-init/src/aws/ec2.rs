@@ -109,7 +109,8 @@ pub fn describe_route_tables_by_id(ids: &[String]) -> Call {
         })
 }
 
-/// Route tables carrying every one of `tags` (filters are ANDed), optionally in one VPC.
+/// Route tables carrying every one of `tags` (filters are ANDed), optionally in one VPC. With
+/// no tag and no VPC this asks for every route table of the region: callers pass at least one.
 pub fn describe_route_tables_by_tags(tags: &[(String, String)], vpc_id: Option<&str>) -> Call {
     let mut call = Call::new(Action::DescribeRouteTables);
     let mut n = 0;
@@ -133,7 +134,8 @@ pub fn replace_route(route_table_id: &str, destination: &str, eni_id: &str) -> C
     route(Action::ReplaceRoute, route_table_id, destination, eni_id)
 }
 
-/// Creates a route (when [`replace_route`] found none) to an ENI.
+/// Creates a route to an ENI, for a table that has no route for `destination` (as read with
+/// DescribeRouteTables: ReplaceRoute cannot create one, CreateRoute fails on an existing one).
 pub fn create_route(route_table_id: &str, destination: &str, eni_id: &str) -> Call {
     route(Action::CreateRoute, route_table_id, destination, eni_id)
 }

@@ -86,6 +86,31 @@ pub fn arn(kind: &str, id: &str, region: Option<&str>, account: Option<&str>) ->
     )
 }
 
+/// The resource an AccessDenied line should name for `action` on `id` (a route table, ENI or
+/// allocation id): its ARN, or `*` for the `Describe*` actions and when there is no id.
+pub fn resource_hint(
+    action: Action,
+    id: Option<&str>,
+    region: Option<&str>,
+    account: Option<&str>,
+) -> String {
+    let kind = match action {
+        Action::ReplaceRoute | Action::CreateRoute => "route-table",
+        Action::ModifyNetworkInterfaceAttribute | Action::AssignPrivateIpAddresses => {
+            "network-interface"
+        }
+        // Its other resource, the ENI, is named by the NatOwnInterface statement.
+        Action::AssociateAddress => "elastic-ip",
+        Action::DescribeNetworkInterfaces
+        | Action::DescribeRouteTables
+        | Action::DescribeAddresses => return "*".to_string(),
+    };
+    match id {
+        Some(id) => arn(kind, id, region, account),
+        None => "*".to_string(),
+    }
+}
+
 /// The actions a configuration needs, in [`Action`]'s order.
 pub fn actions(inputs: &PolicyInputs) -> Vec<Action> {
     let routes = !inputs.route_table_ids.is_empty() || !inputs.route_table_tags.is_empty();
@@ -390,6 +415,33 @@ mod tests {
         let any: Value =
             serde_json::from_str(&permission_statement("ec2:DescribeAddresses", "")).unwrap();
         assert_eq!(any["Resource"], json!(["*"]));
+    }
+
+    #[test]
+    fn resource_hints() {
+        let r = Some("eu-west-1");
+        assert_eq!(
+            resource_hint(Action::ReplaceRoute, Some("rtb-1"), r, None),
+            "arn:aws:ec2:eu-west-1:*:route-table/rtb-1"
+        );
+        assert_eq!(
+            resource_hint(
+                Action::ModifyNetworkInterfaceAttribute,
+                Some("eni-1"),
+                r,
+                Some("1")
+            ),
+            "arn:aws:ec2:eu-west-1:1:network-interface/eni-1"
+        );
+        assert_eq!(
+            resource_hint(Action::AssociateAddress, Some("eipalloc-1"), None, None),
+            "arn:aws:ec2:*:*:elastic-ip/eipalloc-1"
+        );
+        assert_eq!(
+            resource_hint(Action::DescribeRouteTables, Some("rtb-1"), r, None),
+            "*"
+        );
+        assert_eq!(resource_hint(Action::CreateRoute, None, r, None), "*");
     }
 
     #[test]
