@@ -15,11 +15,14 @@
 //! - [`sysctl`]: the kernel settings, planned then written and read back;
 //! - [`ethtool`]: a device's driver statistics (ENA's allowance counters);
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
+//! - [`aws`]: the appliance's own AWS calls (SigV4, role credentials, EC2 Query API, IAM
+//!   policy), pure;
 //! - [`cidr`]: IPv4 prefixes; [`report`]: the shape of every console line.
 //!
 //! The binary (`main.rs` and its `run/` module) is the I/O of the service: one file per stage,
 //! named like the `plan` file that decides what it does, and the loop that drives them.
 
+pub mod aws;
 pub mod cidr;
 pub mod config;
 pub mod dhcp;
