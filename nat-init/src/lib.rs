@@ -25,8 +25,10 @@
 pub mod cidr;
 pub mod config;
 pub mod dhcp;
+pub mod dns;
 pub mod ethtool;
 pub mod http;
+pub mod https;
 pub mod imds;
 pub mod naming;
 pub mod netlink;
