@@ -1,5 +1,5 @@
 //! Real TLS handshakes on loopback: a rustls server thread with a CA and leaf certificates made
-//! at test time by the `openssl` command.
+//! at test time by the `openssl` command (host setup installs it: `hostdeps::NET`).
 
 use super::*;
 use crate::http::Request;
@@ -31,7 +31,7 @@ subjectAltName = DNS:ec2.test.internal
 ";
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("/usr/bin/openssl")
+    let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
         .output()
