@@ -710,4 +710,62 @@ mod tests {
             Err(ResponseError::Incomplete)
         );
     }
+
+    /// The fuzz target's properties (fuzz_targets/http_response.rs) over deterministic
+    /// mutations of complete responses, so they are checked on every `cargo test`.
+    #[test]
+    fn parser_properties_hold_under_mutation() {
+        let seeds: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n6\r\n world\r\n0\r\nT: v\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Thu, 03 Dec 2026 18:00:00 GMT\r\n\r\nhello",
+            b"HTTP/1.0 404 Not Found\r\n\r\nnope",
+        ];
+        let alphabet = b"\r\n:;0123456789abcdefABCDEF -xHTP/.\t";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let max = 256;
+        let mut complete = 0;
+        for round in 0..30_000 {
+            let mut data = seeds[round % seeds.len()].to_vec();
+            for _ in 0..1 + next(4) {
+                let at = next(data.len() + 1);
+                let b = alphabet[next(alphabet.len())];
+                match next(3) {
+                    0 if at < data.len() => data[at] = b,
+                    1 if at < data.len() => {
+                        data.remove(at);
+                    }
+                    _ => data.insert(at, b),
+                }
+            }
+            let Ok(r) = parse_response_max(&data, false, max) else {
+                let _ = parse_response_max(&data, true, max);
+                continue;
+            };
+            complete += 1;
+            assert!(r.body.len() <= data.len());
+            let mut more = data.clone();
+            more.extend_from_slice(b"0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+            if more.len() <= max {
+                assert_eq!(
+                    parse_response_max(&more, false, max),
+                    Ok(r.clone()),
+                    "{data:?}"
+                );
+            }
+            let cut = parse_response_max(&data[..data.len() - 1], false, max);
+            assert!(
+                cut == Err(ResponseError::Incomplete) || cut == Ok(r),
+                "{:?}: {cut:?}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+        // The mutations kept enough responses whole for the properties to have been exercised.
+        assert!(complete > 1_000, "{complete}");
+    }
 }
