@@ -1,9 +1,9 @@
 //! IMDSv2 client: the VPC's CIDR blocks, the instance id and the user-data, read at boot and
 //! again in the background until IMDS answers.
 //!
-//! Written on a plain `TcpStream` rather than with an HTTP crate: IMDS is a link-local plain
-//! HTTP/1.1 endpoint with no TLS, redirects or chunking, and five small requests do not justify
-//! an HTTP stack in a static PID-1-supervised binary. Every request carries a deadline so a boot
+//! Written on a plain `TcpStream` with the messages of [`crate::http`] rather than with an HTTP
+//! crate: IMDS is a link-local plain HTTP/1.1 endpoint with no TLS or redirects, and five small
+//! requests do not justify an HTTP stack in a static PID-1-supervised binary. Every request carries a deadline so a boot
 //! without IMDS costs at most [`Endpoint::budget`].
 
 use std::io::{Read, Write};
@@ -11,9 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::cidr::Ipv4Cidr;
+use crate::http::{Response, ResponseError, build_request, parse_response};
 
-/// Largest response accepted (headers and body). User-data is at most 16 KiB on EC2.
-pub const MAX_RESPONSE: usize = 64 * 1024;
 /// Token lifetime asked for: the maximum, six hours (each fetch asks for a token of its own).
 const TOKEN_TTL_S: u32 = 21600;
 
@@ -75,114 +74,6 @@ pub enum ImdsError {
     },
     #[error("{what}: unexpected content: {detail}")]
     Content { what: String, detail: String },
-}
-
-/// Why a response could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResponseError {
-    #[error("incomplete")]
-    Incomplete,
-    #[error("larger than {MAX_RESPONSE} bytes")]
-    TooLarge,
-    #[error("bad status line")]
-    StatusLine,
-    #[error("bad header line")]
-    Header,
-    #[error("bad or conflicting Content-Length")]
-    ContentLength,
-    #[error("Transfer-Encoding is not supported")]
-    TransferEncoding,
-}
-
-/// A parsed HTTP response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
-/// An HTTP/1.1 request with `Connection: close` (one request per connection keeps the reader
-/// simple: the body ends at Content-Length or at EOF).
-pub fn build_request(method: &str, path: &str, host: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-    for (k, v) in headers {
-        r.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if method == "PUT" {
-        r.push_str("Content-Length: 0\r\n");
-    }
-    r.push_str("Connection: close\r\n\r\n");
-    r.into_bytes()
-}
-
-/// Parses `bytes` received so far. `eof`: the peer closed, so a body without Content-Length
-/// ends here. Returns [`ResponseError::Incomplete`] when more bytes are needed.
-pub fn parse_response(bytes: &[u8], eof: bool) -> Result<Response, ResponseError> {
-    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if bytes.len() > MAX_RESPONSE {
-            return Err(ResponseError::TooLarge);
-        }
-        return Err(ResponseError::Incomplete);
-    };
-    let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ResponseError::Header)?;
-    let body = &bytes[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status = parse_status_line(lines.next().unwrap_or(""))?;
-    let mut length: Option<usize> = None;
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or(ResponseError::Header)?;
-        if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(ResponseError::Header);
-        }
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ResponseError::ContentLength);
-            }
-            let n: usize = value.parse().map_err(|_| ResponseError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ResponseError::ContentLength);
-            }
-            if n > MAX_RESPONSE {
-                return Err(ResponseError::TooLarge);
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ResponseError::TransferEncoding);
-        }
-    }
-    if head_end + 4 + length.unwrap_or(body.len()) > MAX_RESPONSE {
-        return Err(ResponseError::TooLarge);
-    }
-    match length {
-        Some(n) if body.len() >= n => Ok(Response {
-            status,
-            body: body[..n].to_vec(),
-        }),
-        Some(_) => Err(ResponseError::Incomplete),
-        None if eof => Ok(Response {
-            status,
-            body: body.to_vec(),
-        }),
-        None => Err(ResponseError::Incomplete),
-    }
-}
-
-fn parse_status_line(line: &str) -> Result<u16, ResponseError> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let code = parts.next().unwrap_or("");
-    if !(version == "HTTP/1.1" || version == "HTTP/1.0")
-        || code.len() != 3
-        || !code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(ResponseError::StatusLine);
-    }
-    let status: u16 = code.parse().map_err(|_| ResponseError::StatusLine)?;
-    if !(100..=599).contains(&status) {
-        return Err(ResponseError::StatusLine);
-    }
-    Ok(status)
 }
 
 /// `0a:1b:2c:3d:4e:5f`; it goes into a URL path, so nothing else is accepted.
@@ -523,98 +414,6 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
-
-    #[test]
-    fn request_bytes() {
-        assert_eq!(
-            String::from_utf8(build_request(
-                "PUT",
-                "/latest/api/token",
-                "169.254.169.254",
-                &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")]
-            ))
-            .unwrap(),
-            "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn parses_content_length_body() {
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ncontent-length: 5\r\n\r\nhelloEXTRA",
-            false,
-        )
-        .unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body, b"hello");
-    }
-
-    #[test]
-    fn incomplete_until_enough_bytes() {
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", false),
-            Err(ResponseError::Incomplete)
-        );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", false),
-            Err(ResponseError::Incomplete)
-        );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", true),
-            Err(ResponseError::Incomplete)
-        );
-        // Without Content-Length the body ends at EOF.
-        assert_eq!(
-            parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nnope", false),
-            Err(ResponseError::Incomplete)
-        );
-        let r = parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nnope", true).unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (404, &b"nope"[..]));
-    }
-
-    #[test]
-    fn rejects_garbage() {
-        for (bytes, err) in [
-            (&b"SSH-2.0-OpenSSH\r\n\r\n"[..], ResponseError::StatusLine),
-            (b"HTTP/1.1 20 OK\r\n\r\n", ResponseError::StatusLine),
-            (b"HTTP/1.1 999 OK\r\n\r\n", ResponseError::StatusLine),
-            (b"HTTP/2 200\r\n\r\n", ResponseError::StatusLine),
-            (
-                b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-                ResponseError::Header,
-            ),
-            (b"HTTP/1.1 200 OK\r\n: v\r\n\r\n", ResponseError::Header),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-                ResponseError::ContentLength,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-                ResponseError::ContentLength,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
-                ResponseError::TooLarge,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-                ResponseError::TransferEncoding,
-            ),
-            (b"HTTP/1.1 200 OK\r\nX: \xff\r\n\r\n", ResponseError::Header),
-        ] {
-            assert_eq!(
-                parse_response(bytes, true),
-                Err(err.clone()),
-                "{:?}",
-                String::from_utf8_lossy(bytes)
-            );
-        }
-        let huge = vec![b'a'; MAX_RESPONSE + 1];
-        assert_eq!(parse_response(&huge, false), Err(ResponseError::TooLarge));
-        let mut big = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        big.extend(vec![b'a'; MAX_RESPONSE]);
-        assert_eq!(parse_response(&big, true), Err(ResponseError::TooLarge));
-    }
 
     #[test]
     fn mac_and_cidr_documents() {

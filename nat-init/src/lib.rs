@@ -12,6 +12,8 @@
 //! - [`dhcp`]: the DHCPv4 client (pure state machine, framing, sockets);
 //! - [`naming`]: which interface is the primary one and its udev-style name;
 //! - [`config`]: the TOML configuration and its layering; [`imds`]: the IMDSv2 client;
+//! - [`http`]: HTTP/1.1 requests and responses (IMDS, AWS); [`ntp`]: the SNTP client and the
+//!   clock step;
 //! - [`sysctl`]: the kernel settings, planned then written and read back;
 //! - [`ethtool`]: a device's driver statistics (ENA's allowance counters);
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
@@ -26,11 +28,15 @@ pub mod aws;
 pub mod cidr;
 pub mod config;
 pub mod dhcp;
+pub mod dns;
 pub mod ethtool;
+pub mod http;
+pub mod https;
 pub mod imds;
 pub mod naming;
 pub mod netlink;
 pub mod nft;
+pub mod ntp;
 pub mod plan;
 pub mod report;
 pub mod sysctl;

@@ -41,6 +41,8 @@ pub const NET: &[Need] = &[
     need("dnsmasq", "dnsmasq-base"),
     need("curl", "curl"),
     need("ping", "iputils-ping"),
+    // nat-init's HTTPS tests make their CA and certificates with it.
+    need("openssl", "openssl"),
 ];
 
 pub const PYTHON: &[Need] = &[need("python3", "python3"), need("pip3", "python3-pip")];

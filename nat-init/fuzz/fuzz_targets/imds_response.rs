@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nat_init::imds::{parse_cidr_lines, parse_mac, parse_response};
+use nat_init::http::parse_response;
+use nat_init::imds::{parse_cidr_lines, parse_mac};
 
 fuzz_target!(|data: &[u8]| {
     for eof in [false, true] {

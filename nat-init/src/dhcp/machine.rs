@@ -76,6 +76,9 @@ pub struct Lease {
     pub router: Option<Ipv4Addr>,
     /// Option 26.
     pub mtu: Option<u16>,
+    /// Option 6, the usable addresses in the server's order (the VPC's resolver): where the AWS
+    /// endpoints' names are resolved. Empty when the server sent none.
+    pub dns: Vec<Ipv4Addr>,
     /// Option 54.
     pub server: Ipv4Addr,
     /// Lease time, T1 and T2 in seconds as held: as granted, T1/T2 defaulted when absent, and
@@ -443,6 +446,7 @@ impl<R: Random> Machine<R> {
         opts.insert(DhcpOption::ParameterRequestList(vec![
             OptionCode::SubnetMask,
             OptionCode::Router,
+            OptionCode::DomainNameServer,
             OptionCode::InterfaceMtu,
             OptionCode::Renewal,
             OptionCode::Rebinding,
@@ -542,6 +546,12 @@ fn lease_from_ack(msg: &Message, start_ms: u64) -> Option<Lease> {
         Some(DhcpOption::InterfaceMtu(m)) => Some(*m),
         _ => None,
     };
+    let dns = match opts.get(OptionCode::DomainNameServer) {
+        Some(DhcpOption::DomainNameServer(d)) => {
+            d.iter().copied().filter(|a| usable_addr(*a)).collect()
+        }
+        _ => Vec::new(),
+    };
     let server = server_id(msg)?;
     let granted_lease_s = match opts.get(OptionCode::AddressLeaseTime) {
         Some(DhcpOption::AddressLeaseTime(t)) if *t > 0 => *t,
@@ -569,6 +579,7 @@ fn lease_from_ack(msg: &Message, start_ms: u64) -> Option<Lease> {
         prefix_len,
         router,
         mtu,
+        dns,
         server,
         lease_s,
         t1_s,

@@ -424,6 +424,7 @@ mod tests {
             prefix_len: 24,
             router: Some(Ipv4Addr::new(10, 0, 1, 1)),
             mtu: Some(9001),
+            dns: vec![Ipv4Addr::new(10, 0, 0, 2)],
             server: Ipv4Addr::new(10, 0, 1, 1),
             lease_s: 3600,
             t1_s: 1800,

@@ -39,6 +39,8 @@ impl Random for Sequence {
 const MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x07];
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 23);
+/// The VPC resolver's address (base + 2).
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
 /// A reply as dnsmasq 2.9x sends it: server id, lease time, T1, T2, mask, broadcast, then
 /// the requested/configured options (router, MTU).
@@ -52,6 +54,7 @@ struct Reply {
     t1_t2: Option<(u32, u32)>,
     router: Option<Ipv4Addr>,
     mtu: Option<u16>,
+    dns: Vec<Ipv4Addr>,
 }
 
 impl Reply {
@@ -71,6 +74,7 @@ impl Reply {
             t1_t2: ack_like.then_some((60, 105)),
             router: ack_like.then_some(SERVER),
             mtu: ack_like.then_some(9001),
+            dns: if ack_like { vec![DNS] } else { Vec::new() },
         }
     }
 
@@ -102,6 +106,9 @@ impl Reply {
         }
         if let Some(mtu) = self.mtu {
             o.insert(DhcpOption::InterfaceMtu(mtu));
+        }
+        if !self.dns.is_empty() {
+            o.insert(DhcpOption::DomainNameServer(self.dns.clone()));
         }
         if self.kind == MessageType::Nak {
             o.insert(DhcpOption::Message("wrong network".into()));
@@ -214,6 +221,7 @@ fn full_bind_applies_lease_with_router_and_mtu() {
             prefix_len: 24,
             router: Some(SERVER),
             mtu: Some(9001),
+            dns: vec![DNS],
             server: SERVER,
             lease_s: 120,
             t1_s: 60,
@@ -557,6 +565,8 @@ const REC_MAC: [u8; 6] = [0x02, 0x6e, 0x61, 0x74, 0x00, 0x01];
 const REC_SEED: u64 = 0x5eed;
 const REC_OFFER: &[u8] = include_bytes!("../../../tests/data/dnsmasq-offer.bin");
 const REC_ACK: &[u8] = include_bytes!("../../../tests/data/dnsmasq-ack.bin");
+/// Option 6 of the recorded ACK.
+const REC_DNS: &[Ipv4Addr] = &[];
 const REC_NAK: &[u8] = include_bytes!("../../../tests/data/dnsmasq-nak.bin");
 
 fn feed_bytes(m: &mut Machine<impl Random>, now: u64, bytes: &[u8]) -> Vec<Action> {
@@ -586,6 +596,7 @@ fn recorded_dnsmasq_offer_and_ack_bind() {
             prefix_len: 24,
             router: Some(Ipv4Addr::new(10, 213, 0, 1)),
             mtu: Some(9001),
+            dns: REC_DNS.to_vec(),
             server: Ipv4Addr::new(10, 213, 0, 1),
             lease_s: 120,
             t1_s: 60,
@@ -773,4 +784,46 @@ fn blank_request_is_what_default_built_without_its_random_xid() {
     b.set_xid(7).set_chaddr(&mac);
     assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
     assert_eq!((blank.xid(), blank.opts().iter().count()), (0, 0));
+}
+
+#[test]
+fn asks_for_dns_servers_and_keeps_the_usable_ones() {
+    let mut m = Machine::new(MAC, Seeded::new(3));
+    let discover = only_sent(&m.handle(1000, Event::Timer));
+    match discover.opts().get(OptionCode::ParameterRequestList) {
+        Some(DhcpOption::ParameterRequestList(l)) => {
+            assert!(l.contains(&OptionCode::DomainNameServer), "{l:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut offer = Reply::new(MessageType::Offer, m.xid());
+    offer.dns = Vec::new();
+    let req = only_sent(&offer.feed(&mut m, 1005));
+    assert!(matches!(
+        req.opts().get(OptionCode::ParameterRequestList),
+        Some(DhcpOption::ParameterRequestList(l)) if l.contains(&OptionCode::DomainNameServer)
+    ));
+    let mut ack = Reply::new(MessageType::Ack, m.xid());
+    ack.dns = vec![
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::new(10, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 53),
+        Ipv4Addr::new(169, 254, 169, 253),
+    ];
+    let lease = applied(&ack.feed(&mut m, 1010));
+    assert_eq!(
+        lease.dns,
+        [
+            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv4Addr::new(169, 254, 169, 253)
+        ]
+    );
+
+    // None sent: none held.
+    let mut m = Machine::new(MAC, Seeded::new(4));
+    m.handle(1000, Event::Timer);
+    Reply::new(MessageType::Offer, m.xid()).feed(&mut m, 1005);
+    let mut ack = Reply::new(MessageType::Ack, m.xid());
+    ack.dns = Vec::new();
+    assert_eq!(applied(&ack.feed(&mut m, 1010)).dns, Vec::<Ipv4Addr>::new());
 }

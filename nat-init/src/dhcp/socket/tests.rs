@@ -78,6 +78,8 @@ impl Lab {
             .arg("--dhcp-range=10.213.0.50,10.213.0.60,255.255.255.0,2m")
             .arg("--dhcp-option=option:mtu,9001")
             .arg("--dhcp-option=option:router,10.213.0.1")
+            // Sent only when asked for: the parameter request list must name option 6.
+            .arg("--dhcp-option=option:dns-server,10.213.0.2")
             .arg(format!(
                 "--dhcp-leasefile={}",
                 lab.dir.join("leases").display()
@@ -192,6 +194,7 @@ fn binds_and_renews_against_dnsmasq() {
     assert_eq!(lease.prefix_len, 24);
     assert_eq!(lease.router, Some(Ipv4Addr::new(10, 213, 0, 1)));
     assert_eq!(lease.mtu, Some(9001));
+    assert_eq!(lease.dns, [Ipv4Addr::new(10, 213, 0, 2)]);
     assert_eq!(lease.server, Ipv4Addr::new(10, 213, 0, 1));
     assert_eq!(lease.lease_s, 120);
     assert!(bound_after < Duration::from_secs(5), "{bound_after:?}");
