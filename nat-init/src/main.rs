@@ -16,6 +16,34 @@ mod run;
 use nat_init::config;
 use nat_init::plan;
 
+/// `--iam-policy`: the policy for the configuration (and user-data) given, on stdout; errors
+/// on stderr and status 2.
+fn print_iam_policy(a: &plan::PolicyArgs) -> i32 {
+    let read = |path: &str| {
+        std::fs::read_to_string(path).map_err(|e| eprintln!("nat-init: reading {path}: {e}"))
+    };
+    let baked = match a.config.as_deref().map(read).transpose() {
+        Ok(t) => t,
+        Err(()) => return 2,
+    };
+    let user_data = match a.user_data.as_deref().map(read).transpose() {
+        Ok(t) => t,
+        Err(()) => return 2,
+    };
+    let name = a.config.as_deref().unwrap_or(config::BAKED_PATH);
+    let layered =
+        config::Config::layered(baked.as_deref().map(|t| (t, name)), user_data.as_deref());
+    if !layered.errors.is_empty() {
+        for e in &layered.errors {
+            eprintln!("nat-init: {e}");
+        }
+        return 2;
+    }
+    let inputs = plan::aws::policy_inputs(&layered.config.aws, a);
+    println!("{}", nat_init::aws::iam::policy_json(&inputs));
+    0
+}
+
 fn main() {
     // A bug must still leave an `error` line on the console before init restarts us.
     std::panic::set_hook(Box::new(|info| {
@@ -26,7 +54,8 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config_path = match plan::parse_args(&args) {
-        Ok(p) => p.unwrap_or_else(|| config::BAKED_PATH.to_string()),
+        Ok(plan::Command::Run(p)) => p.unwrap_or_else(|| config::BAKED_PATH.to_string()),
+        Ok(plan::Command::IamPolicy(a)) => std::process::exit(print_iam_policy(&a)),
         Err(exit) if exit.status.is_ok() => {
             print!("{}", exit.output);
             std::process::exit(0);

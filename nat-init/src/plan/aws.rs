@@ -6,6 +6,10 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::aws::iam::PolicyInputs;
+use crate::config::AwsConfig;
+use crate::plan::PolicyArgs;
+
 /// Where HTTPS calls for one service go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -228,9 +232,63 @@ impl AwsStatus {
     }
 }
 
+/// What the IAM policy is built from: the configuration's AWS items, scoped as the command line
+/// says (`--region`, `--account`, `--vpc`, `--eni-tag`).
+pub fn policy_inputs(cfg: &AwsConfig, args: &PolicyArgs) -> PolicyInputs {
+    PolicyInputs {
+        source_dest_check: cfg.disable_source_dest_check,
+        route_table_ids: cfg.route_tables.clone(),
+        route_table_tags: cfg.route_table_tag.iter().cloned().collect(),
+        elastic_ip_allocation_ids: cfg.elastic_ips.clone(),
+        eni_tag: args.eni_tag.clone(),
+        vpc_id: args.vpc.clone(),
+        region: args.region.clone().or_else(|| cfg.region.clone()),
+        account: args.account.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_follows_the_config() {
+        let cfg = crate::config::Config::from_toml(
+            "disable_source_dest_check = true\nroute_tables = [\"rtb-01234567\"]\nroute_table_tag = \"nat=a\"\nelastic_ips = [\"eipalloc-01234567\"]\naws_region = \"eu-west-1\"\n",
+            "ud",
+        )
+        .unwrap();
+        let args = PolicyArgs {
+            config: None,
+            user_data: None,
+            region: None,
+            account: Some("123456789012".into()),
+            vpc: Some("vpc-01234567".into()),
+            eni_tag: None,
+        };
+        let i = policy_inputs(&cfg.aws, &args);
+        assert!(i.source_dest_check);
+        assert_eq!(i.route_table_ids, vec!["rtb-01234567".to_string()]);
+        assert_eq!(
+            i.route_table_tags,
+            vec![("nat".to_string(), "a".to_string())]
+        );
+        assert_eq!(
+            i.elastic_ip_allocation_ids,
+            vec!["eipalloc-01234567".to_string()]
+        );
+        assert_eq!(i.region.as_deref(), Some("eu-west-1"));
+        let json = crate::aws::iam::policy_json(&i);
+        assert!(
+            json.contains("arn:aws:ec2:eu-west-1:123456789012:route-table/rtb-01234567"),
+            "{json}"
+        );
+        assert!(
+            json.contains("ec2:ReplaceRoute") && json.contains("ec2:AssociateAddress"),
+            "{json}"
+        );
+        assert!(!json.contains("ec2:*"), "{json}");
+    }
 
     #[test]
     fn endpoints() {

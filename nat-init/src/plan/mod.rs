@@ -11,7 +11,7 @@
 //! - `health`: what the `health` line says, and when conntrack dropping flows is an error;
 //! - `aws`: the AWS side: endpoints, what to do with each claimed route table, how Elastic IPs
 //!   pair with the ENI's addresses, and the `aws_*` fields of the console lines;
-//! - `args`: the command line.
+//! - `args`: the command line (the service, or the IAM policy a configuration needs).
 
 mod args;
 pub mod aws;
@@ -25,7 +25,7 @@ mod ruleset;
 mod stages;
 mod sysctl;
 
-pub use args::parse_args;
+pub use args::{Command, PolicyArgs, parse_args};
 pub use config::{
     IMDS_RETRY_MAX, IMDS_RETRY_MIN, RangesFrom, UserData, classify_user_data, imds_backoff,
     late_imds_changes, private_ranges, usable_vpc,

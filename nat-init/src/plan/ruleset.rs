@@ -9,12 +9,15 @@ use crate::nft::{self, RulesetSpec};
 /// The appliance's table on `iface` for the `private` ranges, taking DHCP replies from
 /// `dhcp_server` only (the lease's, when there is one). `flowtable` is whether it gets one:
 /// the configuration wants it and the kernel can add it (see [`nft::flowtable_supported`]).
+/// `snat`: the addresses (each with its Elastic IP) new flows are spread across; empty,
+/// masquerade on the interface's address.
 pub fn ruleset_spec(
     cfg: &Config,
     iface: &str,
     private: &[Ipv4Cidr],
     flowtable: bool,
     dhcp_server: Option<Ipv4Addr>,
+    snat: &[Ipv4Addr],
 ) -> RulesetSpec {
     RulesetSpec {
         table: nft::TABLE.to_string(),
@@ -26,8 +29,7 @@ pub fn ruleset_spec(
         masquerade_ports: cfg.masquerade_ports,
         per_source_limit: cfg.per_source_conntrack_limit,
         dhcp_server,
-        // Masquerade until several egress addresses are given.
-        snat_addresses: Vec::new(),
+        snat_addresses: snat.to_vec(),
     }
 }
 
@@ -59,7 +61,7 @@ mod tests {
         };
         let private = ["10.0.0.0/16".parse().unwrap()];
         let server = Some(Ipv4Addr::new(10, 0, 1, 1));
-        let s = ruleset_spec(&cfg, "ens5", &private, true, server);
+        let s = ruleset_spec(&cfg, "ens5", &private, true, server, &[]);
         assert_eq!(
             s,
             RulesetSpec {
@@ -75,7 +77,12 @@ mod tests {
                 snat_addresses: Vec::new(),
             }
         );
-        assert!(!ruleset_spec(&cfg, "ens5", &private, false, None).flowtable);
+        assert!(!ruleset_spec(&cfg, "ens5", &private, false, None, &[]).flowtable);
+        let eips = [Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 40)];
+        assert_eq!(
+            ruleset_spec(&cfg, "ens5", &private, false, None, &eips).snat_addresses,
+            eips
+        );
     }
 
     #[test]

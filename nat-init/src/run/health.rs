@@ -78,6 +78,7 @@ impl Service {
     /// `ready` when the stages have just all come to hold; the health tick when it is due.
     pub(super) fn announce_and_check(&mut self, now: u64) {
         if self.stages.take_announcement() {
+            self.feed_aws();
             self.announce();
             self.next_health_ms = now_ms() + u64::from(self.cfg.health_interval) * 1000;
         }
@@ -91,7 +92,7 @@ impl Service {
 
     fn announce(&self) {
         let Some(p) = &self.applied else { return };
-        say(Ready {
+        let ready = Ready {
             iface: &self.iface.name,
             addr: p.addr,
             prefix_len: p.prefix_len,
@@ -99,7 +100,8 @@ impl Service {
             mtu: p.mtu,
             private: &self.private,
             elapsed_ms: now_ms(),
-        });
+        };
+        say(format_args!("{ready} {}", self.aws.fields()));
     }
 
     /// The health line (unless the table drifted) and drift checks: a drifted stage is redone
@@ -146,7 +148,7 @@ impl Service {
                             );
                             h.conntrack_stats = conntrack_stats;
                             h.ena = ena;
-                            say(h);
+                            say(format_args!("{h} {}", self.aws.fields()));
                         }
                         Err(e) => error("nft", format_args!("reading counters: {e:#}")),
                     },

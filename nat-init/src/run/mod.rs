@@ -12,8 +12,10 @@
 //! - `ruleset` ([`Stage::Nft`]): the nftables table, installed and verified;
 //! - `sysctl` ([`Stage::Sysctl`]): forwarding and conntrack, and forwarding off without a table;
 //! - `health`: the `ready` line, the `health` line and the drift checks;
-//! - `watchdog`: the pings that tell init the loop is alive.
+//! - `watchdog`: the pings that tell init the loop is alive;
+//! - `aws`: the clock, the instance role and the EC2 calls, on a thread of their own.
 
+mod aws;
 mod config;
 mod console;
 mod dhcp;
@@ -42,6 +44,8 @@ pub use signals::install_signal_handlers;
 
 /// Longest single wait in the main loop, so nothing is starved by a far deadline.
 const MAX_WAIT_MS: u64 = 60_000;
+/// Longest wait while the AWS thread may have news for the loop (its events are polled).
+const AWS_POLL_MS: u64 = 1_000;
 /// Cap of the interval between `no lease` error lines.
 const NO_LEASE_REPORT_MAX: Duration = Duration::from_secs(300);
 
@@ -60,6 +64,10 @@ pub struct Service {
     /// The ENI's secondary private addresses that carry Elastic IPs (from the AWS side): on
     /// the interface beside the lease's address, and the table's SNAT sources.
     secondary: Vec<std::net::Ipv4Addr>,
+    /// The addresses new flows are spread across (empty: masquerade on the lease's address).
+    snat: Vec<std::net::Ipv4Addr>,
+    /// The AWS side's thread.
+    aws: aws::Aws,
     stages: Stages,
     private: Vec<Ipv4Cidr>,
     private_from: RangesFrom,
@@ -118,6 +126,8 @@ impl Service {
             lease: None,
             applied: None,
             secondary: Vec::new(),
+            snat: Vec::new(),
+            aws: aws::Aws::start(),
             stages: Stages::new(),
             private: Vec::new(),
             private_from: RangesFrom::Defaults,
@@ -156,9 +166,10 @@ impl Service {
             if self.switch_to.is_some() {
                 continue;
             }
+            self.aws_events();
             self.announce_and_check(now);
             self.report_no_lease(now);
-            let mut wake = self.next_health_ms;
+            let mut wake = self.next_health_ms.min(now.saturating_add(AWS_POLL_MS));
             if let Some(at) = self.imds_retry_ms {
                 wake = wake.min(at);
             }
@@ -175,6 +186,58 @@ impl Service {
             }
             let wait = wake.saturating_sub(now_ms()).min(MAX_WAIT_MS);
             self.dhcp_step(Duration::from_millis(wait));
+        }
+    }
+
+    /// What the AWS thread needs, sent whenever it changes (it ignores repeats): once the
+    /// configuration is settled and there is a lease.
+    fn feed_aws(&mut self) {
+        // After the first `ready`: the NAT on its own ENI comes first.
+        let Some(lease) = &self.lease else { return };
+        if !self.stages.announced() {
+            return;
+        }
+        self.aws.update(aws::Inputs {
+            cfg: self.cfg.aws.clone(),
+            imds: self.cfg.imds,
+            mac: report::mac_text(&self.iface.mac),
+            primary: lease.addr,
+            dns: lease.dns.clone(),
+        });
+    }
+
+    /// The AWS thread's news: new egress addresses put the secondary addresses on the
+    /// interface and rebuild the table.
+    fn aws_events(&mut self) {
+        self.feed_aws();
+        while let Some(ev) = self.aws.event() {
+            match ev {
+                aws::Event::Egress { secondary, snat } => {
+                    let now = now_ms();
+                    if secondary != self.secondary {
+                        self.secondary = secondary;
+                        self.stages.invalidate(Stage::Address, now);
+                    }
+                    if snat != self.snat {
+                        info(format_args!(
+                            "egress {}",
+                            if snat.is_empty() {
+                                "masquerade on the lease's address".to_string()
+                            } else {
+                                format!(
+                                    "snat across {}",
+                                    snat.iter()
+                                        .map(ToString::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                )
+                            }
+                        ));
+                        self.snat = snat;
+                        self.stages.invalidate(Stage::Nft, now);
+                    }
+                }
+            }
         }
     }
 

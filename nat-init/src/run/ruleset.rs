@@ -22,6 +22,7 @@ impl Service {
             &self.private,
             supported,
             server,
+            &self.snat,
         );
         let r = nft::build(&spec);
         match nft::verify(&mut sock, &r) {
