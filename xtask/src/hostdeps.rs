@@ -41,6 +41,8 @@ pub const NET: &[Need] = &[
     need("dnsmasq", "dnsmasq-base"),
     need("curl", "curl"),
     need("ping", "iputils-ping"),
+    // signs the AWS double's certificate with the test CA
+    need("openssl", "openssl"),
 ];
 
 pub const PYTHON: &[Need] = &[need("python3", "python3"), need("pip3", "python3-pip")];
