@@ -295,12 +295,22 @@ impl Vpc {
             .ip("internet", &format!("addr add {}/32 dev lo", aws::ENDPOINT))?;
         self.ns
             .ip("fwd", &format!("link set eth0 address {}", aws::FWD_MAC))?;
-        let double = aws::AwsDouble::start(&aws::Start {
+        let imds = Arc::clone(&self.imds);
+        let double = aws::AwsDouble::start(aws::Start {
             moto_server,
             internet_ns: &self.ns.name("internet"),
             vpc_ns: &self.ns.name("vpc"),
             dir: self.dir.path(),
             ca_dir: &ca_dir,
+            // As on EC2, `local-ipv4s` lists the primary ENI's addresses as they change.
+            on_apply: Box::new(move |plane| {
+                if let Ok(mut g) = imds.lock()
+                    && let Some(eni) = plane.enis.values().find(|e| e.mac == g.mac)
+                {
+                    let v: Vec<String> = eni.private_ips.iter().map(|a| a.to_string()).collect();
+                    g.local_ipv4s = Some(v.join("\n"));
+                }
+            }),
         })
         .context("starting the AWS double")?;
         let nat = double.seed().instance("nat")?.clone();
@@ -309,7 +319,6 @@ impl Vpc {
             let mut g = self.imds_state()?;
             g.instance_id = nat.instance_id;
             g.interface_id = Some(nat.eni_id);
-            g.local_ipv4s = Some(NAT_ADDR.to_string());
             g.role = Some(double.seed().role_name.clone());
             g.credentials = Some(creds);
         }

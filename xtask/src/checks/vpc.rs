@@ -24,12 +24,13 @@ const ROUTED: &str =
     "vpc-route-to-forwarder-and-check-off-private-reaches-internet-as-its-public-ip";
 const CHECK_ON: &str = "vpc-source-dest-check-on-drops-forwarded-traffic";
 const EIP: &str = "vpc-elastic-ip-association-becomes-the-internet-source";
+const SECOND_EIP: &str = "vpc-secondary-address-from-the-pool-maps-to-the-second-elastic-ip";
 const RESOLVER: &str = "vpc-dnsmasq-names-the-endpoints-and-https-verifies-with-the-test-ca";
 const IMDS_ROLE: &str = "vpc-imds-serves-role-credentials-region-and-eni-id";
 const AUTH: &str = "vpc-moto-checks-signature-token-expiry-and-role-policy";
 const NTP: &str = "vpc-ntp-at-169-254-169-123-answers-with-the-host-clock";
 pub const CHECKS: &[&str] = &[
-    LAUNCHED, ROUTED, CHECK_ON, EIP, RESOLVER, IMDS_ROLE, AUTH, NTP,
+    LAUNCHED, ROUTED, CHECK_ON, EIP, SECOND_EIP, RESOLVER, IMDS_ROLE, AUTH, NTP,
 ];
 
 /// How long a data-plane change may take to show.
@@ -54,8 +55,8 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     let ok = report.check(LAUNCHED, || launched(&vpc));
     let ok = ok && report.check(ROUTED, || routed(&vpc));
     let ok = ok && report.check(CHECK_ON, || check_on(&vpc));
-    if ok {
-        report.check(EIP, || elastic_ip(&vpc));
+    if ok && report.check(EIP, || elastic_ip(&vpc)) {
+        report.check(SECOND_EIP, || second_elastic_ip(&vpc));
     }
     report.check(RESOLVER, || resolver(&vpc));
     report.check(IMDS_ROLE, || imds_role(&vpc));
@@ -283,6 +284,55 @@ fn elastic_ip(vpc: &Vpc) -> Result<()> {
     Ok(())
 }
 
+/// A secondary private address (which moto must take from the free pool) with the second EIP
+/// associated to it: two public sources from one ENI.
+fn second_elastic_ip(vpc: &Vpc) -> Result<()> {
+    let a = vpc.aws()?;
+    let seed = a.seed();
+    let fwd = seed.instance("fwd")?.eni_id.clone();
+    a.call(
+        "ec2",
+        "assign_private_ip_addresses",
+        json!({"NetworkInterfaceId": fwd, "SecondaryPrivateIpAddressCount": 1}),
+    )?;
+    let plane = a.wait_for("a secondary address on the forwarder", FOLLOW, |p| {
+        p.enis[&fwd].private_ips.len() == 2
+    })?;
+    let second = plane.enis[&fwd].private_ips[1];
+    ensure!(
+        (40..=99).contains(&second.octets()[3]) && second.octets()[..3] == [10, 0, 0],
+        "moto handed out {second}, outside the free pool"
+    );
+    a.call(
+        "ec2",
+        "associate_address",
+        json!({"AllocationId": seed.allocation_ids[1], "NetworkInterfaceId": fwd,
+               "PrivateIpAddress": second.to_string()}),
+    )?;
+    a.wait_for("the second EIP on the secondary address", FOLLOW, |p| {
+        p.public_of(second) == Some(aws::ELASTIC_IPS[1])
+            && p.public_of(vpc::FORWARDER) == Some(aws::ELASTIC_IPS[0])
+    })?;
+    vpc.ns
+        .ip("fwd", &format!("addr add {second}/24 dev eth0"))?;
+    let before = vpc.seen()?.http_clients.len();
+    let url = format!("http://{}/", vpc::SERVER);
+    let second_s = second.to_string();
+    vpc.ns.exec(
+        "fwd",
+        "curl",
+        &["-sS", "-m", "5", "--interface", &second_s, &url],
+    )?;
+    vpc.ns.exec("fwd", "curl", &["-sS", "-m", "5", &url])?;
+    let seen = vpc.seen()?;
+    ensure!(
+        seen.http_clients[before..] == [aws::ELASTIC_IPS[1], aws::ELASTIC_IPS[0]],
+        "the internet saw {:?}",
+        &seen.http_clients[before..]
+    );
+    Ok(())
+}
+
 fn resolver(vpc: &Vpc) -> Result<()> {
     let ns = vpc.ns.name("fwd");
     let got = run_in(&ns, || -> Result<Vec<(String, Vec<Ipv4Addr>)>> {
@@ -410,6 +460,22 @@ fn imds_role(vpc: &Vpc) -> Result<()> {
     ensure!(text.contains(&new.access_key_id) && new.access_key_id != c.access_key_id);
     // The role's credentials work against the API.
     a.call_as(&new, "ec2", "describe_route_tables", json!({}))?;
+    // local-ipv4s follows the ENI's addresses.
+    a.call(
+        "ec2",
+        "assign_private_ip_addresses",
+        json!({"NetworkInterfaceId": nat.eni_id, "SecondaryPrivateIpAddressCount": 1}),
+    )?;
+    a.sync()?;
+    let ips = imds_get(
+        vpc,
+        "/latest/meta-data/network/interfaces/macs/52:54:00:0a:00:0a/local-ipv4s",
+    )?;
+    let ips: Vec<&str> = ips.lines().collect();
+    ensure!(
+        ips.len() == 2 && ips[0] == "10.0.0.10",
+        "local-ipv4s {ips:?}"
+    );
     Ok(())
 }
 

@@ -207,12 +207,14 @@ pub struct Start<'a> {
     /// Where the leaf certificate, the script and the log go.
     pub dir: &'a Path,
     pub ca_dir: &'a Path,
+    /// Called after each data plane is applied (the IMDS double follows the ENI's addresses).
+    pub on_apply: Box<dyn Fn(&DataPlane) + Send>,
 }
 
 impl AwsDouble {
     /// Issues the endpoint's certificate, starts the double, waits for its seed and applies its
     /// first data plane ("just launched": no default route, checks on, no EIP associated).
-    pub fn start(s: &Start<'_>) -> Result<Self> {
+    pub fn start(s: Start<'_>) -> Result<Self> {
         let python = s
             .moto_server
             .parent()
@@ -266,7 +268,8 @@ impl AwsDouble {
             changed: Condvar::new(),
         });
         let (shared2, vpc_ns, log2) = (Arc::clone(&shared), s.vpc_ns.to_string(), log.clone());
-        std::thread::spawn(move || read_events(stdout, &shared2, &vpc_ns, &log2));
+        let on_apply = s.on_apply;
+        std::thread::spawn(move || read_events(stdout, &shared2, &vpc_ns, &log2, &*on_apply));
         // Importing moto and seeding take seconds.
         let seed = wait_on(
             &shared,
@@ -453,7 +456,13 @@ impl Drop for AwsDouble {
 
 /// The double's stdout: seed, states (applied here, in order, before any later reply is
 /// delivered: a `sync` reply means its state is in the namespaces) and replies.
-fn read_events(stdout: std::process::ChildStdout, shared: &Shared, vpc_ns: &str, log: &Path) {
+fn read_events(
+    stdout: std::process::ChildStdout,
+    shared: &Shared,
+    vpc_ns: &str,
+    log: &Path,
+    on_apply: &dyn Fn(&DataPlane),
+) {
     let mut private_table = None;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
@@ -490,7 +499,10 @@ fn read_events(stdout: std::process::ChildStdout, shared: &Shared, vpc_ns: &str,
                 };
                 let table = private_table.as_deref().unwrap_or_default();
                 match apply(vpc_ns, table, &plane) {
-                    Ok(()) => set(shared, |i| i.plane = Some(plane)),
+                    Ok(()) => {
+                        on_apply(&plane);
+                        set(shared, |i| i.plane = Some(plane));
+                    }
                     Err(e) => set(shared, |i| i.apply_error = Some(format!("{e:#}"))),
                 }
             }
