@@ -258,8 +258,9 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
     a
 }
 
-/// QEMU's `-rtc base=` datetime (UTC, `YYYY-MM-DDTHH:MM:SS`) for seconds since the epoch.
-fn rtc_base(unix: i64) -> String {
+/// QEMU's `-rtc base=` datetime (UTC, `YYYY-MM-DDTHH:MM:SS`, ISO 8601) for seconds since the
+/// epoch.
+pub fn rtc_base(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;

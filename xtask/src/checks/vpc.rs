@@ -518,6 +518,39 @@ fn auth(vpc: &Vpc) -> Result<()> {
             .context("expired credentials passed")?
     );
     ensure!(e.contains("ExpiredToken"), "{e}");
+    // A request dated 10 minutes ago is refused before its signature is looked at.
+    let ca = a.ca().to_string_lossy().into_owned();
+    let stale = SystemTime::now().duration_since(UNIX_EPOCH)? - Duration::from_secs(600);
+    let date = format!("X-Amz-Date: {}", amz_date(stale.as_secs()));
+    let auth_hdr = format!(
+        "Authorization: AWS4-HMAC-SHA256 Credential={}/{}/{}/ec2/aws4_request, SignedHeaders=host;x-amz-date, Signature=00",
+        creds.access_key_id,
+        &amz_date(stale.as_secs())[..8],
+        aws::REGION
+    );
+    let url = format!("https://{}/", aws::ENDPOINT);
+    let body = vpc.ns.exec(
+        "fwd",
+        "curl",
+        &[
+            "-sS",
+            "-m",
+            "10",
+            "--cacert",
+            &ca,
+            "-H",
+            &date,
+            "-H",
+            &auth_hdr,
+            "-d",
+            "Action=DescribeRouteTables&Version=2016-11-15",
+            &url,
+        ],
+    )?;
+    ensure!(
+        body.contains("RequestExpired"),
+        "a stale X-Amz-Date got: {body}"
+    );
     // A permission taken away from the role is denied from then on.
     let policy = json!({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"}]});
@@ -553,6 +586,12 @@ fn auth(vpc: &Vpc) -> Result<()> {
     Ok(())
 }
 
+/// SigV4's `YYYYMMDDTHHMMSSZ` for seconds since the epoch.
+fn amz_date(unix: u64) -> String {
+    let iso = crate::qemu::rtc_base(i64::try_from(unix).unwrap_or(i64::MAX));
+    format!("{}Z", iso.replace(['-', ':'], ""))
+}
+
 fn time_service(vpc: &Vpc) -> Result<()> {
     let served = vpc.ntp_served.load(std::sync::atomic::Ordering::Relaxed);
     let t = run_in(&vpc.ns.name("fwd"), || ntp::query(ntp::NTP))??;
@@ -564,4 +603,16 @@ fn time_service(vpc: &Vpc) -> Result<()> {
     );
     ensure!(vpc.ntp_served.load(std::sync::atomic::Ordering::Relaxed) == served + 1);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amz_date_is_sigv4s_format() {
+        assert_eq!(amz_date(0), "19700101T000000Z");
+        assert_eq!(amz_date(951_825_600), "20000229T120000Z");
+        assert_eq!(amz_date(1_796_255_999), "20261202T235959Z");
+    }
 }
