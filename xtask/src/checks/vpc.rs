@@ -183,8 +183,12 @@ fn launched(vpc: &Vpc) -> Result<()> {
         "the private table routes: {route:?}"
     );
     for name in ["nat", "fwd"] {
-        let eni = &plane.enis[&seed.instance(name)?.eni_id];
-        ensure!(eni.source_dest_check, "{name}'s check is off: {eni:?}");
+        let id = &seed.instance(name)?.eni_id;
+        ensure!(
+            plane.check_of(id) == Some(true),
+            "{name}'s check is not on: {:?}",
+            plane.enis.get(id)
+        );
     }
     ensure!(plane.public_of(vpc::NAT_ADDR) == Some(vpc::NAT_PUBLIC));
     ensure!(plane.public_of(vpc::FORWARDER) == Some(aws::FWD_PUBLIC));
@@ -204,7 +208,7 @@ fn routed(vpc: &Vpc) -> Result<()> {
                "DestinationCidrBlock": "0.0.0.0/0", "NetworkInterfaceId": fwd}),
     )?;
     a.wait_for("the route to the forwarder", FOLLOW, |p| {
-        p.routes[&seed.private_route_table_id].target.as_deref() == Some("10.0.0.30")
+        p.route_target(&seed.private_route_table_id) == Some("10.0.0.30")
     })?;
     // Routed, but the check is still on: the forwarder's port drops what it forwards.
     ensure_offline(vpc, "through an ENI whose source/dest check is on")?;
@@ -214,7 +218,7 @@ fn routed(vpc: &Vpc) -> Result<()> {
         json!({"NetworkInterfaceId": fwd, "SourceDestCheck": {"Value": false}}),
     )?;
     a.wait_for("the forwarder's check off", FOLLOW, |p| {
-        !p.enis[&fwd].source_dest_check
+        p.check_of(&fwd) == Some(false)
     })?;
     let src = private_source(vpc)?;
     ensure!(
@@ -234,7 +238,7 @@ fn check_on(vpc: &Vpc) -> Result<()> {
         json!({"NetworkInterfaceId": fwd, "SourceDestCheck": {"Value": true}}),
     )?;
     a.wait_for("the forwarder's check on", FOLLOW, |p| {
-        p.enis[&fwd].source_dest_check
+        p.check_of(&fwd) == Some(true)
     })?;
     ensure_offline(vpc, "with the forwarder's check back on")?;
     let bridge = vpc
@@ -264,10 +268,10 @@ fn elastic_ip(vpc: &Vpc) -> Result<()> {
     a.call(
         "ec2",
         "associate_address",
-        json!({"AllocationId": seed.allocation_ids[0], "NetworkInterfaceId": fwd}),
+        json!({"AllocationId": seed.allocation(0)?, "NetworkInterfaceId": fwd}),
     )?;
     let plane = a.wait_for("the EIP mapped to the forwarder", FOLLOW, |p| {
-        !p.enis[&fwd].source_dest_check && p.public_of(vpc::FORWARDER) == Some(aws::ELASTIC_IPS[0])
+        p.check_of(&fwd) == Some(false) && p.public_of(vpc::FORWARDER) == Some(aws::ELASTIC_IPS[0])
     })?;
     ensure!(
         !plane.mappings.iter().any(|m| m.public == aws::FWD_PUBLIC),
@@ -296,9 +300,13 @@ fn second_elastic_ip(vpc: &Vpc) -> Result<()> {
         json!({"NetworkInterfaceId": fwd, "SecondaryPrivateIpAddressCount": 1}),
     )?;
     let plane = a.wait_for("a secondary address on the forwarder", FOLLOW, |p| {
-        p.enis[&fwd].private_ips.len() == 2
+        p.enis.get(&fwd).is_some_and(|e| e.private_ips.len() == 2)
     })?;
-    let second = plane.enis[&fwd].private_ips[1];
+    let second = plane
+        .enis
+        .get(&fwd)
+        .and_then(|e| e.private_ips.get(1).copied())
+        .context("no secondary address")?;
     ensure!(
         (40..=99).contains(&second.octets()[3]) && second.octets()[..3] == [10, 0, 0],
         "moto handed out {second}, outside the free pool"
@@ -306,7 +314,7 @@ fn second_elastic_ip(vpc: &Vpc) -> Result<()> {
     a.call(
         "ec2",
         "associate_address",
-        json!({"AllocationId": seed.allocation_ids[1], "NetworkInterfaceId": fwd,
+        json!({"AllocationId": seed.allocation(1)?, "NetworkInterfaceId": fwd,
                "PrivateIpAddress": second.to_string()}),
     )?;
     a.wait_for("the second EIP on the secondary address", FOLLOW, |p| {
@@ -325,10 +333,10 @@ fn second_elastic_ip(vpc: &Vpc) -> Result<()> {
     )?;
     vpc.ns.exec("fwd", "curl", &["-sS", "-m", "5", &url])?;
     let seen = vpc.seen()?;
+    let new = seen.http_clients.get(before..).unwrap_or_default();
     ensure!(
-        seen.http_clients[before..] == [aws::ELASTIC_IPS[1], aws::ELASTIC_IPS[0]],
-        "the internet saw {:?}",
-        &seen.http_clients[before..]
+        new == [aws::ELASTIC_IPS[1], aws::ELASTIC_IPS[0]],
+        "the internet saw {new:?}"
     );
     Ok(())
 }
@@ -357,7 +365,7 @@ fn resolver(vpc: &Vpc) -> Result<()> {
     );
     let ca = vpc.aws()?.ca().to_string_lossy().into_owned();
     let url = format!("https://{}/", aws::EC2_HOST);
-    let resolve = format!("{}:443:{}", aws::EC2_HOST, got[0].1[0]);
+    let resolve = format!("{}:443:{}", aws::EC2_HOST, aws::ENDPOINT);
     let code = vpc
         .ns
         .exec(

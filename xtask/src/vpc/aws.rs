@@ -86,6 +86,14 @@ pub struct SeededInstance {
 }
 
 impl Seed {
+    /// The allocation id of [`ELASTIC_IPS`]`[i]`.
+    pub fn allocation(&self, i: usize) -> Result<&str> {
+        self.allocation_ids
+            .get(i)
+            .map(String::as_str)
+            .with_context(|| format!("the seed has no Elastic IP {i}"))
+    }
+
     pub fn instance(&self, name: &str) -> Result<&SeededInstance> {
         self.instances
             .get(name)
@@ -130,6 +138,16 @@ pub struct Mapping {
 }
 
 impl DataPlane {
+    /// Whether ENI `id`'s source/dest check is on (none: no such ENI).
+    pub fn check_of(&self, id: &str) -> Option<bool> {
+        self.enis.get(id).map(|e| e.source_dest_check)
+    }
+
+    /// Route table `id`'s default route target (an address, or `internet`).
+    pub fn route_target(&self, id: &str) -> Option<&str> {
+        self.routes.get(id).and_then(|r| r.target.as_deref())
+    }
+
     /// The public address the internet gateway maps `private` to.
     pub fn public_of(&self, private: Ipv4Addr) -> Option<Ipv4Addr> {
         self.mappings
