@@ -562,12 +562,7 @@ fn auth(vpc: &Vpc) -> Result<()> {
     // A permission taken away from the role is denied from then on.
     let policy = json!({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"}]});
-    a.call(
-        "iam",
-        "put_role_policy",
-        json!({"RoleName": aws::ROLE, "PolicyName": aws::ROLE_POLICY,
-               "PolicyDocument": policy.to_string()}),
-    )?;
+    a.set_role_policy(&policy)?;
     let e = format!(
         "{:#}",
         a.call_as(&creds, "ec2", "replace_route", json!({"RouteTableId": seed.private_route_table_id,

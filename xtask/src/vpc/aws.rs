@@ -355,6 +355,19 @@ impl AwsDouble {
         .with_context(|| format!("{service}.{op} as {}", creds.access_key_id))
     }
 
+    /// Replaces the role's inline policy [`ROLE_POLICY`] with `document` (IAM JSON), to take
+    /// permissions away; moto applies it to the next request, credentials already issued
+    /// included.
+    pub fn set_role_policy(&self, document: &Value) -> Result<()> {
+        self.call(
+            "iam",
+            "put_role_policy",
+            json!({"RoleName": ROLE, "PolicyName": ROLE_POLICY,
+                   "PolicyDocument": document.to_string()}),
+        )
+        .map(|_| ())
+    }
+
     /// New session credentials of the instance role, valid for `lifetime` (any length: the
     /// double enforces the expiry itself, to the second).
     pub fn credentials(&self, lifetime: Duration) -> Result<Credentials> {
