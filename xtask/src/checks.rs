@@ -1,4 +1,5 @@
 //! The checks `cargo xtask test` runs, one module per part: `host` (the workspace's tests),
+//! `vpc` (the emulated VPC's control plane),
 //! `image` (the built artifacts), `boot` (init under UEFI in QEMU) and `e2e` (the NAT on an
 //! emulated VPC). Each module runs its own setup (image build, VM) and records its checks in
 //! the `Report`; `testsuite` decides which modules run. The bench's smoke test is
@@ -10,3 +11,4 @@ pub mod e2e;
 pub mod host;
 pub mod image;
 pub mod kmod;
+pub mod vpc;

@@ -41,7 +41,8 @@ pub const NET: &[Need] = &[
     need("dnsmasq", "dnsmasq-base"),
     need("curl", "curl"),
     need("ping", "iputils-ping"),
-    // nat-init's HTTPS tests make their CA and certificates with it.
+    // nat-init's HTTPS tests make their CAs with it; the AWS double's certificate is signed
+    // with the test CA by it.
     need("openssl", "openssl"),
 ];
 

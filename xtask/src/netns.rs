@@ -90,20 +90,7 @@ impl Namespaces {
 
     /// Applies an nftables script inside namespace `short`.
     pub fn nft(&self, short: &str, script: &str) -> Result<()> {
-        let name = self.name(short);
-        let out = duct::cmd("ip", ["netns", "exec", &name, "nft", "-f", "-"])
-            .stdin_bytes(script.as_bytes().to_vec())
-            .stderr_capture()
-            .stdout_capture()
-            .unchecked()
-            .run()?;
-        if !out.status.success() {
-            bail!(
-                "nft in {name} failed: {}\n{script}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        nft_in(&self.name(short), script)
     }
 
     /// Connects two namespaces with a veth pair.
@@ -143,6 +130,23 @@ impl Namespaces {
         }
         s
     }
+}
+
+/// Applies an nftables script inside namespace `name` (its full name).
+pub fn nft_in(name: &str, script: &str) -> Result<()> {
+    let out = duct::cmd("ip", ["netns", "exec", name, "nft", "-f", "-"])
+        .stdin_bytes(script.as_bytes().to_vec())
+        .stderr_capture()
+        .stdout_capture()
+        .unchecked()
+        .run()?;
+    if !out.status.success() {
+        bail!(
+            "nft in {name} failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Removes namespaces (and the processes in them) that an earlier run with this tag left

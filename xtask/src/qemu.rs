@@ -117,6 +117,9 @@ pub struct VmConfig {
     pub netns: Option<String>,
     /// Boot this kernel directly instead of the disk through UEFI firmware.
     pub direct: Option<DirectBoot>,
+    /// Start the guest's RTC this many seconds off the host's clock (`-rtc base=`), so a test
+    /// can check that the guest steps its clock; none means QEMU's default (UTC now).
+    pub rtc_offset_secs: Option<i64>,
 }
 
 /// Direct kernel boot: QEMU loads the kernel and initramfs itself (device tree, no firmware,
@@ -177,6 +180,7 @@ impl VmConfig {
             nics: Vec::new(),
             netns: None,
             direct: None,
+            rtc_offset_secs: None,
         }
     }
 }
@@ -238,6 +242,12 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
             "nvme,drive=d0,serial=vol0".into(),
         ]);
     }
+    if let Some(off) = cfg.rtc_offset_secs {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        a.extend(["-rtc".into(), format!("base={}", rtc_base(now + off))]);
+    }
     a.extend(nic_args(&cfg.nics));
     if let Some(q) = qmp {
         a.extend([
@@ -246,6 +256,28 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
         ]);
     }
     a
+}
+
+/// QEMU's `-rtc base=` datetime (UTC, `YYYY-MM-DDTHH:MM:SS`, ISO 8601) for seconds since the
+/// epoch.
+pub fn rtc_base(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// The NICs' devices: a root port per slot, then each virtio-net NIC with its netdev.
@@ -586,6 +618,29 @@ impl Drop for Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtc_base_is_the_utc_datetime() {
+        assert_eq!(rtc_base(0), "1970-01-01T00:00:00");
+        assert_eq!(rtc_base(951_825_600), "2000-02-29T12:00:00");
+        assert_eq!(rtc_base(1_796_256_000 - 1), "2026-12-02T23:59:59");
+        assert_eq!(rtc_base(-86_400), "1969-12-31T00:00:00");
+    }
+
+    #[test]
+    fn rtc_offset_gives_an_rtc_base() {
+        let mut cfg = VmConfig::new("d.raw".into());
+        let a = args(&cfg, Path::new("v"), None);
+        assert!(!a.iter().any(|x| x == "-rtc"));
+        cfg.rtc_offset_secs = Some(-3600);
+        let a = args(&cfg, Path::new("v"), None);
+        let i = a.iter().position(|x| x == "-rtc").unwrap();
+        assert!(
+            a[i + 1].starts_with("base=") && a[i + 1].len() == 24,
+            "{}",
+            a[i + 1]
+        );
+    }
 
     #[test]
     fn nic_sits_in_slot_5_and_disk_is_nvme_snapshot() {

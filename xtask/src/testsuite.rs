@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test of the project in one command, as check modules run in
 //! order: `host` (`cargo test --workspace`, with `--locked` when the environment variable `CI`
-//! is set: unit tests and root network-namespace tests), `image` (the built image's
+//! is set: unit tests and root network-namespace tests), `vpc` (the emulated VPC's control
+//! plane, without a guest), `image` (the built image's
 //! artifacts), `boot` (the real disk image under UEFI in QEMU), `e2e` (the NAT on an emulated
 //! VPC) and `bench` (the bench's smoke test). `--only PART` runs one of them.
 //!
@@ -18,6 +19,7 @@ use crate::{bench, checks};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Host,
+    Vpc,
     Image,
     Boot,
     E2e,
@@ -27,18 +29,26 @@ pub enum Part {
 
 impl Part {
     /// In the order of the default run.
-    pub const ALL: [Part; 5] = [Part::Host, Part::Image, Part::Boot, Part::E2e, Part::Bench];
+    pub const ALL: [Part; 6] = [
+        Part::Host,
+        Part::Vpc,
+        Part::Image,
+        Part::Boot,
+        Part::E2e,
+        Part::Bench,
+    ];
 
     pub fn parse(s: &str) -> Result<Self> {
         match Self::ALL.into_iter().find(|p| p.name() == s) {
             Some(p) => Ok(p),
-            None => bail!("{s:?}: expected host, image, boot, e2e or bench"),
+            None => bail!("{s:?}: expected host, vpc, image, boot, e2e or bench"),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Host => "host",
+            Self::Vpc => "vpc",
             Self::Image => "image",
             Self::Boot => "boot",
             Self::E2e => "e2e",
@@ -52,6 +62,10 @@ impl Part {
             Self::Host => Module {
                 checks: checks::host::CHECKS,
                 run: checks::host::run,
+            },
+            Self::Vpc => Module {
+                checks: checks::vpc::CHECKS,
+                run: checks::vpc::run,
             },
             Self::Image => Module {
                 checks: checks::image::CHECKS,

@@ -20,6 +20,22 @@
 //!   translated 1:1 to its public address 198.51.100.10. The link to the internet has MTU 1500
 //!   and ICMP "fragmentation needed" is dropped, a path-MTU black hole.
 //! - internet: an HTTP server that records client addresses, and a UDP echo service.
+//! - vpc also answers NTP at 169.254.169.123 (the Amazon Time Sync Service's address, see
+//!   `ntp`) with the host's clock.
+//!
+//! The routing above is fixed. [`Vpc::start_aws`] (opt-in, so every fixed-topology test keeps
+//! its state) gives the VPC a control plane instead: a local AWS double (moto, the local
+//! stand-in for AWS, see `aws`) seeded with the state right after `run-instances` (source/dest
+//! check on, no `0.0.0.0/0` in the private route table, no Elastic IP associated), whose EC2
+//! state the namespaces then follow: table 100's default, the gateway's 1:1 mappings and the
+//! bridge's source/dest checks. It also makes dnsmasq the VPC resolver (DHCP option 6, the
+//! regional endpoints' names -> the double) and the IMDS double serve the instance role's
+//! credentials, the ENI id and the region.
+
+pub mod aws;
+pub mod dns;
+pub mod ntp;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,7 +43,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,12 +101,23 @@ pub struct ImdsState {
     /// How many requests were answered 503.
     pub refused: u32,
     pub requests: Vec<String>,
+    /// `meta-data/instance-id`.
+    pub instance_id: String,
+    /// `meta-data/iam/security-credentials/`: the role, and what `.../<role>` serves.
+    pub role: Option<String>,
+    pub credentials: Option<aws::Credentials>,
+    /// The primary ENI's `interface-id` and `local-ipv4s` (one per line), when set.
+    pub interface_id: Option<String>,
+    pub local_ipv4s: Option<String>,
 }
 
 pub struct Vpc {
     pub ns: Namespaces,
     pub seen: Arc<Mutex<Seen>>,
     pub imds: Arc<Mutex<ImdsState>>,
+    /// How many NTP requests the time double answered.
+    pub ntp_served: Arc<AtomicU64>,
+    aws: Option<aws::AwsDouble>,
     stop: Arc<AtomicBool>,
     dnsmasq: Option<Child>,
     dnsmasq_args: Vec<String>,
@@ -125,6 +152,7 @@ impl Vpc {
         ns.ip("vpc", "link set br0 up")?;
         // (the CI kernel has no dummy interfaces; a /32 on lo serves just as well)
         ns.ip("vpc", &format!("addr add {IMDS}/32 dev lo"))?;
+        ns.ip("vpc", &format!("addr add {}/32 dev lo", ntp::NTP))?;
         // hosts on the public subnet
         for (host, addr, gw) in [
             ("pubhost", PUBHOST, NAT_ADDR),
@@ -209,7 +237,14 @@ impl Vpc {
             first_request: None,
             refused: 0,
             requests: Vec::new(),
+            instance_id: INSTANCE_ID.to_string(),
+            role: None,
+            credentials: None,
+            interface_id: None,
+            local_ipv4s: None,
         }));
+        let ntp_served = Arc::new(AtomicU64::new(0));
+        ntp::start(&ns.name("vpc"), Arc::clone(&ntp_served), Arc::clone(&stop))?;
         start_internet_servers(&ns.name("internet"), Arc::clone(&seen), Arc::clone(&stop))?;
         start_imds(&ns.name("vpc"), Arc::clone(&imds), Arc::clone(&stop))?;
         let dnsmasq_log = dir.path().join("dnsmasq.log");
@@ -233,6 +268,8 @@ impl Vpc {
             ns,
             seen,
             imds,
+            ntp_served,
+            aws: None,
             stop,
             dnsmasq: None,
             dnsmasq_args,
@@ -241,6 +278,70 @@ impl Vpc {
         };
         vpc.start_dnsmasq()?;
         Ok(vpc)
+    }
+
+    /// Starts the control plane (see the module's doc): the AWS double in the internet
+    /// namespace at [`aws::ENDPOINT`], seeded "just launched" and followed from now on; dnsmasq
+    /// restarted as the VPC resolver; the IMDS double serving the seeded NAT instance's id,
+    /// ENI id, role and fresh credentials (valid 6 hours). `root` is the workspace (for the
+    /// test CA, [`aws::TEST_CA_DIR`]); `moto_server` is what `hostdeps::ensure_moto` returns.
+    pub fn start_aws(
+        &mut self,
+        root: &std::path::Path,
+        moto_server: &std::path::Path,
+    ) -> Result<&aws::AwsDouble> {
+        let ca_dir = root.join(aws::TEST_CA_DIR);
+        self.ns
+            .ip("internet", &format!("addr add {}/32 dev lo", aws::ENDPOINT))?;
+        self.ns
+            .ip("fwd", &format!("link set eth0 address {}", aws::FWD_MAC))?;
+        let imds = Arc::clone(&self.imds);
+        let double = aws::AwsDouble::start(aws::Start {
+            moto_server,
+            internet_ns: &self.ns.name("internet"),
+            vpc_ns: &self.ns.name("vpc"),
+            dir: self.dir.path(),
+            ca_dir: &ca_dir,
+            // As on EC2, `local-ipv4s` lists the primary ENI's addresses as they change.
+            on_apply: Box::new(move |plane| {
+                if let Ok(mut g) = imds.lock()
+                    && let Some(eni) = plane.enis.values().find(|e| e.mac == g.mac)
+                {
+                    let v: Vec<String> = eni.private_ips.iter().map(|a| a.to_string()).collect();
+                    g.local_ipv4s = Some(v.join("\n"));
+                }
+            }),
+        })
+        .context("starting the AWS double")?;
+        let nat = double.seed().instance("nat")?.clone();
+        let creds = double.credentials(Duration::from_secs(6 * 3600))?;
+        {
+            let mut g = self.imds_state()?;
+            g.instance_id = nat.instance_id;
+            g.interface_id = Some(nat.eni_id);
+            g.role = Some(double.seed().role_name.clone());
+            g.credentials = Some(creds);
+        }
+        self.aws = Some(double);
+        self.dnsmasq_args.retain(|a| a != "--port=0");
+        self.dnsmasq_args.extend(resolver_args());
+        self.restart_dnsmasq()?;
+        self.aws()
+    }
+
+    /// The AWS double, once [`Vpc::start_aws`] started it.
+    pub fn aws(&self) -> Result<&aws::AwsDouble> {
+        self.aws
+            .as_ref()
+            .context("the VPC has no control plane: call start_aws first")
+    }
+
+    /// New instance-role credentials valid for `lifetime`, served by IMDS from now on (as
+    /// EC2 rotates them); returns them.
+    pub fn refresh_imds_credentials(&self, lifetime: Duration) -> Result<aws::Credentials> {
+        let creds = self.aws()?.credentials(lifetime)?;
+        self.imds_state()?.credentials = Some(creds.clone());
+        Ok(creds)
     }
 
     pub fn start_dnsmasq(&mut self) -> Result<()> {
@@ -268,6 +369,11 @@ impl Vpc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// dnsmasq's command line (after `start_aws`, with the resolver's options).
+    pub fn dnsmasq_args(&self) -> &[String] {
+        &self.dnsmasq_args
     }
 
     pub fn dnsmasq_log(&self) -> String {
@@ -338,9 +444,25 @@ impl Vpc {
 
 impl Drop for Vpc {
     fn drop(&mut self) {
+        self.aws.take();
         self.stop.store(true, Ordering::Relaxed);
         self.stop_dnsmasq();
     }
+}
+
+/// dnsmasq as the VPC resolver: DNS on br0 for the regional endpoints only (no upstream), and
+/// its address as DHCP option 6 (on AWS the resolver is the VPC base +2; the router will do).
+fn resolver_args() -> Vec<String> {
+    let mut v = vec![
+        "--port=53".to_string(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        format!("--dhcp-option=option:dns-server,{ROUTER}"),
+    ];
+    for host in [aws::EC2_HOST, aws::MONITORING_HOST] {
+        v.push(format!("--address=/{host}/{}", aws::ENDPOINT));
+    }
+    v
 }
 
 /// The internet gateway in the vpc namespace, and the path-MTU black hole.
@@ -522,12 +644,21 @@ fn start_imds(ns: &str, state: Arc<Mutex<ImdsState>>, stop: Arc<AtomicBool>) -> 
 
 const TOKEN: &str = "e2e-token-AQAEAHyz";
 
+/// The instance's identity as IMDS serves it (a snapshot of [`ImdsState`]).
+struct Identity {
+    instance_id: String,
+    role: Option<String>,
+    credentials: Option<aws::Credentials>,
+    interface_id: Option<String>,
+    local_ipv4s: Option<String>,
+}
+
 fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     let (method, path, headers) = read_request(&mut r)?;
-    let (user_data, mac, cidrs, unavailable) = {
+    let (user_data, mac, cidrs, unavailable, ids) = {
         let mut g = state
             .lock()
             .map_err(|_| anyhow::anyhow!("imds state poisoned"))?;
@@ -542,6 +673,13 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
             g.mac.clone(),
             g.vpc_cidrs.clone(),
             unavailable,
+            Identity {
+                instance_id: g.instance_id.clone(),
+                role: g.role.clone(),
+                credentials: g.credentials.clone(),
+                interface_id: g.interface_id.clone(),
+                local_ipv4s: g.local_ipv4s.clone(),
+            },
         )
     };
     let authorised = headers
@@ -558,7 +696,34 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
         ("PUT", _) => ("400 Bad Request", String::new()),
         ("GET", _) if !authorised => ("401 Unauthorized", String::new()),
         ("GET", "/latest/meta-data/mac") => ("200 OK", mac.clone()),
-        ("GET", "/latest/meta-data/instance-id") => ("200 OK", INSTANCE_ID.to_string()),
+        ("GET", "/latest/meta-data/instance-id") => ("200 OK", ids.instance_id.clone()),
+        ("GET", "/latest/meta-data/placement/region") => ("200 OK", aws::REGION.to_string()),
+        ("GET", "/latest/meta-data/placement/availability-zone") => {
+            ("200 OK", format!("{}a", aws::REGION))
+        }
+        ("GET", "/latest/meta-data/iam/security-credentials/") => match &ids.role {
+            Some(r) => ("200 OK", r.clone()),
+            None => ("404 Not Found", String::new()),
+        },
+        ("GET", p) if p.starts_with("/latest/meta-data/iam/security-credentials/") => {
+            let name = &p["/latest/meta-data/iam/security-credentials/".len()..];
+            match (&ids.role, &ids.credentials) {
+                (Some(r), Some(c)) if r == name => ("200 OK", serde_json::to_string(c)?),
+                _ => ("404 Not Found", String::new()),
+            }
+        }
+        ("GET", p) if p.strip_prefix(&mac_prefix) == Some("interface-id") => {
+            match &ids.interface_id {
+                Some(i) => ("200 OK", i.clone()),
+                None => ("404 Not Found", String::new()),
+            }
+        }
+        ("GET", p) if p.strip_prefix(&mac_prefix) == Some("local-ipv4s") => {
+            match &ids.local_ipv4s {
+                Some(i) => ("200 OK", i.clone()),
+                None => ("404 Not Found", String::new()),
+            }
+        }
         ("GET", "/latest/user-data") => match user_data {
             Some(u) => ("200 OK", u),
             None => ("404 Not Found", String::new()),
