@@ -498,20 +498,23 @@ impl Worker {
             });
         match fetched {
             Ok((role, c)) => {
-                let renewed = self.creds.is_some();
                 let exp = c.expiration_unix_s.unwrap_or(now + 3600);
                 self.creds_refresh_unix_s = credentials::refresh_at_unix_s(exp, now);
                 self.creds_failures = 0;
-                info(format_args!(
-                    "aws credentials {} role={role} key={} expire_in_s={}",
-                    if renewed {
-                        "refreshed"
-                    } else {
-                        "from the instance role"
-                    },
-                    c.access_key_id,
-                    exp - now
-                ));
+                // IMDS serves the same ones until it has the next: say only what changed.
+                let before = self.creds.as_ref().map(|o| o.access_key_id.clone());
+                if before.as_deref() != Some(c.access_key_id.as_str()) {
+                    info(format_args!(
+                        "aws credentials {} role={role} key={} expire_in_s={}",
+                        if before.is_some() {
+                            "refreshed"
+                        } else {
+                            "from the instance role"
+                        },
+                        c.access_key_id,
+                        exp - now
+                    ));
+                }
                 self.creds = Some(c);
                 self.with_status(|st| st.credentials = ItemState::Done);
                 Ok(())

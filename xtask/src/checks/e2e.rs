@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+mod aws;
+
 use super::kmod;
 use crate::qemu::{Console, Machine, Net, Nic, PciPlace, Vm, VmConfig};
 use crate::report::{Report, say};
@@ -94,6 +96,12 @@ pub const CHECKS: &[&str] = &[
     IMDS_SLOW,
     IMDS_LATE,
     FLOOD,
+    aws::DENIED,
+    aws::CLOCK,
+    aws::ONLINE,
+    aws::TWO_EIPS,
+    aws::MOVED,
+    aws::CREDS,
 ];
 
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
@@ -122,6 +130,8 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     vpc.set_user_data(None);
     two_nics(&disk, &built.manifest, &mut vpc, report);
     root_bus(&disk, &built.manifest, &mut vpc, report);
+    // Last: its control plane makes the VPC's routing follow the AWS double from here on.
+    aws::run(&disk, root, &mut vpc, report);
     Ok(())
 }
 
