@@ -17,6 +17,8 @@ use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::dhcp::Random;
 
+/// Where DNS servers listen: the lease gives addresses, `(addr, PORT)` is the server.
+pub const PORT: u16 = 53;
 /// CNAME hops followed before giving up (resolvers stop around 8-16).
 const MAX_CNAME_HOPS: usize = 8;
 /// Largest UDP answer read (no EDNS: servers keep to 512 bytes, and set TC beyond).

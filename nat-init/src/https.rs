@@ -328,8 +328,11 @@ impl Exchange<'_> {
             }
         };
         if let Err(e) = self.conn.process_new_packets() {
-            // Tell the server why (the alert rustls queued), best effort.
-            let _ = self.conn.write_tls(sock);
+            // Tell the server why (the alert rustls queued), best effort and still bounded.
+            if let Ok(left) = self.left(stage) {
+                let _ = sock.set_write_timeout(Some(left));
+                let _ = self.conn.write_tls(sock);
+            }
             return Err(self.tls(e));
         }
         Ok(n > 0)

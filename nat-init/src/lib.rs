@@ -12,8 +12,9 @@
 //! - [`dhcp`]: the DHCPv4 client (pure state machine, framing, sockets);
 //! - [`naming`]: which interface is the primary one and its udev-style name;
 //! - [`config`]: the TOML configuration and its layering; [`imds`]: the IMDSv2 client;
-//! - [`http`]: HTTP/1.1 requests and responses (IMDS, AWS); [`ntp`]: the SNTP client and the
-//!   clock step;
+//! - [`http`]: HTTP/1.1 requests and responses (IMDS, AWS); [`https`]: the TLS client for AWS
+//!   calls; [`dns`]: the stub resolver that asks the lease's DNS server; [`ntp`]: the SNTP
+//!   client and the clock step;
 //! - [`sysctl`]: the kernel settings, planned then written and read back;
 //! - [`ethtool`]: a device's driver statistics (ENA's allowance counters);
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
