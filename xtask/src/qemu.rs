@@ -305,7 +305,10 @@ fn nic_args(nics: &[Nic]) -> Vec<String> {
             "-netdev".to_string(),
             netdev,
             "-device".to_string(),
-            format!("virtio-net-pci,netdev=n{i},{bus},mac={}", nic.mac),
+            // No option ROM: the firmware has its own virtio-net driver and nothing netboots,
+            // and QEMU refuses to start when the ROM file (package ipxe-qemu, only a
+            // recommendation of qemu-system-arm) is missing.
+            format!("virtio-net-pci,netdev=n{i},{bus},mac={},romfile=", nic.mac),
         ]);
     }
     if !any {
@@ -650,7 +653,7 @@ mod tests {
         let s = a.join(" ");
         assert!(s.starts_with("-M virt -cpu"), "{s}");
         assert!(s.contains("pcie-root-port,id=rp5,slot=5"));
-        assert!(s.contains("virtio-net-pci,netdev=n0,bus=rp5,mac=52:54:00:12:34:56"));
+        assert!(s.contains("virtio-net-pci,netdev=n0,bus=rp5,mac=52:54:00:12:34:56,romfile="));
         assert!(s.contains("tap,id=n0,ifname=tap0,script=no,downscript=no"));
         assert!(s.contains("nvme,drive=d0"));
         assert!(s.contains("snapshot=on,file=/x/disk.raw"));
@@ -691,11 +694,11 @@ mod tests {
         assert!(serial < s.find("nvme,drive=d0").unwrap());
         for want in [
             "pcie-root-port,id=rp5,slot=5,chassis=1",
-            "virtio-net-pci,netdev=n0,bus=rp5,mac=02:00:00:00:00:05",
+            "virtio-net-pci,netdev=n0,bus=rp5,mac=02:00:00:00:00:05,romfile=",
             "pcie-root-port,id=rp6,slot=6,chassis=1",
             "tap,id=n1,ifname=t6,",
-            "virtio-net-pci,netdev=n1,bus=rp6,mac=02:00:00:00:00:06",
-            "virtio-net-pci,netdev=n2,bus=pcie.0,addr=0x5,mac=02:00:00:00:00:01",
+            "virtio-net-pci,netdev=n1,bus=rp6,mac=02:00:00:00:00:06,romfile=",
+            "virtio-net-pci,netdev=n2,bus=pcie.0,addr=0x5,mac=02:00:00:00:00:01,romfile=",
         ] {
             assert!(s.contains(want), "{want} not in {s}");
         }
