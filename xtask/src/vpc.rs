@@ -108,6 +108,8 @@ pub struct ImdsState {
     pub credentials: Option<aws::Credentials>,
     /// The primary ENI's `interface-id` and `local-ipv4s` (one per line), when set.
     pub interface_id: Option<String>,
+    /// The primary ENI's `vpc-id`, when set.
+    pub vpc_id: Option<String>,
     pub local_ipv4s: Option<String>,
 }
 
@@ -241,6 +243,7 @@ impl Vpc {
             role: None,
             credentials: None,
             interface_id: None,
+            vpc_id: None,
             local_ipv4s: None,
         }));
         let ntp_served = Arc::new(AtomicU64::new(0));
@@ -319,6 +322,7 @@ impl Vpc {
             let mut g = self.imds_state()?;
             g.instance_id = nat.instance_id;
             g.interface_id = Some(nat.eni_id);
+            g.vpc_id = Some(double.seed().vpc_id.clone());
             g.role = Some(double.seed().role_name.clone());
             g.credentials = Some(creds);
         }
@@ -650,6 +654,7 @@ struct Identity {
     role: Option<String>,
     credentials: Option<aws::Credentials>,
     interface_id: Option<String>,
+    vpc_id: Option<String>,
     local_ipv4s: Option<String>,
 }
 
@@ -678,6 +683,7 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
                 role: g.role.clone(),
                 credentials: g.credentials.clone(),
                 interface_id: g.interface_id.clone(),
+                vpc_id: g.vpc_id.clone(),
                 local_ipv4s: g.local_ipv4s.clone(),
             },
         )
@@ -718,6 +724,10 @@ fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
                 None => ("404 Not Found", String::new()),
             }
         }
+        ("GET", p) if p.strip_prefix(&mac_prefix) == Some("vpc-id") => match &ids.vpc_id {
+            Some(v) => ("200 OK", v.clone()),
+            None => ("404 Not Found", String::new()),
+        },
         ("GET", p) if p.strip_prefix(&mac_prefix) == Some("local-ipv4s") => {
             match &ids.local_ipv4s {
                 Some(i) => ("200 OK", i.clone()),

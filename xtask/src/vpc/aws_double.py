@@ -97,6 +97,17 @@ def _associate(self, *args, **kwargs):
 
 eip_models.ElasticAddressBackend.associate_address = _associate
 
+# ... and so does DescribeAddresses' privateIpAddress (always the ENI's primary in moto), which
+# the appliance reads back after associating.
+_orig_eip_private = eip_models.ElasticAddress.private_ip_address
+
+
+def _eip_private(self):
+    return PRIVATE_OF_ASSOCIATION.get(self.association_id) or _orig_eip_private.fget(self)
+
+
+eip_models.ElasticAddress.private_ip_address = property(_eip_private)
+
 
 def ec2():
     return ec2_backends[ACCOUNT][REGION]
