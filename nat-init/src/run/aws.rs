@@ -166,7 +166,12 @@ fn reset_status(st: &mut AwsStatus, cfg: &AwsConfig) {
 #[derive(Debug)]
 enum CallError {
     /// The role lacks the permission (or IAM has not propagated it yet).
-    Denied { permission: String, message: String },
+    Denied {
+        permission: String,
+        /// The resource to name in the statement to add (an ARN, or `*`).
+        resource: String,
+        message: String,
+    },
     /// Anything else: the line says it all.
     Other(String),
 }
@@ -176,12 +181,13 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::Denied {
                 permission,
+                resource,
                 message,
             } => write!(
                 f,
                 "denied: the instance role lacks {permission} ({message}); add to its policy: {}; \
                  retrying (a new role or policy can take minutes to reach EC2)",
-                iam::permission_statement(permission, "")
+                iam::permission_statement(permission, resource)
                     .split_whitespace()
                     .collect::<Vec<_>>()
                     .join(" ")
@@ -667,8 +673,25 @@ impl Worker {
                             }
                         }
                         ec2::ErrorClass::Denied => {
+                            // The call's own resource: its table, ENI or allocation.
+                            let id = call
+                                .params
+                                .iter()
+                                .find(|(k, _)| {
+                                    matches!(
+                                        k.as_str(),
+                                        "RouteTableId" | "AllocationId" | "NetworkInterfaceId"
+                                    )
+                                })
+                                .map(|(_, v)| v.as_str());
                             return Err(CallError::Denied {
                                 permission: call.action.permission(),
+                                resource: iam::resource_hint(
+                                    call.action,
+                                    id,
+                                    self.session.as_ref().map(|s| s.region.as_str()),
+                                    None,
+                                ),
                                 message: format!("{code}: {message}"),
                             });
                         }
@@ -771,6 +794,7 @@ impl Worker {
                 "aws assigned {} secondary address(es) to {eni}: {}",
                 n,
                 got.iter()
+                    .filter(|a| **a != nic_primary)
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(",")

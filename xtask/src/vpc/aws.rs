@@ -86,6 +86,21 @@ pub struct SeededInstance {
 }
 
 impl Seed {
+    /// The NAT's user-data that asks for the whole AWS part: its check off, the private route
+    /// table, both Elastic IPs; re-checks every 10 s and health lines every 5 s, for tests.
+    pub fn nat_user_data(&self) -> String {
+        let eips: Vec<String> = self
+            .allocation_ids
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect();
+        format!(
+            "# nat-init user-data: the whole AWS part\nhealth_interval = 5\ndisable_source_dest_check = true\nroute_tables = [{:?}]\nelastic_ips = [{}]\naws_check_interval = 10\n",
+            self.private_route_table_id,
+            eips.join(", ")
+        )
+    }
+
     /// The allocation id of [`ELASTIC_IPS`]`[i]`.
     pub fn allocation(&self, i: usize) -> Result<&str> {
         self.allocation_ids
