@@ -7,6 +7,7 @@
 //! Benchmarks are not tests: `cargo xtask test` runs only their smoke test (see `smoke`), which
 //! checks that every figure comes out, not what it is.
 
+mod aws;
 mod boot;
 mod build;
 mod capacity;
@@ -47,16 +48,19 @@ pub enum Part {
     Memory,
     Capacity,
     Throughput,
+    /// The AWS side: ready to the private subnet online through the API, and RSS.
+    Aws,
 }
 
 impl Part {
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::Sizes,
         Part::Build,
         Part::Boot,
         Part::Memory,
         Part::Capacity,
         Part::Throughput,
+        Part::Aws,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -67,8 +71,9 @@ impl Part {
             "memory" => Self::Memory,
             "capacity" => Self::Capacity,
             "throughput" => Self::Throughput,
+            "aws" => Self::Aws,
             _ => bail!(
-                "{s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput"
+                "{s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput, aws"
             ),
         })
     }
@@ -81,6 +86,7 @@ impl Part {
             Self::Memory => "memory",
             Self::Capacity => "capacity",
             Self::Throughput => "throughput",
+            Self::Aws => "aws",
         }
     }
 }
@@ -118,9 +124,15 @@ impl Options {
 /// Runs the selected measurements and writes the report; returns report.json's value.
 pub fn run(root: &Path, opts: &Options) -> Result<Value> {
     hostdeps::ensure(hostdeps::QEMU)?;
-    let needs_vpc = [Part::Boot, Part::Memory, Part::Capacity, Part::Throughput]
-        .iter()
-        .any(|p| opts.wants(*p));
+    let needs_vpc = [
+        Part::Boot,
+        Part::Memory,
+        Part::Capacity,
+        Part::Throughput,
+        Part::Aws,
+    ]
+    .iter()
+    .any(|p| opts.wants(*p));
     if needs_vpc {
         hostdeps::ensure(hostdeps::NET)?;
     }
@@ -189,6 +201,10 @@ pub fn run(root: &Path, opts: &Options) -> Result<Value> {
             for (k, v) in s {
                 report.insert(k, v);
             }
+        }
+        if opts.wants(Part::Aws) {
+            say("bench: the AWS side");
+            report.insert("aws".into(), aws::aws(root, &imgs.ours_test, opts)?);
         }
     }
     report.insert(

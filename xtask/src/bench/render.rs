@@ -199,6 +199,36 @@ pub fn markdown(r: &Value) -> String {
         );
     }
 
+    if let Some(a) = r.get("aws") {
+        let _ = writeln!(s, "\n## The AWS side (on the emulated VPC's AWS double)\n");
+        let _ = writeln!(s, "| figure | median (min–max, n) |\n|---|---|");
+        for (what, v) in [
+            ("ready → aws ready, guest ms", &a["api_ms"]),
+            (
+                "ready → private client's first echo, host ms",
+                &a["online_ms"],
+            ),
+            ("nat-init RSS kB, AWS side on", &a["rss_kb"]["aws_on"]),
+            ("nat-init RSS kB, AWS side off", &a["rss_kb"]["aws_off"]),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {what} | {} ({}–{}, {}) |",
+                num(&v["median"]),
+                num(&v["min"]),
+                num(&v["max"]),
+                num(&v["n"])
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nRSS on/off: {}. Goal: nat-init under 8 MB with the AWS side on: **{}**.\n\nMethod: {}",
+            ratio(&a["ratio_rss_on_off"]),
+            goal(&a["goal"]["met"]),
+            num(&a["method"])
+        );
+    }
+
     if let Some(mem) = r.get("memory") {
         let _ = writeln!(s, "\n## 3. Memory after ready (512 MiB guest)\n");
         let _ = writeln!(

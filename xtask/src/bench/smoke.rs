@@ -12,13 +12,14 @@ use crate::report::Report;
 const RUNS: &str = "bench-quick-runs-and-writes-its-report";
 const SIZES_AND_BUILD: &str = "bench-quick-has-sizes-and-build-speed";
 const BOOTS: &str = "bench-quick-boots-both-to-ready";
-pub const CHECKS: &[&str] = &[RUNS, SIZES_AND_BUILD, BOOTS];
+const AWS: &str = "bench-quick-aws-side-online-and-rss";
+pub const CHECKS: &[&str] = &[RUNS, SIZES_AND_BUILD, BOOTS, AWS];
 
 /// The bench in its quickest form (sizes, warm build, one direct boot of each image), checking
 /// that every figure came out. Part of the default test run: it keeps the bench working.
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     let mut opts = Options::new(root, true);
-    opts.parts = vec![Part::Sizes, Part::Build, Part::Boot];
+    opts.parts = vec![Part::Sizes, Part::Build, Part::Boot, Part::Aws];
     opts.out = crate::target_dir(root).join("bench-smoke");
     let mut result = None;
     report.check(RUNS, || {
@@ -58,6 +59,17 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
             .is_none()
         {
             bail!("no ratio");
+        }
+        Ok(())
+    });
+    report.check_after(RUNS, AWS, || {
+        for k in ["api_ms", "online_ms"] {
+            if r["aws"][k]["median"].as_f64().is_none_or(|t| t <= 0.0) {
+                bail!("no {k}: {}", r["aws"]);
+            }
+        }
+        if r["aws"]["ratio_rss_on_off"].as_f64().is_none() {
+            bail!("no RSS ratio: {}", r["aws"]);
         }
         Ok(())
     });
