@@ -195,33 +195,8 @@ fn request_once(
 /// Reads the token, then the MAC, the VPC CIDR blocks, the instance id and the user-data.
 /// The whole exchange is bounded by `ep.budget`.
 pub fn fetch(ep: &Endpoint) -> Result<ImdsData, ImdsError> {
-    let deadline = Instant::now() + ep.budget;
-    let host = ep.addr.ip().to_string();
-    let ttl = TOKEN_TTL_S.to_string();
-    let put = build_request(
-        "PUT",
-        "/latest/api/token",
-        &host,
-        &[("X-aws-ec2-metadata-token-ttl-seconds", &ttl)],
-    );
-    let r = request(ep, deadline, "token", &put)?;
-    let token = ok_text("token", r)?;
-    let token = token.trim();
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ImdsError::Content {
-            what: "token".to_string(),
-            detail: "empty or not printable".to_string(),
-        });
-    }
-    let get = |what: &str, path: &str| -> Result<Response, ImdsError> {
-        let raw = build_request(
-            "GET",
-            &format!("/latest/{path}"),
-            &host,
-            &[("X-aws-ec2-metadata-token", token)],
-        );
-        request(ep, deadline, what, &raw)
-    };
+    let s = Session::open(ep, ep.budget)?;
+    let get = |what: &str, path: &str| s.get(what, path);
 
     let mac_text = ok_text("mac", get("mac", "meta-data/mac")?)?;
     let mac = parse_mac(&mac_text).ok_or_else(|| ImdsError::Content {
