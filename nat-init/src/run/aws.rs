@@ -781,31 +781,41 @@ impl Worker {
             .find(|p| p.primary)
             .map_or(primary, |p| p.address);
         let plan = awsplan::eip_plan(&cfg.elastic_ips, nic_primary, &secondary(&nic));
+        // A failed assignment (the instance type's address limit, say) leaves the Elastic IPs
+        // that have an address to be associated all the same.
+        let mut first_error = None;
         if plan.assign > 0 {
             let n = u32::try_from(plan.assign).unwrap_or(u32::MAX);
-            let body = self.call(&ec2::assign_private_ip_addresses(
-                &eni,
-                &ec2::SecondaryIps::Count(n),
-                false,
-            ))?;
-            let got = ec2::parse_assign_private_ip_addresses(&body)
-                .map_err(|e| CallError::Other(format!("AssignPrivateIpAddresses: {e}")))?;
-            info(format_args!(
-                "aws assigned {} secondary address(es) to {eni}: {}",
-                n,
-                got.iter()
-                    .filter(|a| **a != nic_primary)
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
-            nic = self.describe_eni()?;
+            let assigned = self
+                .call(&ec2::assign_private_ip_addresses(
+                    &eni,
+                    &ec2::SecondaryIps::Count(n),
+                    false,
+                ))
+                .and_then(|body| {
+                    ec2::parse_assign_private_ip_addresses(&body)
+                        .map_err(|e| CallError::Other(format!("AssignPrivateIpAddresses: {e}")))
+                });
+            match assigned {
+                Ok(got) => {
+                    info(format_args!(
+                        "aws assigned {} secondary address(es) to {eni}: {}",
+                        n,
+                        got.iter()
+                            .filter(|a| **a != nic_primary)
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ));
+                    nic = self.describe_eni()?;
+                }
+                Err(e) => first_error = Some(e),
+            }
         }
         let plan = awsplan::eip_plan(&cfg.elastic_ips, nic_primary, &secondary(&nic));
         let body = self.call(&ec2::describe_addresses(&cfg.elastic_ips))?;
         let mut addrs = ec2::parse_describe_addresses(&body)
             .map_err(|e| CallError::Other(format!("DescribeAddresses: {e}")))?;
-        let mut first_error = None;
         for (alloc, private) in &plan.pairs {
             let ours = |list: &[ec2::Address]| {
                 list.iter()
