@@ -371,9 +371,16 @@ fn ebs_direct_upload_and_register_against_moto() {
         stdout.contains(&format!("--image-id {ami} --instance-type t4g.nano")),
         "{stdout}"
     );
-    assert!(stdout.contains("--no-source-dest-check"), "{stdout}");
-    assert!(stdout.contains("aws ec2 create-route"), "{stdout}");
-    assert!(stdout.contains("aws ec2 replace-route"), "{stdout}");
+    // The appliance does its AWS part itself: the launch gives it a role and user-data.
+    assert!(
+        stdout.contains("--iam-instance-profile \"Name=$NAT_PROFILE\" --user-data file://nat.toml"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--iam-policy --user-data nat.toml"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("aws ec2 create-route"), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         stderr.contains(&format!("upload: {n}/{n} blocks", n = NONZERO.len())),
