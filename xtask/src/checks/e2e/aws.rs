@@ -86,6 +86,20 @@ fn udp_flows(ns: &str, n: usize) -> Result<usize> {
     })?
 }
 
+/// Points `table`'s `0.0.0.0/0` at `eni` through the API, as an operator (or a peer) would.
+fn point_route(vpc: &Vpc, table: &str, eni: &str) -> Result<()> {
+    vpc.aws()?.call(
+        "ec2",
+        "replace_route",
+        json!({
+            "RouteTableId": table,
+            "DestinationCidrBlock": "0.0.0.0/0",
+            "NetworkInterfaceId": eni,
+        }),
+    )?;
+    Ok(())
+}
+
 /// How many UDP datagrams and HTTP connections the internet's servers have seen so far.
 fn counts(vpc: &Vpc) -> Result<(usize, usize)> {
     let s = vpc.seen()?;
@@ -268,15 +282,7 @@ pub fn run(disk: &Path, root: &Path, vpc: &mut Vpc, report: &mut Report) {
         let seed = vpc.aws()?.seed().clone();
         let fwd = seed.instance("fwd")?;
         let mark = v.line_count();
-        vpc.aws()?.call(
-            "ec2",
-            "replace_route",
-            json!({
-                "RouteTableId": seed.private_route_table_id,
-                "DestinationCidrBlock": "0.0.0.0/0",
-                "NetworkInterfaceId": fwd.eni_id,
-            }),
-        )?;
+        point_route(vpc, &seed.private_route_table_id, &fwd.eni_id)?;
         let (_, moved) = v.wait_for_from(
             mark,
             &format!(
@@ -300,14 +306,10 @@ pub fn run(disk: &Path, root: &Path, vpc: &mut Vpc, report: &mut Report) {
             bail!("the table was taken back though reclaim_routes is off");
         }
         // Put it back for what follows.
-        vpc.aws()?.call(
-            "ec2",
-            "replace_route",
-            json!({
-                "RouteTableId": seed.private_route_table_id,
-                "DestinationCidrBlock": "0.0.0.0/0",
-                "NetworkInterfaceId": seed.instance("nat")?.eni_id,
-            }),
+        point_route(
+            vpc,
+            &seed.private_route_table_id,
+            &seed.instance("nat")?.eni_id,
         )?;
         Ok(())
     });
