@@ -10,7 +10,7 @@
 //! chain's last name are taken.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -204,26 +204,10 @@ fn ask(
     sock.send(&query).map_err(|e| io("send", e))?;
     let mut buf = vec![0u8; MAX_UDP];
     loop {
-        let left: Duration = until
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
+        // An ICMP port unreachable from an earlier datagram is an error: nothing listens there.
+        let n = crate::udp::recv_before(&sock, &mut buf, until)
+            .map_err(|e| io("receive", e))?
             .ok_or_else(timeout)?;
-        sock.set_read_timeout(Some(left))
-            .map_err(|e| io("set timeout", e))?;
-        let n = match sock.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(timeout());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // ICMP port unreachable from an earlier datagram: nothing listens there.
-            Err(e) => return Err(io("receive", e)),
-        };
         let Some(outcome) = decode_answer(&buf[..n], id, name) else {
             continue;
         };

@@ -14,7 +14,7 @@
 //! - [`config`]: the TOML configuration and its layering; [`imds`]: the IMDSv2 client;
 //! - [`http`]: HTTP/1.1 requests and responses (IMDS, AWS); [`https`]: the TLS client for AWS
 //!   calls; [`dns`]: the stub resolver that asks the lease's DNS server; [`ntp`]: the SNTP
-//!   client and the clock step;
+//!   client and the clock step; [`udp`]: a receive bounded by a deadline, for both;
 //! - [`sysctl`]: the kernel settings, planned then written and read back;
 //! - [`ethtool`]: a device's driver statistics (ENA's allowance counters);
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
@@ -41,3 +41,4 @@ pub mod ntp;
 pub mod plan;
 pub mod report;
 pub mod sysctl;
+pub mod udp;

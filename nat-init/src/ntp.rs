@@ -193,25 +193,9 @@ pub fn query(
         .map_err(|e| io("send", e))?;
     let mut buf = [0u8; 512];
     loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
+        let n = crate::udp::recv_before(&sock, &mut buf, deadline)
+            .map_err(|e| io("receive", e))?
             .ok_or(NtpError::Timeout { server })?;
-        sock.set_read_timeout(Some(left))
-            .map_err(|e| io("set timeout", e))?;
-        let n = match sock.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(NtpError::Timeout { server });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io("receive", e)),
-        };
         let round_trip = sent_mono.elapsed();
         let Some(reply) = parse_reply(&buf[..n]) else {
             continue;

@@ -4,6 +4,7 @@ use super::*;
 use hickory_proto::rr::Record;
 use hickory_proto::rr::rdata::{A, CNAME};
 use std::sync::mpsc;
+use std::time::Duration;
 
 /// Ids handed out in order, so a test knows the next one.
 struct Ids(Vec<u32>);
