@@ -148,7 +148,32 @@ pub struct AwsConfig {
     pub ntp: bool,
     /// `ntp_server` (default `169.254.169.123`, the Amazon Time Sync Service).
     pub ntp_server: std::net::Ipv4Addr,
+    /// Failover between peers: on when `failover_group` is set.
+    pub failover: Option<FailoverConfig>,
 }
+
+/// The failover keys (`failover_*`). A group's members are the running instances tagged
+/// `nat:failover-group=<group>`; each owns the `route_tables` and `elastic_ips` of its own
+/// configuration and takes over a failed peer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// `failover_group`: 1 to 64 of `A-Za-z0-9._-`.
+    pub group: String,
+    /// `failover_timeout_ms` (default 1000, 300..=10000): a peer heard on neither path for
+    /// this long has failed.
+    pub timeout_ms: u32,
+    /// `failover_hold` (default 60 s, 0..=3600): how long an owner must have been healthy
+    /// before it takes its route tables and addresses back from the peer holding them.
+    pub hold_secs: u32,
+    /// `failover_probes` (default: the EC2 endpoint, port 443): `"a.b.c.d:port"` TCP targets
+    /// that tell whether this instance's internet path works (up to 8).
+    pub probes: Vec<std::net::SocketAddrV4>,
+}
+
+/// The tag whose value names a failover group.
+pub const FAILOVER_TAG: &str = "nat:failover-group";
+/// Most probe targets.
+pub const MAX_PROBES: usize = 8;
 
 impl Default for AwsConfig {
     fn default() -> Self {
@@ -164,6 +189,7 @@ impl Default for AwsConfig {
             check_interval: 60,
             ntp: true,
             ntp_server: std::net::Ipv4Addr::new(169, 254, 169, 123),
+            failover: None,
         }
     }
 }
@@ -175,6 +201,7 @@ impl AwsConfig {
             || !self.route_tables.is_empty()
             || self.route_table_tag.is_some()
             || !self.elastic_ips.is_empty()
+            || self.failover.is_some()
     }
 }
 
@@ -277,6 +304,10 @@ struct RawConfig {
     aws_check_interval: Option<u32>,
     ntp: Option<bool>,
     ntp_server: Option<String>,
+    failover_group: Option<String>,
+    failover_timeout_ms: Option<u32>,
+    failover_hold: Option<u32>,
+    failover_probes: Option<Vec<toml::Spanned<String>>>,
 }
 
 impl RawConfig {
@@ -321,6 +352,10 @@ impl RawConfig {
             aws_check_interval: over.aws_check_interval.or(self.aws_check_interval),
             ntp: over.ntp.or(self.ntp),
             ntp_server: over.ntp_server.or(self.ntp_server),
+            failover_group: over.failover_group.or(self.failover_group),
+            failover_timeout_ms: over.failover_timeout_ms.or(self.failover_timeout_ms),
+            failover_hold: over.failover_hold.or(self.failover_hold),
+            failover_probes: over.failover_probes.or(self.failover_probes),
         }
     }
 
@@ -394,6 +429,15 @@ impl RawConfig {
                 .as_deref()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(d.ntp_server),
+            failover: self.failover_group.as_ref().map(|group| FailoverConfig {
+                group: group.clone(),
+                timeout_ms: self.failover_timeout_ms.unwrap_or(1000),
+                hold_secs: self.failover_hold.unwrap_or(60),
+                probes: texts(&self.failover_probes)
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect(),
+            }),
         }
     }
 }
@@ -708,7 +752,63 @@ fn validate_aws(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> 
         raw.aws_check_interval.map(u64::from),
         10,
         3600,
-    )
+    )?;
+    validate_failover(raw, doc)
+}
+
+fn validate_failover(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    if let Some(g) = &raw.failover_group {
+        let ok = (1..=64).contains(&g.len())
+            && g.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(doc.key_error(
+                "failover_group",
+                format!("{g:?} is not 1 to 64 of A-Z a-z 0-9 . _ -"),
+            ));
+        }
+    } else {
+        let stray = [
+            ("failover_timeout_ms", raw.failover_timeout_ms.is_some()),
+            ("failover_hold", raw.failover_hold.is_some()),
+            ("failover_probes", raw.failover_probes.is_some()),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(doc.key_error(key, format!("{key} needs failover_group")));
+        }
+    }
+    check_range(
+        doc,
+        "failover_timeout_ms",
+        raw.failover_timeout_ms.map(u64::from),
+        300,
+        10_000,
+    )?;
+    check_range(
+        doc,
+        "failover_hold",
+        raw.failover_hold.map(u64::from),
+        0,
+        3600,
+    )?;
+    if let Some(probes) = &raw.failover_probes {
+        if probes.len() > MAX_PROBES {
+            return Err(doc.key_error(
+                "failover_probes",
+                format!("{} targets: at most {MAX_PROBES}", probes.len()),
+            ));
+        }
+        for p in probes {
+            if p.get_ref().parse::<std::net::SocketAddrV4>().is_err() {
+                return Err(doc.error(
+                    Some(p.span()),
+                    Some("failover_probes"),
+                    format!("{:?} is not \"a.b.c.d:port\"", p.get_ref()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The result of layering user-data over the baked file: always a usable configuration, plus
@@ -919,6 +1019,7 @@ ntp_server = "10.0.0.2"
                 check_interval: 30,
                 ntp: false,
                 ntp_server: "10.0.0.2".parse().unwrap(),
+                failover: None,
             }
         );
         assert!(c.aws.uses_ec2());
@@ -952,6 +1053,56 @@ ntp_server = "10.0.0.2"
         }
         let e = Config::from_toml("aws_ca_file = \"ca.pem\"\n", "baked").unwrap_err();
         assert!(e.message.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn failover_keys_parse_with_defaults() {
+        let c = Config::from_toml("failover_group = \"prod-nat.a\"\n", "user-data").unwrap();
+        assert_eq!(
+            c.aws.failover,
+            Some(FailoverConfig {
+                group: "prod-nat.a".into(),
+                timeout_ms: 1000,
+                hold_secs: 60,
+                probes: Vec::new(),
+            })
+        );
+        assert!(c.aws.uses_ec2());
+        let c = Config::from_toml(
+            "failover_group = \"g\"\nfailover_timeout_ms = 500\nfailover_hold = 0\nfailover_probes = [\"203.0.113.10:80\"]\n",
+            "user-data",
+        )
+        .unwrap();
+        let f = c.aws.failover.unwrap();
+        assert_eq!((f.timeout_ms, f.hold_secs), (500, 0));
+        assert_eq!(f.probes, ["203.0.113.10:80".parse().unwrap()]);
+    }
+
+    #[test]
+    fn bad_failover_keys_name_the_key() {
+        for (text, key, says) in [
+            ("failover_group = \"a b\"\n", "failover_group", "A-Z"),
+            ("failover_group = \"\"\n", "failover_group", "A-Z"),
+            (
+                "failover_hold = 5\n",
+                "failover_hold",
+                "needs failover_group",
+            ),
+            (
+                "failover_group = \"g\"\nfailover_timeout_ms = 100\n",
+                "failover_timeout_ms",
+                "out of range",
+            ),
+            (
+                "failover_group = \"g\"\nfailover_probes = [\"1.2.3.4:80\", \"example:80\"]\n",
+                "failover_probes",
+                "a.b.c.d:port",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.message.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub enum Action {
     AssociateAddress,
     DescribeAddresses,
     AssignPrivateIpAddresses,
+    DescribeInstances,
 }
 
 impl Action {
@@ -45,6 +46,7 @@ impl Action {
             Self::AssociateAddress => "AssociateAddress",
             Self::DescribeAddresses => "DescribeAddresses",
             Self::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
+            Self::DescribeInstances => "DescribeInstances",
         }
     }
 
@@ -167,6 +169,15 @@ pub fn describe_addresses(allocation_ids: &[String]) -> Call {
         .fold(Call::new(Action::DescribeAddresses), |c, (i, id)| {
             c.param(format!("AllocationId.{}", i + 1), id)
         })
+}
+
+/// The running instances that carry the tag `key=value` (a failover group's members).
+pub fn describe_running_instances_by_tag(key: &str, value: &str) -> Call {
+    Call::new(Action::DescribeInstances)
+        .param("Filter.1.Name", format!("tag:{key}"))
+        .param("Filter.1.Value.1", value)
+        .param("Filter.2.Name", "instance-state-name")
+        .param("Filter.2.Value.1", "running")
 }
 
 /// Which secondary private addresses to ask for.
@@ -322,6 +333,20 @@ pub struct NetworkInterface {
     pub private_ips: Vec<PrivateIp>,
     /// The primary address's association, also given at the ENI's level.
     pub association: Option<Association>,
+}
+
+/// An instance as DescribeInstances gives it: what a failover peer needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    /// `instanceState/name`: `running`, `stopping`, ...
+    pub state: String,
+    pub private_ip: Option<Ipv4Addr>,
+    /// The primary address's public address (auto-assigned or an Elastic IP).
+    pub public_ip: Option<Ipv4Addr>,
+    /// The ENI at device index 0.
+    pub primary_eni: Option<String>,
+    pub subnet_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -557,6 +582,37 @@ pub fn parse_describe_addresses(body: &str) -> Result<Vec<Address>, ParseError> 
             private_ip: optional_ipv4(item, &at, "privateIpAddress")?,
             allocation_id,
         });
+    }
+    Ok(out)
+}
+
+/// DescribeInstances: every instance of every reservation.
+pub fn parse_describe_instances(body: &str) -> Result<Vec<Instance>, ParseError> {
+    let doc = document(body)?;
+    let root = response_root(&doc, Action::DescribeInstances)?;
+    let mut out = Vec::new();
+    for (r, reservation) in items(root, "reservationSet").enumerate() {
+        for (i, item) in items(reservation, "instancesSet").enumerate() {
+            let at = format!("reservationSet/item {}: instancesSet/item {}", r + 1, i + 1);
+            let id = required(item, &at, "instanceId")?;
+            let at = format!("instance {id}");
+            let state = child(item, "instanceState")
+                .and_then(|s| text(s, "name"))
+                .ok_or_else(|| missing(&at, "instanceState/name"))?
+                .to_string();
+            let primary_eni = items(item, "networkInterfaceSet")
+                .find(|n| child(*n, "attachment").and_then(|a| text(a, "deviceIndex")) == Some("0"))
+                .and_then(|n| text(n, "networkInterfaceId"))
+                .map(str::to_string);
+            out.push(Instance {
+                state,
+                private_ip: optional_ipv4(item, &at, "privateIpAddress")?,
+                public_ip: optional_ipv4(item, &at, "ipAddress")?,
+                primary_eni,
+                subnet_id: text(item, "subnetId").map(str::to_string),
+                id,
+            });
+        }
     }
     Ok(out)
 }

@@ -15,6 +15,9 @@
 //! - Elastic IPs: their `elastic-ip/eipalloc-...` ARNs, in a statement without the ENI's
 //!   condition (an Elastic IP carries no ENI tag); AssociateAddress is allowed only when both
 //!   statements allow their resource.
+//! - Failover: a member takes over route tables and Elastic IPs its own configuration does not
+//!   name (a peer's), so those statements cover `route-table/*` and `elastic-ip/*` carrying the
+//!   group's tag (`nat:failover-group`): tag the group's route tables and Elastic IPs with it.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +40,8 @@ pub struct PolicyInputs {
     pub eni_tag: Option<(String, String)>,
     /// The VPC id, to scope the ENI statement when there is no ENI tag.
     pub vpc_id: Option<String>,
+    /// The failover group (`failover_group`), when there is one.
+    pub failover_group: Option<String>,
     /// `*` in ARNs when unknown.
     pub region: Option<String>,
     pub account: Option<String>,
@@ -103,7 +108,8 @@ pub fn resource_hint(
         Action::AssociateAddress => "elastic-ip",
         Action::DescribeNetworkInterfaces
         | Action::DescribeRouteTables
-        | Action::DescribeAddresses => return "*".to_string(),
+        | Action::DescribeAddresses
+        | Action::DescribeInstances => return "*".to_string(),
     };
     match id {
         Some(id) => arn(kind, id, region, account),
@@ -113,9 +119,14 @@ pub fn resource_hint(
 
 /// The actions a configuration needs, in [`Action`]'s order.
 pub fn actions(inputs: &PolicyInputs) -> Vec<Action> {
-    let routes = !inputs.route_table_ids.is_empty() || !inputs.route_table_tags.is_empty();
-    let eips = !inputs.elastic_ip_allocation_ids.is_empty();
+    let failover = inputs.failover_group.is_some();
+    let routes =
+        failover || !inputs.route_table_ids.is_empty() || !inputs.route_table_tags.is_empty();
+    let eips = failover || !inputs.elastic_ip_allocation_ids.is_empty();
     let mut out = Vec::new();
+    if failover {
+        out.push(Action::DescribeInstances);
+    }
     if inputs.source_dest_check || eips {
         out.push(Action::DescribeNetworkInterfaces);
     }
@@ -132,7 +143,8 @@ pub fn actions(inputs: &PolicyInputs) -> Vec<Action> {
     if eips {
         out.extend([Action::DescribeAddresses, Action::AssociateAddress]);
     }
-    if inputs.elastic_ip_allocation_ids.len() > 1 {
+    // A failover member's Elastic IPs sit on secondary addresses, which move between peers.
+    if failover || inputs.elastic_ip_allocation_ids.len() > 1 {
         out.push(Action::AssignPrivateIpAddresses);
     }
     out.sort();
@@ -187,6 +199,26 @@ pub fn policy_json(inputs: &PolicyInputs) -> String {
         statements.push(s);
     }
 
+    if let Some(group) = &inputs.failover_group {
+        let tagged = |sid, actions: &[Action], kind| {
+            let mut s = Statement::allow(Some(sid), actions, vec![arn(kind, "*", region, account)]);
+            s.condition.insert(
+                "StringEquals",
+                BTreeMap::from([(
+                    format!("ec2:ResourceTag/{}", crate::config::FAILOVER_TAG),
+                    group.clone(),
+                )]),
+            );
+            s
+        };
+        statements.push(tagged("NatFailoverRoutes", &routes, "route-table"));
+        statements.push(tagged(
+            "NatFailoverElasticIps",
+            &[Action::AssociateAddress],
+            "elastic-ip",
+        ));
+    }
+
     let eni_actions: Vec<Action> = [
         Action::AssignPrivateIpAddresses,
         Action::AssociateAddress,
@@ -214,7 +246,7 @@ pub fn policy_json(inputs: &PolicyInputs) -> String {
         }
         statements.push(s);
     }
-    if has(Action::AssociateAddress) {
+    if has(Action::AssociateAddress) && !inputs.elastic_ip_allocation_ids.is_empty() {
         let eips = inputs
             .elastic_ip_allocation_ids
             .iter()
@@ -270,6 +302,7 @@ mod tests {
             elastic_ip_allocation_ids: vec!["eipalloc-1".into(), "eipalloc-2".into()],
             eni_tag: Some(("nat-eni".into(), "true".into())),
             vpc_id: Some("vpc-1".into()),
+            failover_group: None,
             region: Some("eu-west-1".into()),
             account: Some("111122223333".into()),
         }
@@ -399,6 +432,50 @@ mod tests {
 
         let nothing: Value = serde_json::from_str(&policy_json(&PolicyInputs::default())).unwrap();
         assert_eq!(nothing["Statement"], json!([]));
+    }
+
+    #[test]
+    fn failover_covers_the_group_tagged_tables_and_addresses() {
+        let member = PolicyInputs {
+            route_table_ids: vec!["rtb-0a".into()],
+            elastic_ip_allocation_ids: vec!["eipalloc-1".into()],
+            failover_group: Some("prod".into()),
+            ..PolicyInputs::default()
+        };
+        let p: Value = serde_json::from_str(&policy_json(&member)).unwrap();
+        assert_eq!(
+            all_actions(&p),
+            vec![
+                "ec2:AssignPrivateIpAddresses",
+                "ec2:AssociateAddress",
+                "ec2:CreateRoute",
+                "ec2:DescribeAddresses",
+                "ec2:DescribeInstances",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeRouteTables",
+                "ec2:ReplaceRoute"
+            ]
+        );
+        let by_sid = |sid: &str| {
+            p["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["Sid"] == sid)
+                .cloned()
+                .unwrap()
+        };
+        let tag = json!({"StringEquals": {"ec2:ResourceTag/nat:failover-group": "prod"}});
+        let routes = by_sid("NatFailoverRoutes");
+        assert_eq!(routes["Resource"], json!(["arn:aws:ec2:*:*:route-table/*"]));
+        assert_eq!(routes["Condition"], tag);
+        let eips = by_sid("NatFailoverElasticIps");
+        assert_eq!(eips["Resource"], json!(["arn:aws:ec2:*:*:elastic-ip/*"]));
+        assert_eq!(eips["Condition"], tag);
+        assert_eq!(
+            by_sid("NatRoutesById")["Resource"],
+            json!(["arn:aws:ec2:*:*:route-table/rtb-0a"])
+        );
     }
 
     #[test]

@@ -242,6 +242,7 @@ pub fn policy_inputs(cfg: &AwsConfig, args: &PolicyArgs) -> PolicyInputs {
         elastic_ip_allocation_ids: cfg.elastic_ips.clone(),
         eni_tag: args.eni_tag.clone(),
         vpc_id: args.vpc.clone(),
+        failover_group: cfg.failover.as_ref().map(|f| f.group.clone()),
         region: args.region.clone().or_else(|| cfg.region.clone()),
         account: args.account.clone(),
     }

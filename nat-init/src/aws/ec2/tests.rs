@@ -422,6 +422,48 @@ fn bad_network_interfaces() {
     assert_eq!(parse_describe_network_interfaces(&empty).unwrap(), vec![]);
 }
 
+/// moto's answer for one running instance with the group tag.
+const MOTO_INSTANCES: &str = r#"<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15"><reservationSet><item><reservationId>r-3dfb65270e526e065</reservationId><ownerId>123456789012</ownerId><groupSet/><instancesSet><item><architecture>x86_64</architecture><networkInterfaceSet><item><association/><attachment><attachTime>2026-12-03T21:09:58.000Z</attachTime><attachmentId>eni-attach-b00e7894dd218215b</attachmentId><deleteOnTermination>false</deleteOnTermination><deviceIndex>0</deviceIndex><status>attached</status><networkCardIndex>0</networkCardIndex></attachment><description>Primary network interface</description><macAddress>02:00:00:57:d2:da</macAddress><networkInterfaceId>eni-4ee647993c488a24d</networkInterfaceId><ownerId>123456789012</ownerId><privateIpAddress>10.0.0.10</privateIpAddress><privateIpAddressesSet><item><primary>true</primary><privateIpAddress>10.0.0.10</privateIpAddress></item></privateIpAddressesSet><sourceDestCheck>true</sourceDestCheck><status>in-use</status><subnetId>subnet-a1c2c3c88ed154395</subnetId><vpcId>vpc-8951d056a72f97176</vpcId><interfaceType>interface</interfaceType></item></networkInterfaceSet><rootDeviceName>/dev/sda1</rootDeviceName><tagSet><item><key>nat:failover-group</key><value>g</value></item></tagSet><instanceId>i-6157ceda84b788b77</instanceId><imageId>ami-12c6146b</imageId><instanceState><code>16</code><name>running</name></instanceState><privateDnsName>ip-10-0-0-10.ec2.internal</privateDnsName><subnetId>subnet-a1c2c3c88ed154395</subnetId><vpcId>vpc-8951d056a72f97176</vpcId><privateIpAddress>10.0.0.10</privateIpAddress></item></instancesSet></item></reservationSet><requestId>request-id</requestId></DescribeInstancesResponse>"#;
+
+#[test]
+fn instances() {
+    let call = describe_running_instances_by_tag("nat:failover-group", "g");
+    assert_eq!(
+        call.body(),
+        "Action=DescribeInstances&Version=2016-11-15&Filter.1.Name=tag%3Anat%3Afailover-group\
+         &Filter.1.Value.1=g&Filter.2.Name=instance-state-name&Filter.2.Value.1=running"
+    );
+    assert_eq!(
+        parse_describe_instances(MOTO_INSTANCES).unwrap(),
+        vec![Instance {
+            id: "i-6157ceda84b788b77".into(),
+            state: "running".into(),
+            private_ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
+            public_ip: None,
+            primary_eni: Some("eni-4ee647993c488a24d".into()),
+            subnet_id: Some("subnet-a1c2c3c88ed154395".into()),
+        }]
+    );
+    let public = MOTO_INSTANCES.replace(
+        "<privateDnsName>",
+        "<ipAddress>198.51.100.12</ipAddress><privateDnsName>",
+    );
+    assert_eq!(
+        parse_describe_instances(&public).unwrap()[0].public_ip,
+        Some(Ipv4Addr::new(198, 51, 100, 12))
+    );
+    let empty = aws("DescribeInstancesResponse", "<reservationSet/>");
+    assert_eq!(parse_describe_instances(&empty).unwrap(), vec![]);
+    let stateless = MOTO_INSTANCES.replace("<name>running</name>", "");
+    assert_eq!(
+        parse_describe_instances(&stateless).unwrap_err(),
+        ParseError::Missing {
+            at: "instance i-6157ceda84b788b77".into(),
+            field: "instanceState/name"
+        }
+    );
+}
+
 #[test]
 fn addresses() {
     let moto = parse_describe_addresses(MOTO_ADDRESSES).unwrap();
