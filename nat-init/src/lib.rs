@@ -17,6 +17,7 @@
 //!   client and the clock step; [`udp`]: a receive bounded by a deadline, for both;
 //! - [`sysctl`]: the kernel settings, planned then written and read back;
 //! - [`ethtool`]: a device's driver statistics (ENA's allowance counters);
+//! - [`failover`]: the heartbeat between a failover group's members and the takeover rules;
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
 //! - [`aws`]: the appliance's own AWS calls (SigV4, role credentials, EC2 Query API, IAM
 //!   policy), pure;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod dhcp;
 pub mod dns;
 pub mod ethtool;
+pub mod failover;
 pub mod http;
 pub mod https;
 pub mod imds;
