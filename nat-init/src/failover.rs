@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 /// The heartbeats' UDP port.
 pub const PORT: u16 = 7471;
+/// Connection replication's TCP port (`run::ctsync`).
+pub const CTSYNC_PORT: u16 = 7472;
 /// A heartbeat never exceeds this (one unfragmented datagram on any VPC path).
 pub const MAX_HEARTBEAT: usize = 1400;
 /// Heartbeats go out this often, on each path.
@@ -83,6 +85,8 @@ pub struct Heartbeat {
     pub health: Health,
     /// Its private (primary) address: where replicated connections come from.
     pub primary: Ipv4Addr,
+    /// Its primary address's public address: the hairpin path's destination.
+    pub public: Option<Ipv4Addr>,
     /// Its own configuration's route tables and Elastic IPs.
     pub owns: Vec<String>,
     pub owns_egress: Vec<String>,

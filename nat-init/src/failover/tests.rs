@@ -28,6 +28,7 @@ fn hb_a(seq: u64, via: Path, health: Health) -> Heartbeat {
         via,
         health,
         primary: Ipv4Addr::new(10, 0, 0, 10),
+        public: Some(Ipv4Addr::new(198, 51, 100, 10)),
         owns: vec!["rtb-a".into()],
         owns_egress: vec!["eipalloc-a".into()],
         holds: vec![held("rtb-a".into(), 1000)],

@@ -43,8 +43,8 @@ pub use model::{Chain, ChainType, Counters, Expr, Flowtable, Rule, Ruleset, Set}
 pub use policy::{
     FLOWTABLE, MasqueradePorts, PER_SOURCE_SET, PRIVATE_SET, RULE_FWD_DROP, RULE_FWD_ESTABLISHED,
     RULE_FWD_INVALID, RULE_FWD_MSS, RULE_FWD_NEW, RULE_FWD_OFFLOAD, RULE_FWD_PER_SOURCE,
-    RULE_IN_DHCP, RULE_IN_DROP, RULE_IN_ESTABLISHED, RULE_IN_ICMP, RULE_IN_ICMP_LIMIT,
-    RULE_IN_INVALID, RULE_IN_LO, RULE_MASQ, RULE_MASQ_TRAFFIC, RULE_RAW_DHCP, RULE_SNAT_PREFIX,
-    RulesetSpec, TABLE, build, snat_rule_name,
+    RULE_IN_CTSYNC, RULE_IN_DHCP, RULE_IN_DROP, RULE_IN_ESTABLISHED, RULE_IN_HEARTBEAT,
+    RULE_IN_ICMP, RULE_IN_ICMP_LIMIT, RULE_IN_INVALID, RULE_IN_LO, RULE_MASQ, RULE_MASQ_TRAFFIC,
+    RULE_RAW_DHCP, RULE_SNAT_PREFIX, RulesetSpec, TABLE, build, snat_rule_name,
 };
 pub use socket::{Nfnl, NftError, Result, apply, counters, flowtable_supported, read_back, verify};

@@ -33,6 +33,9 @@ pub struct RulesetSpec {
     /// one rule each; empty: masquerade to the interface's primary address. Duplicates count
     /// once.
     pub snat_addresses: Vec<Ipv4Addr>,
+    /// A failover group member's ports, accepted from anyone (the security group decides who):
+    /// the heartbeats' UDP port and connection replication's TCP port.
+    pub failover_ports: Option<(u16, u16)>,
 }
 
 /// How masquerade (or source NAT to several addresses) picks a flow's source port on the
@@ -106,6 +109,8 @@ pub const RULE_IN_INVALID: &str = "in_invalid";
 pub const RULE_IN_ICMP_LIMIT: &str = "in_icmp_over_limit";
 pub const RULE_IN_ICMP: &str = "in_icmp_echo";
 pub const RULE_IN_DHCP: &str = "in_dhcp";
+pub const RULE_IN_HEARTBEAT: &str = "in_failover_heartbeat";
+pub const RULE_IN_CTSYNC: &str = "in_failover_ctsync";
 pub const RULE_RAW_DHCP: &str = "raw_dhcp_notrack";
 pub const RULE_IN_DROP: &str = "in_drop";
 
@@ -465,7 +470,7 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             ],
         )],
     };
-    let input = vec![
+    let mut input = vec![
         rule(
             RULE_IN_LO,
             &[
@@ -512,6 +517,23 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
                 &[c.clone(), accept.clone()],
             ],
         ),
+    ];
+    if let Some((heartbeat, ctsync)) = spec.failover_ports {
+        for (name, proto, port) in [
+            (RULE_IN_HEARTBEAT, IPPROTO_UDP, heartbeat),
+            (RULE_IN_CTSYNC, IPPROTO_TCP, ctsync),
+        ] {
+            input.push(rule(
+                name,
+                &[
+                    &meta_cmp(META_L4PROTO, CMP_EQ, vec![proto]),
+                    &payload_cmp(BASE_TRANSPORT, 2, port.to_be_bytes().to_vec()),
+                    &[c.clone(), accept.clone()],
+                ],
+            ));
+        }
+    }
+    input.extend([
         // Untracked (see the raw chain). With a lease, from its server only: anything else
         // claiming to be a DHCP server falls to the final drop, counted there.
         rule(
@@ -526,7 +548,7 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             ],
         ),
         rule(RULE_IN_DROP, &[&[c, drop]]),
-    ];
+    ]);
 
     let mut sets = vec![Set {
         name: PRIVATE_SET.into(),
@@ -598,7 +620,34 @@ pub(super) mod tests {
             per_source_limit: 0,
             dhcp_server: None,
             snat_addresses: Vec::new(),
+            failover_ports: None,
         }
+    }
+
+    #[test]
+    fn failover_ports_are_accepted_before_the_final_drop() {
+        let plain = build(&spec(&["10.0.0.0/16"], false, false));
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.failover_ports = Some((7471, 7472));
+        let member = build(&sp);
+        let names = |r: &Ruleset| -> Vec<String> {
+            r.chains
+                .iter()
+                .find(|c| c.name == "input")
+                .unwrap()
+                .rules
+                .iter()
+                .map(|x| x.name.clone())
+                .collect()
+        };
+        assert!(!names(&plain).contains(&RULE_IN_HEARTBEAT.to_string()));
+        let n = names(&member);
+        let at = |name: &str| n.iter().position(|x| x == name).unwrap();
+        assert!(at(RULE_IN_HEARTBEAT) < at(RULE_IN_DROP));
+        assert!(at(RULE_IN_CTSYNC) < at(RULE_IN_DROP));
+        let text = member.to_string();
+        assert!(text.contains("udp dport 7471"), "{text}");
+        assert!(text.contains("tcp dport 7472"), "{text}");
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub enum ItemState {
     Done,
     /// Done once, found changed since (reported, not reclaimed).
     Drifted(String),
+    /// A failover peer holds it (this instance's own item): the named instance.
+    Lent(String),
 }
 
 impl ItemState {
@@ -175,6 +177,7 @@ impl ItemState {
             ItemState::Pending(_) => "pending",
             ItemState::Done => "ok",
             ItemState::Drifted(_) => "drifted",
+            ItemState::Lent(_) => "lent",
         }
     }
 }
@@ -220,12 +223,24 @@ impl AwsStatus {
         if !drifted.is_empty() {
             s.push_str(&format!(" aws_routes_elsewhere={}", drifted.join(",")));
         }
+        let lent: Vec<&str> = self
+            .routes
+            .iter()
+            .chain(&self.eips)
+            .filter(|(_, st)| matches!(st, ItemState::Lent(_)))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !lent.is_empty() {
+            s.push_str(&format!(" aws_lent={}", lent.join(",")));
+        }
         s
     }
 
     /// Everything configured is done.
     pub fn complete(&self) -> bool {
-        let done = |s: &ItemState| matches!(s, ItemState::Off | ItemState::Done);
+        // Lent to a peer is as done as this instance can make it until it takes it back.
+        let done =
+            |s: &ItemState| matches!(s, ItemState::Off | ItemState::Done | ItemState::Lent(_));
         done(&self.source_dest_check)
             && self.routes.iter().all(|(_, s)| done(s))
             && self.eips.iter().all(|(_, s)| done(s))
@@ -400,5 +415,12 @@ mod tests {
             "aws_clock=off aws_credentials=off aws_srcdst=ok aws_routes=1/2 aws_eips=0/1 aws_routes_elsewhere=rtb-2"
         );
         assert!(!st.complete());
+        st.routes[1].1 = ItemState::Lent("i-0b".into());
+        st.eips[0].1 = ItemState::Lent("i-0b".into());
+        assert_eq!(
+            st.fields(),
+            "aws_clock=off aws_credentials=off aws_srcdst=ok aws_routes=1/2 aws_eips=0/1 aws_lent=rtb-2,eipalloc-1"
+        );
+        assert!(st.complete(), "lent items wait for the peer, not for this instance");
     }
 }

@@ -30,6 +30,11 @@ pub fn ruleset_spec(
         per_source_limit: cfg.per_source_conntrack_limit,
         dhcp_server,
         snat_addresses: snat.to_vec(),
+        failover_ports: cfg
+            .aws
+            .failover
+            .as_ref()
+            .map(|_| (crate::failover::PORT, crate::failover::CTSYNC_PORT)),
     }
 }
 
@@ -75,6 +80,7 @@ mod tests {
                 per_source_limit: 32768,
                 dhcp_server: server,
                 snat_addresses: Vec::new(),
+                failover_ports: None,
             }
         );
         assert!(!ruleset_spec(&cfg, "ens5", &private, false, None, &[]).flowtable);

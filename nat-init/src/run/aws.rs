@@ -26,6 +26,9 @@ use nat_init::{dns, http, https, imds, ntp};
 
 use super::console::{error, info, now_ms};
 
+mod group;
+pub use group::{Command, Facts};
+
 /// How often the clock is checked once it has been found right.
 const NTP_PERIOD: Duration = Duration::from_secs(15 * 60);
 /// ... and while the time server does not answer.
@@ -66,12 +69,40 @@ pub enum Event {
     },
 }
 
-/// The main loop's end of the worker.
+/// What the worker's channel carries.
+enum Msg {
+    Inputs(Inputs),
+    /// From the failover thread: carried out before anything else.
+    Command(Command),
+}
+
+/// The main loop's end of the worker (and the failover thread's, through [`Aws::commander`]).
 pub struct Aws {
-    inputs: Sender<Inputs>,
+    inputs: Sender<Msg>,
     events: Receiver<Event>,
     status: Arc<Mutex<AwsStatus>>,
+    facts: Arc<Mutex<Facts>>,
     sent: Option<Inputs>,
+}
+
+/// Sends failover commands to the worker.
+#[derive(Clone)]
+pub struct Commander {
+    tx: Sender<Msg>,
+    facts: Arc<Mutex<Facts>>,
+}
+
+impl Commander {
+    pub fn send(&self, cmd: Command) {
+        if self.tx.send(Msg::Command(cmd)).is_err() {
+            error("failover", "the AWS thread is gone; the command is dropped");
+        }
+    }
+
+    /// What the worker knows of this member and its group.
+    pub fn facts(&self) -> Facts {
+        self.facts.lock().map(|f| f.clone()).unwrap_or_default()
+    }
 }
 
 impl Aws {
@@ -80,10 +111,12 @@ impl Aws {
         let (inputs, inputs_rx) = mpsc::channel();
         let (events_tx, events) = mpsc::channel();
         let status = Arc::new(Mutex::new(AwsStatus::default()));
+        let facts = Arc::new(Mutex::new(Facts::default()));
         let st = Arc::clone(&status);
+        let fx = Arc::clone(&facts);
         let spawned = std::thread::Builder::new()
             .name("aws".into())
-            .spawn(move || Worker::new(inputs_rx, events_tx, st).run());
+            .spawn(move || Worker::new(inputs_rx, events_tx, st, fx).run());
         if let Err(e) = spawned {
             error("aws", format_args!("cannot start the AWS thread: {e}"));
         }
@@ -91,7 +124,16 @@ impl Aws {
             inputs,
             events,
             status,
+            facts,
             sent: None,
+        }
+    }
+
+    /// The failover thread's handle on the worker.
+    pub fn commander(&self) -> Commander {
+        Commander {
+            tx: self.inputs.clone(),
+            facts: Arc::clone(&self.facts),
         }
     }
 
@@ -106,10 +148,10 @@ impl Aws {
         {
             reset_status(&mut st, &inputs.cfg);
         }
-        if self.inputs.send(inputs.clone()).is_err() {
+        if self.inputs.send(Msg::Inputs(inputs.clone())).is_err() {
             error("aws", "the AWS thread is gone; restarting it");
             *self = Aws::start();
-            let _ = self.inputs.send(inputs.clone());
+            let _ = self.inputs.send(Msg::Inputs(inputs.clone()));
         }
         self.sent = Some(inputs);
     }
@@ -214,9 +256,12 @@ struct Session {
 }
 
 struct Worker {
-    inputs_rx: Receiver<Inputs>,
+    inputs_rx: Receiver<Msg>,
     events: Sender<Event>,
     status: Arc<Mutex<AwsStatus>>,
+    facts: Arc<Mutex<Facts>>,
+    /// Failover commands not carried out yet (they wait for a session).
+    commands: Vec<Command>,
     inputs: Option<Inputs>,
     random: KernelRandom,
     next_ntp: Instant,
@@ -237,14 +282,17 @@ struct Worker {
 
 impl Worker {
     fn new(
-        inputs_rx: Receiver<Inputs>,
+        inputs_rx: Receiver<Msg>,
         events: Sender<Event>,
         status: Arc<Mutex<AwsStatus>>,
+        facts: Arc<Mutex<Facts>>,
     ) -> Worker {
         Worker {
             inputs_rx,
             events,
             status,
+            facts,
+            commands: Vec::new(),
             inputs: None,
             random: KernelRandom::new(),
             next_ntp: Instant::now(),
@@ -276,25 +324,31 @@ impl Worker {
             } else {
                 self.inputs_rx.recv_timeout(wait)
             };
+            let mut new_inputs = false;
             match got {
-                Ok(i) => {
-                    self.take_inputs(i);
-                    // Whatever else came meanwhile: only the latest counts.
+                Ok(m) => {
+                    new_inputs |= self.take(m);
+                    // Whatever else came meanwhile: only the latest inputs count.
                     loop {
                         match self.inputs_rx.try_recv() {
-                            Ok(i) => self.take_inputs(i),
+                            Ok(m) => new_inputs |= self.take(m),
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => return,
                         }
                     }
-                    next_pass = Instant::now();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            if new_inputs {
+                next_pass = Instant::now();
+            }
             let Some(inputs) = self.inputs.clone() else {
                 continue;
             };
+            if !self.commands.is_empty() {
+                self.run_commands(&inputs);
+            }
             if inputs.cfg.ntp && Instant::now() >= self.next_ntp {
                 self.check_clock(&inputs);
             }
@@ -323,6 +377,20 @@ impl Worker {
                 }
             };
             next_pass = Instant::now() + wait;
+        }
+    }
+
+    /// One message; whether it was new inputs.
+    fn take(&mut self, m: Msg) -> bool {
+        match m {
+            Msg::Inputs(i) => {
+                self.take_inputs(i);
+                true
+            }
+            Msg::Command(c) => {
+                self.commands.push(c);
+                false
+            }
         }
     }
 
@@ -414,6 +482,9 @@ impl Worker {
         self.ensure_session(inputs)?;
         self.ensure_credentials()?;
         let cfg = &inputs.cfg;
+        if let Some(group) = &cfg.failover {
+            return self.group_pass(cfg, group);
+        }
         let mut first_error: Option<CallError> = None;
         let mut note = |r: Result<(), CallError>| {
             if let Err(e) = r
@@ -434,6 +505,15 @@ impl Worker {
             let r = self.routes(cfg);
             note(r);
         }
+        self.say_complete();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// `aws ready ...` once everything configured is in place.
+    fn say_complete(&mut self) {
         let complete = self.status.lock().map(|s| s.complete()).unwrap_or(false);
         if complete && !self.complete_said {
             self.complete_said = true;
@@ -443,10 +523,6 @@ impl Worker {
                 now_ms(),
                 now_ms().saturating_sub(self.started_ms)
             ));
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 
