@@ -148,6 +148,7 @@ impl Topology {
             per_source_limit: 1000,
             dhcp_server: None,
             snat_addresses: Vec::new(),
+            failover_ports: None,
         }
     }
 }
@@ -883,6 +884,38 @@ fn unsolicited_traffic_is_dropped() {
     assert!(rule(&after, nft::RULE_IN_ICMP_LIMIT) > 0, "{after:?}");
     assert!(rule(&after, nft::RULE_IN_ICMP) >= 1, "{after:?}");
     assert!(after.dropped_packets > before.dropped_packets);
+}
+
+/// A failover member's table accepts heartbeats (UDP 7471) and connection replication (TCP
+/// 7472) from outside and nothing else new; without failover, neither.
+#[test]
+fn failover_ports_are_open_only_on_a_member() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    for member in [false, true] {
+        let mut sp = t.spec(false);
+        sp.failover_ports = member.then_some((7471, 7472));
+        let r = nft::build(&sp);
+        in_ns(&t.nat, || {
+            let mut s = Nfnl::open().unwrap();
+            nft::apply(&mut s, &r).unwrap();
+            nft::verify(&mut s, &r).unwrap();
+        });
+        let heartbeat = udp_echo_peer(&t.nat, sa(Ipv4Addr::UNSPECIFIED, 7471));
+        let other = udp_echo_peer(&t.nat, sa(Ipv4Addr::UNSPECIFIED, 7473));
+        let sync = tcp_echo_peer(&t.nat, sa(Ipv4Addr::UNSPECIFIED, 7472));
+        let hb = udp_ask(&t.server, sa(SERVER_IP, 40001), sa(NAT_WAN_IP, 7471));
+        assert_eq!(hb.is_some(), member, "heartbeat answered: member={member}");
+        assert!(udp_ask(&t.server, sa(SERVER_IP, 40002), sa(NAT_WAN_IP, 7473)).is_none());
+        assert_eq!(
+            tcp_ask(&t.server, sa(NAT_WAN_IP, 7472)).is_ok(),
+            member,
+            "replication port open: member={member}"
+        );
+        assert_eq!(heartbeat.join().unwrap().len(), usize::from(member));
+        assert!(other.join().unwrap().is_empty());
+        assert_eq!(sync.join().unwrap().len(), usize::from(member));
+    }
 }
 
 #[test]

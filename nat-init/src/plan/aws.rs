@@ -421,6 +421,9 @@ mod tests {
             st.fields(),
             "aws_clock=off aws_credentials=off aws_srcdst=ok aws_routes=1/2 aws_eips=0/1 aws_lent=rtb-2,eipalloc-1"
         );
-        assert!(st.complete(), "lent items wait for the peer, not for this instance");
+        assert!(
+            st.complete(),
+            "lent items wait for the peer, not for this instance"
+        );
     }
 }

@@ -71,7 +71,7 @@ pub enum Event {
 
 /// What the worker's channel carries.
 enum Msg {
-    Inputs(Inputs),
+    Inputs(Box<Inputs>),
     /// From the failover thread: carried out before anything else.
     Command(Command),
 }
@@ -148,10 +148,14 @@ impl Aws {
         {
             reset_status(&mut st, &inputs.cfg);
         }
-        if self.inputs.send(Msg::Inputs(inputs.clone())).is_err() {
+        if self
+            .inputs
+            .send(Msg::Inputs(Box::new(inputs.clone())))
+            .is_err()
+        {
             error("aws", "the AWS thread is gone; restarting it");
             *self = Aws::start();
-            let _ = self.inputs.send(Msg::Inputs(inputs.clone()));
+            let _ = self.inputs.send(Msg::Inputs(Box::new(inputs.clone())));
         }
         self.sent = Some(inputs);
     }
@@ -384,7 +388,7 @@ impl Worker {
     fn take(&mut self, m: Msg) -> bool {
         match m {
             Msg::Inputs(i) => {
-                self.take_inputs(i);
+                self.take_inputs(*i);
                 true
             }
             Msg::Command(c) => {

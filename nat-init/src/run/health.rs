@@ -101,7 +101,7 @@ impl Service {
             private: &self.private,
             elapsed_ms: now_ms(),
         };
-        say(format_args!("{ready} {}", self.aws.fields()));
+        say(format_args!("{ready} {}", self.side_fields()));
     }
 
     /// The health line (unless the table drifted) and drift checks: a drifted stage is redone
@@ -148,7 +148,7 @@ impl Service {
                             );
                             h.conntrack_stats = conntrack_stats;
                             h.ena = ena;
-                            say(format_args!("{h} {}", self.aws.fields()));
+                            say(format_args!("{h} {}", self.side_fields()));
                         }
                         Err(e) => error("nft", format_args!("reading counters: {e:#}")),
                     },

@@ -19,6 +19,7 @@ mod aws;
 mod config;
 mod console;
 mod dhcp;
+mod failover;
 mod health;
 mod lease;
 mod link;
@@ -68,6 +69,8 @@ pub struct Service {
     snat: Vec<std::net::Ipv4Addr>,
     /// The AWS side's thread.
     aws: aws::Aws,
+    /// The failover thread, once started (a group member, after the first `ready`).
+    failover: Option<failover::Failover>,
     stages: Stages,
     private: Vec<Ipv4Cidr>,
     private_from: RangesFrom,
@@ -128,6 +131,7 @@ impl Service {
             secondary: Vec::new(),
             snat: Vec::new(),
             aws: aws::Aws::start(),
+            failover: None,
             stages: Stages::new(),
             private: Vec::new(),
             private_from: RangesFrom::Defaults,
@@ -197,13 +201,31 @@ impl Service {
         if !self.stages.announced() {
             return;
         }
+        let primary = lease.addr;
         self.aws.update(aws::Inputs {
             cfg: self.cfg.aws.clone(),
             imds: self.cfg.imds,
             mac: report::mac_text(&self.iface.mac),
-            primary: lease.addr,
+            primary,
             dns: lease.dns.clone(),
         });
+        if let (None, Some(group)) = (&self.failover, &self.cfg.aws.failover) {
+            self.failover = Some(failover::Failover::start(
+                group.clone(),
+                self.aws.commander(),
+                primary,
+                Box::new(|_, _| "not replicated".to_string()),
+                Box::new(|_| {}),
+            ));
+        }
+    }
+
+    /// The `aws_*` and `failover*` fields of the `ready` and `health` lines.
+    fn side_fields(&self) -> String {
+        match &self.failover {
+            Some(f) => format!("{} {}", self.aws.fields(), f.fields()),
+            None => self.aws.fields(),
+        }
     }
 
     /// The AWS thread's news: new egress addresses put the secondary addresses on the

@@ -26,6 +26,9 @@ pub struct Facts {
     pub endpoint: Option<SocketAddr>,
     /// The group's running members, this one included.
     pub members: Vec<ec2::Instance>,
+    /// This member's own route tables (by id and by tag) and Elastic IPs.
+    pub owns: Vec<String>,
+    pub owns_egress: Vec<String>,
     /// Route tables and egress addresses pointed at this member, verified, since (unix ms).
     pub holds: Vec<Holding<String>>,
     pub holds_egress: Vec<Holding<Egress>>,
@@ -114,7 +117,11 @@ impl Worker {
             .find(|m| m.primary_eni.as_deref() == Some(eni.as_str()))
             .cloned();
         let before = self.facts().members;
-        if before.iter().map(|m| &m.id).ne(members.iter().map(|m| &m.id)) {
+        if before
+            .iter()
+            .map(|m| &m.id)
+            .ne(members.iter().map(|m| &m.id))
+        {
             info(format_args!(
                 "failover group {} members: {}",
                 group.group,
@@ -171,7 +178,8 @@ impl Worker {
 
     fn hold_egress(&self, e: &Egress) {
         self.with_facts(|f| {
-            f.holds_egress.retain(|h| h.item.alloc != e.alloc || h.item == *e);
+            f.holds_egress
+                .retain(|h| h.item.alloc != e.alloc || h.item == *e);
             if !f.holds_egress.iter().any(|h| h.item == *e) {
                 f.holds_egress.push(Holding {
                     item: e.clone(),
@@ -198,7 +206,11 @@ impl Worker {
     ) -> Result<Ipv4Addr, CallError> {
         let nic = self.describe_eni()?;
         if let Some(ip) = want {
-            if nic.private_ips.iter().any(|p| p.address == ip && !p.primary) {
+            if nic
+                .private_ips
+                .iter()
+                .any(|p| p.address == ip && !p.primary)
+            {
                 return Ok(ip);
             }
             let moved = self
@@ -248,7 +260,12 @@ impl Worker {
     }
 
     /// Associates `alloc` with `ip` on this ENI and reads it back.
-    fn associate_verified(&mut self, alloc: &str, eni: &str, ip: Ipv4Addr) -> Result<Ipv4Addr, CallError> {
+    fn associate_verified(
+        &mut self,
+        alloc: &str,
+        eni: &str,
+        ip: Ipv4Addr,
+    ) -> Result<Ipv4Addr, CallError> {
         let body = self.call(&ec2::associate_address(alloc, eni, Some(ip)))?;
         ec2::parse_associate_address(&body)
             .map_err(|e| CallError::Other(format!("AssociateAddress: {e}")))?;
@@ -256,7 +273,9 @@ impl Worker {
         let a = ec2::parse_describe_addresses(&body)
             .map_err(|e| CallError::Other(format!("DescribeAddresses: {e}")))?;
         match a.iter().find(|x| x.allocation_id == alloc) {
-            Some(x) if x.network_interface_id.as_deref() == Some(eni) && x.private_ip == Some(ip) => {
+            Some(x)
+                if x.network_interface_id.as_deref() == Some(eni) && x.private_ip == Some(ip) =>
+            {
                 Ok(x.public_ip)
             }
             _ => Err(CallError::Other(format!(
@@ -344,7 +363,8 @@ impl Worker {
                     // same address when that can move here (its connections may follow).
                     let want = ip.filter(|_| n.is_some());
                     let r = self.claim_address(&eni, want, &used).and_then(|ip| {
-                        self.associate_verified(alloc, &eni, ip).map(|public| (ip, public))
+                        self.associate_verified(alloc, &eni, ip)
+                            .map(|public| (ip, public))
                     });
                     match r {
                         Ok((ip, public)) => {
@@ -385,6 +405,10 @@ impl Worker {
             self.tables(cfg)?
         };
         let own: Vec<String> = tables.iter().map(|t| t.id.clone()).collect();
+        self.with_facts(|f| {
+            f.owns.clone_from(&own);
+            f.owns_egress.clone_from(&cfg.elastic_ips);
+        });
         let taken: Vec<String> = self
             .facts()
             .holds
