@@ -27,6 +27,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 const EGRESS_FAILED_AFTER_MS: u64 = 2000;
 /// The longest a stop waits for a peer to take over.
 pub const HANDOVER_LIMIT: Duration = Duration::from_secs(5);
+/// A release still seen after this long is sent again.
+const RELEASE_REPEAT_MS: u64 = 2000;
 /// The thread's step: receive, decide, send.
 const STEP: Duration = Duration::from_millis(50);
 
@@ -98,6 +100,8 @@ struct Member {
     roles_said: String,
     peers_sent: Vec<Ipv4Addr>,
     stopping_since: Option<Instant>,
+    /// Releases sent, so that one is not repeated while the worker carries it out.
+    released: BTreeMap<String, u64>,
 }
 
 impl Member {
@@ -140,6 +144,7 @@ impl Member {
             roles_said: String::new(),
             peers_sent: Vec::new(),
             stopping_since: None,
+            released: BTreeMap::new(),
         })
     }
 
@@ -255,6 +260,12 @@ impl Member {
                 });
             }
             Decision::Release { to, tables, egress } => {
+                let key = format!("{to} {}", items(&tables, &egress));
+                let now = now_ms();
+                self.released.retain(|_, t| now.saturating_sub(*t) < RELEASE_REPEAT_MS);
+                if self.released.insert(key, now).is_some() {
+                    return;
+                }
                 info(format_args!(
                     "failover {to} holds {} now (a later claim)",
                     items(&tables, &egress)
