@@ -63,6 +63,9 @@ const CTA_NAT_V4_MAXIP: u16 = 2;
 const CTA_NAT_PROTO: u16 = 3;
 const CTA_PROTONAT_PORT_MIN: u16 = 1;
 const CTA_PROTONAT_PORT_MAX: u16 = 2;
+/// IPS_CONFIRMED: ctnetlink marks an entry it creates confirmed before it reads CTA_STATUS,
+/// and refuses (EBUSY) a CTA_STATUS that would clear the bit.
+const STATUS_CONFIRMED: u32 = 1 << 3;
 /// IP_CT_TCP_FLAG_BE_LIBERAL: no window checks for this direction.
 const TCP_FLAG_BE_LIBERAL: u8 = 0x08;
 
@@ -302,7 +305,11 @@ pub fn dump_request(seq: u32) -> Vec<u8> {
 /// reply from CTA_NAT_SRC (nf_nat_setup_info), which also sets the status's NAT bits that
 /// CTA_STATUS may not. TCP gets BE_LIBERAL in both directions (flag and mask), since this
 /// kernel has seen none of the flow's window.
-pub fn new_request(e: &Entry, timeout: u32, seq: u32) -> Vec<u8> {
+///
+/// `with_status` adds CTA_STATUS (ASSURED, SEEN_REPLY, and CONFIRMED, which the kernel already
+/// set and will not see cleared); a kernel that checks it before confirming would refuse it
+/// with EBUSY, and the caller then sends the entry again without.
+pub fn new_request(e: &Entry, timeout: u32, seq: u32, with_status: bool) -> Vec<u8> {
     let o = &e.orig;
     let inverse = Tuple {
         proto: o.proto,
@@ -331,11 +338,10 @@ pub fn new_request(e: &Entry, timeout: u32, seq: u32) -> Vec<u8> {
     nest(&mut nat, CTA_NAT_PROTO, &nat_proto);
     nest(&mut body, CTA_NAT_SRC, &nat);
     put(&mut body, CTA_TIMEOUT, &timeout.to_be_bytes());
-    put(
-        &mut body,
-        CTA_STATUS,
-        &(e.status & (STATUS_ASSURED | STATUS_SEEN_REPLY)).to_be_bytes(),
-    );
+    if with_status {
+        let status = e.status & (STATUS_ASSURED | STATUS_SEEN_REPLY) | STATUS_CONFIRMED;
+        put(&mut body, CTA_STATUS, &status.to_be_bytes());
+    }
     if let Some(state) = e.tcp_state {
         let liberal = [TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL];
         let mut tcp = Vec::new();

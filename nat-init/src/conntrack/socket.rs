@@ -20,6 +20,7 @@ const EVENT_RCVBUF: usize = 8 * 1024 * 1024;
 /// Requests a commit sends before reading their ACKs: the ACKs must fit the receive buffer.
 const COMMIT_BATCH: usize = 64;
 const EEXIST: i32 = 17;
+const EBUSY: i32 = 16;
 const ENOBUFS: i32 = 105;
 
 /// A failed ctnetlink exchange, with what was being done.
@@ -201,15 +202,39 @@ impl Ctnl {
     /// has is counted, not an error, and one refusal does not stop the others. Only the
     /// socket itself failing is an `Err`.
     pub fn commit(&mut self, entries: &[Entry]) -> Result<CommitReport> {
-        let what = "committing conntrack entries";
         let mut report = CommitReport::default();
-        for chunk in entries.chunks(COMMIT_BATCH) {
+        let refused = self.create(entries, true, &mut report)?;
+        if !refused.is_empty() {
+            // A kernel that checks CTA_STATUS before it marks the entry confirmed: without the
+            // status the entry is still created, and its first reply sets SEEN_REPLY again.
+            let again: Vec<Entry> = refused.iter().map(|&i| entries[i]).collect();
+            self.create(&again, false, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// One pass of [`Ctnl::commit`]; with `with_status`, the EBUSY refusals are not counted
+    /// but returned (their indexes) for a pass without CTA_STATUS.
+    fn create(
+        &mut self,
+        entries: &[Entry],
+        with_status: bool,
+        report: &mut CommitReport,
+    ) -> Result<Vec<usize>> {
+        let what = "committing conntrack entries";
+        let mut busy = Vec::new();
+        for (n, chunk) in entries.chunks(COMMIT_BATCH).enumerate() {
             let mut bytes = Vec::with_capacity(chunk.len() * 200);
             let mut pending = Vec::with_capacity(chunk.len());
-            for e in chunk {
+            for (i, e) in chunk.iter().enumerate() {
                 let seq = self.next_seq();
-                bytes.extend(ctnetlink::new_request(e, e.timeout.max(1), seq));
-                pending.push(seq);
+                bytes.extend(ctnetlink::new_request(
+                    e,
+                    e.timeout.max(1),
+                    seq,
+                    with_status,
+                ));
+                pending.push((seq, n * COMMIT_BATCH + i));
             }
             self.send(&bytes, what)?;
             while !pending.is_empty() {
@@ -220,13 +245,14 @@ impl Ctnl {
                     if m.kind != NLMSG_ERROR {
                         continue;
                     }
-                    let Some(i) = pending.iter().position(|s| *s == m.seq) else {
+                    let Some(at) = pending.iter().position(|(s, _)| *s == m.seq) else {
                         continue;
                     };
-                    pending.swap_remove(i);
+                    let (_, index) = pending.swap_remove(at);
                     match ctnetlink::error_code(m.payload).map_err(codec(what))? {
                         0 => report.committed += 1,
                         EEXIST => report.already_present += 1,
+                        EBUSY if with_status => busy.push(index),
                         errno => {
                             report.failed += 1;
                             report.first_error.get_or_insert_with(|| {
@@ -237,6 +263,6 @@ impl Ctnl {
                 }
             }
         }
-        Ok(report)
+        Ok(busy)
     }
 }

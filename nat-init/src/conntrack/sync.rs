@@ -186,14 +186,30 @@ impl Throttled {
     }
 }
 
+/// What [`CtSync`]'s methods ask of its worker thread.
+enum Command {
+    Peers(Vec<Ipv4Addr>),
+    Commit {
+        peer: Ipv4Addr,
+        nat_addrs: Vec<Ipv4Addr>,
+        reply: mpsc::Sender<CommitReport>,
+    },
+}
+
 /// The replication: see the module documentation. Dropping it stops its threads within a
 /// [`TICK`] or so (a receiver within [`SILENCE`]).
+///
+/// Every thread and socket is made by the threads [`CtSync::start`] spawns, so they all live
+/// in the network namespace of the thread that called `start`, whichever thread calls the
+/// methods afterwards.
 pub struct CtSync {
     shared: Arc<Shared>,
+    commands: Mutex<mpsc::Sender<Command>>,
 }
 
 impl CtSync {
-    /// Starts the conntrack follower and the listener on [`PORT`].
+    /// Starts the conntrack follower, the listener on [`PORT`] and the worker that starts
+    /// senders and commits.
     pub fn start(report: Report) -> CtSync {
         Self::start_on(PORT, report)
     }
@@ -209,97 +225,62 @@ impl CtSync {
             inbound: Mutex::new(BTreeMap::new()),
             outbound: Mutex::new(BTreeMap::new()),
         });
-        for (name, f) in [
-            ("ctsync-events", follow as fn(Arc<Shared>)),
-            ("ctsync-listen", listen),
-        ] {
+        let (tx, rx) = mpsc::channel();
+        let mut rx = Some(rx);
+        for name in ["ctsync-events", "ctsync-listen", "ctsync-work"] {
             let s = Arc::clone(&shared);
-            if let Err(e) = thread::Builder::new().name(name.into()).spawn(move || f(s)) {
+            let rx = if name == "ctsync-work" {
+                rx.take()
+            } else {
+                None
+            };
+            let spawned = thread::Builder::new()
+                .name(name.into())
+                .spawn(move || match rx {
+                    Some(rx) => work(&s, &rx),
+                    None if name == "ctsync-events" => follow(s),
+                    None => listen(s),
+                });
+            if let Err(e) = spawned {
                 (shared.report)("conntrack sync", format!("starting {name}: {e}"));
             }
         }
-        CtSync { shared }
+        CtSync {
+            shared,
+            commands: Mutex::new(tx),
+        }
+    }
+
+    fn command(&self, c: Command) -> bool {
+        let sent = lock(&self.commands).send(c).is_ok();
+        if !sent {
+            (self.shared.report)("conntrack sync", "its worker thread is gone".into());
+        }
+        sent
     }
 
     /// Streams to exactly `peers` from now on: senders to new peers start, senders to peers no
     /// longer listed stop.
     pub fn set_peers(&self, peers: Vec<Ipv4Addr>) {
-        let mut out = lock(&self.shared.outbound);
-        out.retain(|peer, o| {
-            let keep = peers.contains(peer);
-            if !keep {
-                o.stop.store(true, Ordering::Relaxed);
-            }
-            keep
-        });
-        for peer in peers {
-            if out.contains_key(&peer) {
-                continue;
-            }
-            let o = Outbound {
-                stop: Arc::new(AtomicBool::new(false)),
-                connected: Arc::new(AtomicBool::new(false)),
-                sent: Arc::new(AtomicU64::new(0)),
-            };
-            let (s, stop, connected, sent) = (
-                Arc::clone(&self.shared),
-                Arc::clone(&o.stop),
-                Arc::clone(&o.connected),
-                Arc::clone(&o.sent),
-            );
-            match thread::Builder::new()
-                .name(format!("ctsync-to-{peer}"))
-                .spawn(move || send_to(s, peer, &stop, &connected, &sent))
-            {
-                Ok(_) => {
-                    out.insert(peer, o);
-                }
-                Err(e) => (self.shared.report)(
-                    "conntrack sync",
-                    format!("starting the sender to {peer}: {e} (retried at the next peer list)"),
-                ),
-            }
-        }
+        self.command(Command::Peers(peers));
     }
 
     /// Commits the cached entries received from `peer` whose source-NAT address is in
-    /// `nat_addrs`, each with the timeout it has left. Refusals are counted and reported.
+    /// `nat_addrs`, each with the timeout it has left; returns when the kernel answered for
+    /// all of them. Refusals are counted and reported.
     pub fn commit_from(&self, peer: Ipv4Addr, nat_addrs: &[Ipv4Addr]) -> CommitReport {
-        let now = Instant::now();
-        let entries = match lock(&self.shared.inbound).get_mut(&peer) {
-            Some(p) => {
-                p.cache.expire(now);
-                p.cache.entries_for(nat_addrs, now)
-            }
-            None => Vec::new(),
-        };
-        if entries.is_empty() {
-            return CommitReport::default();
-        }
-        let result = Ctnl::open(Duration::from_secs(5)).and_then(|mut c| c.commit(&entries));
-        let what = "conntrack commit";
-        match result {
-            Ok(r) => {
-                if let Some(first) = &r.first_error {
-                    (self.shared.report)(
-                        what,
-                        format!(
-                            "{} of {} entries from {peer} refused, first: {first}",
-                            r.failed,
-                            entries.len()
-                        ),
-                    );
-                }
-                r
-            }
-            Err(e) => {
-                (self.shared.report)(what, format!("entries from {peer}: {e}"));
-                CommitReport {
-                    failed: entries.len(),
-                    first_error: Some(e.to_string()),
-                    ..CommitReport::default()
-                }
-            }
+        let (reply, answer) = mpsc::channel();
+        let asked = self.command(Command::Commit {
+            peer,
+            nat_addrs: nat_addrs.to_vec(),
+            reply,
+        });
+        match answer.recv() {
+            Ok(r) if asked => r,
+            _ => CommitReport {
+                first_error: Some("the conntrack sync worker is gone".into()),
+                ..CommitReport::default()
+            },
         }
     }
 
@@ -340,6 +321,102 @@ impl Drop for CtSync {
         self.shared.stop.store(true, Ordering::Relaxed);
         for o in lock(&self.shared.outbound).values() {
             o.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The worker's thread: peer lists and commits, in the order asked.
+fn work(s: &Arc<Shared>, rx: &mpsc::Receiver<Command>) {
+    while !s.stop.load(Ordering::Relaxed) {
+        match rx.recv_timeout(TICK) {
+            Ok(Command::Peers(peers)) => set_peers(s, &peers),
+            Ok(Command::Commit {
+                peer,
+                nat_addrs,
+                reply,
+            }) => {
+                let _ = reply.send(commit_from(s, peer, &nat_addrs));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn set_peers(s: &Arc<Shared>, peers: &[Ipv4Addr]) {
+    let mut out = lock(&s.outbound);
+    out.retain(|peer, o| {
+        let keep = peers.contains(peer);
+        if !keep {
+            o.stop.store(true, Ordering::Relaxed);
+        }
+        keep
+    });
+    for &peer in peers {
+        if out.contains_key(&peer) {
+            continue;
+        }
+        let o = Outbound {
+            stop: Arc::new(AtomicBool::new(false)),
+            connected: Arc::new(AtomicBool::new(false)),
+            sent: Arc::new(AtomicU64::new(0)),
+        };
+        let (s2, stop, connected, sent) = (
+            Arc::clone(s),
+            Arc::clone(&o.stop),
+            Arc::clone(&o.connected),
+            Arc::clone(&o.sent),
+        );
+        match thread::Builder::new()
+            .name(format!("ctsync-to-{peer}"))
+            .spawn(move || send_to(s2, peer, &stop, &connected, &sent))
+        {
+            Ok(_) => {
+                out.insert(peer, o);
+            }
+            Err(e) => (s.report)(
+                "conntrack sync",
+                format!("starting the sender to {peer}: {e} (retried at the next peer list)"),
+            ),
+        }
+    }
+}
+
+fn commit_from(s: &Shared, peer: Ipv4Addr, nat_addrs: &[Ipv4Addr]) -> CommitReport {
+    let now = Instant::now();
+    let entries = match lock(&s.inbound).get_mut(&peer) {
+        Some(p) => {
+            p.cache.expire(now);
+            p.cache.entries_for(nat_addrs, now)
+        }
+        None => Vec::new(),
+    };
+    if entries.is_empty() {
+        return CommitReport::default();
+    }
+    let result = Ctnl::open(Duration::from_secs(5)).and_then(|mut c| c.commit(&entries));
+    let what = "conntrack commit";
+    match result {
+        Ok(r) => {
+            if let Some(first) = &r.first_error {
+                (s.report)(
+                    what,
+                    format!(
+                        "{} of {} entries from {peer} refused, first: {first}",
+                        r.failed,
+                        entries.len()
+                    ),
+                );
+            }
+            r
+        }
+        Err(e) => {
+            (s.report)(what, format!("entries from {peer}: {e}"));
+            CommitReport {
+                failed: entries.len(),
+                first_error: Some(e.to_string()),
+                ..CommitReport::default()
+            }
         }
     }
 }

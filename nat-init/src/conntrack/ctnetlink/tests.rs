@@ -38,12 +38,18 @@ fn new_request_bytes() {
           8, 0, 1, 0, 198, 51, 100, 1, 8, 0, 2, 0, 198, 51, 100, 1,
           20, 0, 0x03, 0x80, 6, 0, 1, 0, 0xee, 0x48, 0, 0, 6, 0, 2, 0, 0xee, 0x48, 0, 0,
         8, 0, 7, 0, 0, 0, 0, 100, // CTA_TIMEOUT
-        8, 0, 3, 0, 0, 0, 0, 6, // CTA_STATUS: ASSURED|SEEN_REPLY
+        8, 0, 3, 0, 0, 0, 0, 14, // CTA_STATUS: ASSURED|SEEN_REPLY|CONFIRMED
         32, 0, 0x04, 0x80, // CTA_PROTOINFO
           28, 0, 0x01, 0x80, 5, 0, 1, 0, 3, 0, 0, 0, // TCP: state ESTABLISHED
             6, 0, 4, 0, 0x08, 0x08, 0, 0, 6, 0, 5, 0, 0x08, 0x08, 0, 0, // BE_LIBERAL both ways
     ];
-    assert_eq!(new_request(&entry(), 100, 7), want);
+    assert_eq!(new_request(&entry(), 100, 7, true), want);
+    // Without CTA_STATUS: 8 bytes shorter, the same otherwise.
+    let mut without = want.clone();
+    let at = without.len() - 32 - 8;
+    without.drain(at..at + 8);
+    without[0] = 204;
+    assert_eq!(new_request(&entry(), 100, 7, false), without);
 }
 
 #[test]
