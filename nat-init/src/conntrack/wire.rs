@@ -323,6 +323,16 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_seeds_decode() {
+        let seed = include_bytes!("../../fuzz/seeds/ct_decode/stream-with-hello.bin");
+        assert_eq!(check_hello(seed), Ok(true));
+        let (records, left) = decode_all(&seed[HELLO.len()..]).unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(records.len(), 5);
+        assert_eq!(records[1], Record::Upsert(entry(PROTO_TCP)));
+    }
+
+    #[test]
     fn hello() {
         assert_eq!(check_hello(b"cts"), Ok(false));
         assert_eq!(check_hello(&HELLO), Ok(true));
