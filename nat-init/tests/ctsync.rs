@@ -346,3 +346,147 @@ fn without_commit_the_connection_stalls() {
     );
     let _ = (f.client, f.server, f.errors);
 }
+
+/// Two namespaces on one veth pair, removed on drop.
+struct Pair(String, String);
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [&self.0, &self.1] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+fn bulk(n: usize) -> Vec<Entry> {
+    (0..n)
+        .map(|i| {
+            let i = u16::try_from(i).unwrap();
+            let udp = i % 10 == 9;
+            Entry {
+                orig: nat_init::conntrack::Tuple {
+                    proto: if udp {
+                        nat_init::conntrack::PROTO_UDP
+                    } else {
+                        PROTO_TCP
+                    },
+                    src: CLIENT_IP,
+                    dst: SERVER_IP,
+                    sport: 10_000 + i,
+                    dport: if udp { 53 } else { 443 },
+                },
+                nat_addr: P,
+                nat_port: 30_000 + i,
+                tcp_state: (!udp).then_some(nat_init::conntrack::TCP_STATE_ESTABLISHED),
+                status: STATUS_ASSURED | nat_init::conntrack::STATUS_SEEN_REPLY,
+                timeout: 600,
+            }
+        })
+        .collect()
+}
+
+/// Entries as compared after a trip through a kernel: the timeout has ticked.
+fn untimed(mut v: Vec<Entry>) -> Vec<Entry> {
+    for e in &mut v {
+        assert!((590..=600).contains(&e.timeout), "{e:?}");
+        e.timeout = 0;
+    }
+    v.sort_by_key(|e| e.orig);
+    v
+}
+
+/// Many entries through the whole path: committed into natA's kernel (and again: all already
+/// present), dumped back identical, streamed to natB, committed there from natB's cache.
+/// Prints the rates.
+#[test]
+fn bulk_entries_commit_replicate_and_commit_again() {
+    const N: usize = 5000;
+    let n = SERIAL.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id();
+    let pair = Pair(format!("ctsync-x-{pid}-{n}"), format!("ctsync-y-{pid}-{n}"));
+    for ns in [&pair.0, &pair.1] {
+        sh("ip", &["netns", "add", ns]);
+        ip(ns, "link set lo up");
+    }
+    ip(
+        &pair.0,
+        &format!("link add a0 type veth peer name b0 netns {}", pair.1),
+    );
+    ip(&pair.0, "addr add 10.9.0.1/24 dev a0");
+    ip(&pair.1, "addr add 10.9.0.2/24 dev b0");
+    ip(&pair.0, "link set a0 up");
+    ip(&pair.1, "link set b0 up");
+    let entries = bulk(N);
+
+    let (first, second, dumped, took) = in_ns(&pair.0, || {
+        let mut c = Ctnl::open(Duration::from_secs(5)).unwrap();
+        let started = Instant::now();
+        let first = c.commit(&entries).unwrap();
+        let took = started.elapsed();
+        let second = c.commit(&entries).unwrap();
+        (first, second, c.dump().unwrap(), took)
+    });
+    eprintln!(
+        "commit of {N} entries: {took:?}, {:.0} entries/s",
+        N as f64 / took.as_secs_f64()
+    );
+    assert_eq!(
+        (first.committed, first.already_present, first.failed),
+        (N, 0, 0),
+        "{first:?}"
+    );
+    assert_eq!(
+        (second.committed, second.already_present, second.failed),
+        (0, N, 0),
+        "{second:?}"
+    );
+    assert!(dumped.1.is_empty(), "{:?}", dumped.1);
+    assert_eq!(untimed(dumped.0), untimed(entries.clone()));
+
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let a = in_ns(&pair.0, || CtSync::start(reporter("x", &errors)));
+    let b = in_ns(&pair.1, || CtSync::start(reporter("y", &errors)));
+    let from = Ipv4Addr::new(10, 9, 0, 1);
+    let started = Instant::now();
+    a.set_peers(vec![Ipv4Addr::new(10, 9, 0, 2)]);
+    let stats = || format!("x {:?}, y {:?}", a.stats(), b.stats());
+    wait_for(&stats, Duration::from_secs(10), || {
+        b.stats()
+            .inbound
+            .iter()
+            .any(|p| p.peer == from && p.cached == N)
+    });
+    eprintln!(
+        "{N} entries dumped, streamed and cached in {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let r = b.commit_from(from, &[P]);
+    let took = started.elapsed();
+    eprintln!(
+        "commit_from of {N} entries: {took:?}, {:.0} entries/s",
+        N as f64 / took.as_secs_f64()
+    );
+    assert_eq!(
+        (r.committed, r.already_present, r.failed),
+        (N, 0, 0),
+        "{r:?}"
+    );
+    // An address the cache has no entries for commits nothing.
+    assert_eq!(b.commit_from(from, &[SERVER_IP]).committed, 0);
+    let on_b = in_ns(&pair.1, || {
+        Ctnl::open(Duration::from_secs(5))
+            .unwrap()
+            .dump()
+            .unwrap()
+            .0
+    });
+    assert_eq!(untimed(on_b), untimed(entries));
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+}
