@@ -461,6 +461,9 @@ fn follow(s: Arc<Shared>) {
         };
         let mut synced = resync(&s, &mut throttle);
         let mut last_sync = Instant::now();
+        // The wait before the next dump while the copy is stale: none after an overrun, more
+        // after each failed dump.
+        let mut retry = if synced { Duration::ZERO } else { BACKOFF_MIN };
         while !s.stop.load(Ordering::Relaxed) {
             match events.events() {
                 Ok((evs, bad)) => {
@@ -481,24 +484,24 @@ fn follow(s: Arc<Shared>) {
                         CtnlError::Overrun.to_string() + "; resyncing",
                     );
                     synced = false;
+                    retry = Duration::ZERO;
                 }
                 Err(e) => {
                     throttle.report(&s.report, "conntrack events", e.to_string());
                     break;
                 }
             }
-            let due = if synced {
-                RESYNC
-            } else {
-                BACKOFF_MAX.min(backoff)
-            };
-            if last_sync.elapsed() >= due || (!synced && last_sync.elapsed() >= BACKOFF_MIN) {
+            let due = if synced { RESYNC } else { retry };
+            if last_sync.elapsed() >= due {
                 synced = resync(&s, &mut throttle);
                 last_sync = Instant::now();
-                if synced {
+                retry = if synced {
                     throttle.clear();
                     backoff = BACKOFF_MIN;
-                }
+                    Duration::ZERO
+                } else {
+                    (retry * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+                };
             }
         }
         nap(backoff, &s.stop);
@@ -626,6 +629,13 @@ fn listen(s: Arc<Shared>) {
             match listener.accept() {
                 Ok((conn, SocketAddr::V4(from))) => {
                     let peer = *from.ip();
+                    // A stream becomes conntrack entries on a takeover: only the peers this
+                    // instance was told about may send one.
+                    if !lock(&s.outbound).contains_key(&peer) {
+                        throttle.report(&s.report, what, format!("refused {from}: not a peer"));
+                        drop(conn);
+                        continue;
+                    }
                     let s2 = Arc::clone(&s);
                     if let Err(e) = thread::Builder::new()
                         .name(format!("ctsync-from-{peer}"))
@@ -647,14 +657,6 @@ fn listen(s: Arc<Shared>) {
 /// One receiver's thread: reads `peer`'s stream into its cache until it ends.
 fn receive(s: &Shared, peer: Ipv4Addr, mut conn: TcpStream) {
     let id = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    lock(&s.inbound)
-        .entry(peer)
-        .or_insert_with(|| Inbound {
-            cache: Cache::new(),
-            owner: None,
-            received: 0,
-        })
-        .owner = Some(id);
     let result = read_stream(s, peer, id, &mut conn);
     let mut inbound = lock(&s.inbound);
     if let Some(p) = inbound.get_mut(&peer)
@@ -702,6 +704,15 @@ fn read_stream(s: &Shared, peer: Ipv4Addr, id: u64, conn: &mut TcpStream) -> Res
             }
             hello = true;
             at = wire::HELLO.len();
+            // Only a stream that opens right takes over the peer's cache.
+            lock(&s.inbound)
+                .entry(peer)
+                .or_insert_with(|| Inbound {
+                    cache: Cache::new(),
+                    owner: None,
+                    received: 0,
+                })
+                .owner = Some(id);
         }
         let now = Instant::now();
         let mut inbound = lock(&s.inbound);
@@ -717,4 +728,66 @@ fn read_stream(s: &Shared, peer: Ipv4Addr, id: u64, conn: &mut TcpStream) -> Res
         buf.drain(..at);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::PROTO_UDP;
+
+    fn entry(sport: u16) -> Entry {
+        Entry {
+            orig: Tuple {
+                proto: PROTO_UDP,
+                src: Ipv4Addr::new(10, 0, 1, 2),
+                dst: Ipv4Addr::new(198, 51, 100, 2),
+                sport,
+                dport: 53,
+            },
+            nat_addr: Ipv4Addr::new(198, 51, 100, 1),
+            nat_port: sport,
+            tcp_state: None,
+            status: 6,
+            timeout: 30,
+        }
+    }
+
+    #[test]
+    fn local_copy_fans_out_changes_and_snapshots() {
+        let mut local = Local::default();
+        let (tx, rx) = mpsc::sync_channel(16);
+        local.subscribers.push(tx);
+        local.apply(Event::Upsert(entry(1)));
+        local.apply(Event::Remove(entry(2).orig)); // not held: nothing to tell
+        local.apply(Event::Remove(entry(1).orig));
+        local.replace(vec![entry(3), entry(4)]);
+        let got: Vec<Record> = rx.try_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                Record::Upsert(entry(1)),
+                Record::Remove(entry(1).orig),
+                Record::SnapshotBegin,
+                Record::Upsert(entry(3)),
+                Record::Upsert(entry(4)),
+                Record::SnapshotEnd { count: 2 },
+            ]
+        );
+        assert_eq!(local.entries.len(), 2);
+    }
+
+    #[test]
+    fn a_sender_that_falls_behind_is_dropped() {
+        let mut local = Local::default();
+        let (slow, _slow_rx) = mpsc::sync_channel(1);
+        let (gone, gone_rx) = mpsc::sync_channel(8);
+        let (fine, fine_rx) = mpsc::sync_channel(8);
+        local.subscribers = vec![slow, gone, fine];
+        drop(gone_rx);
+        local.apply(Event::Upsert(entry(1)));
+        assert_eq!(local.subscribers.len(), 2);
+        local.apply(Event::Upsert(entry(2)));
+        assert_eq!(local.subscribers.len(), 1);
+        assert_eq!(fine_rx.try_iter().count(), 2);
+    }
 }
