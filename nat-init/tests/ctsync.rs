@@ -523,4 +523,39 @@ fn bulk_entries_commit_replicate_and_commit_again() {
         "{:?}",
         errors.lock().unwrap()
     );
+
+    // Not a replication stream, from the peer's address: an error line, and the cache stays.
+    let mut garbage = in_ns(&pair.0, || {
+        TcpStream::connect(SocketAddr::from((Ipv4Addr::new(10, 9, 0, 2), 7472))).unwrap()
+    });
+    garbage.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let said = || format!("{:?}", errors.lock().unwrap());
+    wait_for(&said, Duration::from_secs(5), || {
+        errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("bad magic"))
+    });
+    assert!(
+        b.stats()
+            .inbound
+            .iter()
+            .any(|p| p.peer == from && p.cached == N && p.connected),
+        "{}",
+        stats()
+    );
+    // From an address that is not a peer: refused before a byte is read.
+    ip(&pair.0, "addr add 10.9.0.9/24 dev a0");
+    let stranger = in_ns(&pair.0, || {
+        connect_from(Ipv4Addr::new(10, 9, 0, 9), Ipv4Addr::new(10, 9, 0, 2), 7472)
+    });
+    wait_for(&said, Duration::from_secs(5), || {
+        errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("refused 10.9.0.9"))
+    });
+    drop(stranger);
 }

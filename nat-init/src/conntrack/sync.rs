@@ -605,6 +605,7 @@ fn listen(s: Arc<Shared>) {
     let mut backoff = BACKOFF_MIN;
     let mut throttle = Throttled::new();
     let what = "conntrack sync listener";
+    let mut refused: BTreeMap<Ipv4Addr, Throttled> = BTreeMap::new();
     while !s.stop.load(Ordering::Relaxed) {
         let listener = match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, s.port)) {
             Ok(l) => l,
@@ -632,7 +633,15 @@ fn listen(s: Arc<Shared>) {
                     // A stream becomes conntrack entries on a takeover: only the peers this
                     // instance was told about may send one.
                     if !lock(&s.outbound).contains_key(&peer) {
-                        throttle.report(&s.report, what, format!("refused {from}: not a peer"));
+                        // Throttled per address, so one stranger does not hide another.
+                        if refused.len() >= 1024 {
+                            refused.clear();
+                        }
+                        refused.entry(peer).or_insert_with(Throttled::new).report(
+                            &s.report,
+                            what,
+                            format!("refused {from}: not a peer"),
+                        );
                         drop(conn);
                         continue;
                     }
