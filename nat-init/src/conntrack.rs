@@ -22,9 +22,19 @@
 //! - counters: the new instance counts from zero; the health line's figures are per instance.
 //! - ICMP and other protocols: not replicated; a ping in flight at the failover is retried by
 //!   its sender, and a new echo creates a new entry.
+//! - the OFFLOAD bit: a flow the old instance had in its flowtable is a plain entry here; its
+//!   next packets through the forward chain put it in this instance's flowtable.
 //!
-//! Figures (measured in the namespace test on the build host, not on Graviton): a record is
-//! 31 bytes on the wire; see `nat-init/tests/ctsync.rs` for the commit rate it prints.
+//! Only source-NATed flows are replicated (IPS_SRC_NAT): they are the ones whose translation a
+//! takeover must keep. A replicated TCP entry needs its first packet after the takeover to be
+//! seen by conntrack as belonging to it; the table must also accept [`sync::PORT`] from the
+//! peers in its input chain, or no stream arrives.
+//!
+//! Figures (the namespace tests in `nat-init/tests/ctsync.rs`, debug build, x86-64 build
+//! host, not Graviton): an upsert record is 31 bytes on the wire, a removal 16; 5000 entries
+//! commit in 55 to 85 ms (60 000 to 90 000 entries/s), and go from one kernel to a peer's
+//! cache (dump, stream, decode) in about 100 ms. The periodic resync costs 31 bytes per entry
+//! per peer every 30 s: about 100 kB/s for 100 000 flows.
 
 pub mod cache;
 pub mod ctnetlink;

@@ -6,6 +6,11 @@
 //! its cache until the entries expire, because a takeover happens exactly when the peer is gone.
 //! [`CtSync::commit_from`] writes a peer's cached entries into this kernel.
 //!
+//! Streams are accepted only from the peers [`CtSync::set_peers`] names (the same list it
+//! streams to), since a stream becomes conntrack entries at a takeover. A worker thread does
+//! what the methods ask (start or stop senders, commit), so every thread and socket is made
+//! in the network namespace `start` was called in, whichever thread calls the methods.
+//!
 //! It lives in the library, not in the binary's `run/`, so that the namespace tests run the
 //! very code nat-init runs. Nothing here panics or exits: every failure goes to the `report`
 //! callback (nat-init prints it as an `error` line) and is retried.
@@ -197,7 +202,7 @@ enum Command {
 }
 
 /// The replication: see the module documentation. Dropping it stops its threads within a
-/// [`TICK`] or so (a receiver within [`SILENCE`]).
+/// half a second or so (a receiver within the 10 s it waits for a silent peer).
 ///
 /// Every thread and socket is made by the threads [`CtSync::start`] spawns, so they all live
 /// in the network namespace of the thread that called `start`, whichever thread calls the
