@@ -21,6 +21,8 @@
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
 //! - [`aws`]: the appliance's own AWS calls (SigV4, role credentials, EC2 Query API, IAM
 //!   policy), pure;
+//! - [`conntrack`]: conntrack replication between peers, for failover (codec, wire format,
+//!   cache, ctnetlink socket, and the sync threads the namespace tests also run);
 //! - [`cidr`]: IPv4 prefixes; [`report`]: the shape of every console line.
 //!
 //! The binary (`main.rs` and its `run/` module) is the I/O of the service: one file per stage,
@@ -29,6 +31,7 @@
 pub mod aws;
 pub mod cidr;
 pub mod config;
+pub mod conntrack;
 pub mod dhcp;
 pub mod dns;
 pub mod ethtool;

@@ -13,11 +13,13 @@
 //! - `sysctl` ([`Stage::Sysctl`]): forwarding and conntrack, and forwarding off without a table;
 //! - `health`: the `ready` line, the `health` line and the drift checks;
 //! - `watchdog`: the pings that tell init the loop is alive;
-//! - `aws`: the clock, the instance role and the EC2 calls, on a thread of their own.
+//! - `aws`: the clock, the instance role and the EC2 calls, on a thread of their own;
+//! - `ctsync`: conntrack replication to and from the peers, for failover.
 
 mod aws;
 mod config;
 mod console;
+mod ctsync;
 mod dhcp;
 mod failover;
 mod health;
