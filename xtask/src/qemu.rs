@@ -109,6 +109,8 @@ pub const DEFAULT_MAC: &str = "52:54:00:12:34:56";
 pub struct VmConfig {
     pub disk: PathBuf,
     pub mem_mib: u32,
+    /// vCPUs (`-smp`); 2 by default, 1 for the failover pair (a t4g.nano has 2).
+    pub cpus: u32,
     pub machine: Machine,
     pub console: Console,
     /// In PCI order of their places as given; none means `-nic none`.
@@ -175,6 +177,7 @@ impl VmConfig {
         Self {
             disk,
             mem_mib: 512,
+            cpus: 2,
             machine: Machine::Virt,
             console: Console::Pl011,
             nics: Vec::new(),
@@ -194,8 +197,6 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
         cfg.machine.name(),
         "-cpu",
         "cortex-a72",
-        "-smp",
-        "2",
         "-no-reboot",
         "-display",
         "none",
@@ -205,6 +206,7 @@ pub fn args(cfg: &VmConfig, vars: &Path, qmp: Option<&Path>) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    a.extend(["-smp".into(), cfg.cpus.to_string()]);
     a.extend(["-m".into(), cfg.mem_mib.to_string()]);
     if cfg.console == Console::PciSerial {
         // Before the disk and the root ports take the first free addresses: 00:01.0 as on
@@ -584,6 +586,16 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills QEMU at once (SIGKILL, as a host failure would: the guest gets no shutdown) and
+    /// reaps it. The clean stop is `qmp("system_powerdown")`.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(st) = self.child.try_wait()? {
+            return Ok(st);
+        }
+        self.child.kill().context("killing QEMU")?;
+        self.child.wait().context("reaping QEMU")
     }
 
     /// Types a line on the guest's serial console.

@@ -31,9 +31,18 @@
 //! bridge's source/dest checks. It also makes dnsmasq the VPC resolver (DHCP option 6, the
 //! regional endpoints' names -> the double) and the IMDS double serve the instance role's
 //! credentials, the ENI id and the region.
+//!
+//! [`Vpc::start_aws_pair`] (opt-in too) seeds the failover pair instead: a second NAT's place
+//! on the public subnet ([`TAPB`], [`NATB_MAC`], [`NATB_ADDR`], public [`NATB_PUBLIC`]), one
+//! private route table per private subnet, IMDS answering each instance as itself (told apart
+//! by the request's source address), and the internet namespace forwarding, so that traffic
+//! from one NAT to the other's public address hairpins through the gateway as on AWS. The
+//! failover tests' faults ([`Vpc::partition_nats`], [`Vpc::cut_internet`]) are the
+//! `faults` tables in the vpc namespace; their meters are in `meters`.
 
 pub mod aws;
 pub mod dns;
+pub mod meters;
 pub mod ntp;
 pub mod tls;
 
@@ -50,6 +59,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 
 use crate::netns::{Namespaces, run_in, spawn_in};
+use crate::qemu;
 
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const NAT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
@@ -72,6 +82,17 @@ pub const IMDS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const INSTANCE_ID: &str = "i-0e2e0e2e0e2e0e2e0";
 pub const TAP: &str = "tapnat";
 pub const TAP2: &str = "tapnat2";
+/// The failover pair's second NAT (`nat-b`), with [`Vpc::start_aws_pair`]; `nat-a` is the
+/// NAT of the fixed topology ([`TAP`], [`NAT_MAC`], [`NAT_ADDR`], [`NAT_PUBLIC`]).
+pub const TAPB: &str = "tapnatb";
+pub const NATB_MAC: &str = "52:54:00:0a:00:0c";
+pub const NATB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
+pub const NATB_PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+/// The pair's members: name, tap, MAC, primary private and public address.
+pub const PAIR: [(&str, &str, &str, Ipv4Addr, Ipv4Addr); 2] = [
+    ("nat-a", TAP, NAT_MAC, NAT_ADDR, NAT_PUBLIC),
+    ("nat-b", TAPB, NATB_MAC, NATB_ADDR, NATB_PUBLIC),
+];
 pub const HTTP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 7;
 /// A port the internet server's namespace drops without answering: a SYN to it leaves a
@@ -113,10 +134,46 @@ pub struct ImdsState {
     pub local_ipv4s: Option<String>,
 }
 
+impl ImdsState {
+    /// What IMDS serves an instance before any control plane: its MAC and instance id.
+    pub fn new(mac: &str, instance_id: &str, user_data: Option<String>) -> Self {
+        Self {
+            user_data,
+            mac: mac.to_string(),
+            vpc_cidrs: VPC_CIDR.to_string(),
+            unavailable_for: Duration::ZERO,
+            first_request: None,
+            refused: 0,
+            requests: Vec::new(),
+            instance_id: instance_id.to_string(),
+            role: None,
+            credentials: None,
+            interface_id: None,
+            vpc_id: None,
+            local_ipv4s: None,
+        }
+    }
+}
+
+/// IMDS per instance (the pair): each instance's state by its primary private address; a
+/// request from an address found nowhere here gets [`Vpc::imds`].
+pub type ImdsInstances = Arc<Mutex<BTreeMap<Ipv4Addr, ImdsState>>>;
+
+/// The faults in force (see [`Vpc::partition_nats`], [`Vpc::cut_internet`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Faults {
+    partition: bool,
+    /// The taps of the instances whose internet is cut.
+    cut: std::collections::BTreeSet<String>,
+}
+
 pub struct Vpc {
     pub ns: Namespaces,
     pub seen: Arc<Mutex<Seen>>,
     pub imds: Arc<Mutex<ImdsState>>,
+    /// IMDS of the pair's instances, by primary address (empty but for the pair).
+    pub imds_instances: ImdsInstances,
+    faults: Mutex<Faults>,
     /// How many NTP requests the time double answered.
     pub ntp_served: Arc<AtomicU64>,
     aws: Option<aws::AwsDouble>,
@@ -231,25 +288,17 @@ impl Vpc {
 
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let imds = Arc::new(Mutex::new(ImdsState {
-            user_data,
-            mac: NAT_MAC.to_string(),
-            vpc_cidrs: VPC_CIDR.to_string(),
-            unavailable_for: Duration::ZERO,
-            first_request: None,
-            refused: 0,
-            requests: Vec::new(),
-            instance_id: INSTANCE_ID.to_string(),
-            role: None,
-            credentials: None,
-            interface_id: None,
-            vpc_id: None,
-            local_ipv4s: None,
-        }));
+        let imds = Arc::new(Mutex::new(ImdsState::new(NAT_MAC, INSTANCE_ID, user_data)));
+        let imds_instances: ImdsInstances = Arc::new(Mutex::new(BTreeMap::new()));
         let ntp_served = Arc::new(AtomicU64::new(0));
         ntp::start(&ns.name("vpc"), Arc::clone(&ntp_served), Arc::clone(&stop))?;
         start_internet_servers(&ns.name("internet"), Arc::clone(&seen), Arc::clone(&stop))?;
-        start_imds(&ns.name("vpc"), Arc::clone(&imds), Arc::clone(&stop))?;
+        start_imds(
+            &ns.name("vpc"),
+            Arc::clone(&imds),
+            Arc::clone(&imds_instances),
+            Arc::clone(&stop),
+        )?;
         let dnsmasq_log = dir.path().join("dnsmasq.log");
         let dnsmasq_args = vec![
             "--no-daemon".to_string(),
@@ -271,6 +320,8 @@ impl Vpc {
             ns,
             seen,
             imds,
+            imds_instances,
+            faults: Mutex::new(Faults::default()),
             ntp_served,
             aws: None,
             stop,
@@ -293,12 +344,91 @@ impl Vpc {
         root: &std::path::Path,
         moto_server: &std::path::Path,
     ) -> Result<&aws::AwsDouble> {
+        self.start_control_plane(root, moto_server, false)
+    }
+
+    /// [`Vpc::start_aws`] with the failover pair's seed (see the module's doc): `nat-a` on
+    /// [`TAP`] and `nat-b` on [`TAPB`], both running with the instance profile and the tag
+    /// `nat:failover-group=e2e`; private route table `a` (10.0.1.0/24) and `b`
+    /// (198.18.1.0/24), neither with a default route; an Elastic IP allocation for each
+    /// ([`aws::Seed::allocation_of`]). IMDS answers each instance as itself, with fresh
+    /// credentials (6 hours) and no user-data ([`Vpc::set_instance_user_data`]).
+    pub fn start_aws_pair(
+        &mut self,
+        root: &std::path::Path,
+        moto_server: &std::path::Path,
+    ) -> Result<&aws::AwsDouble> {
+        self.pair_data_plane()?;
+        self.start_control_plane(root, moto_server, true)?;
+        let double = self.aws()?;
+        let seed = double.seed().clone();
+        let mut states = BTreeMap::new();
+        for (name, _, mac, addr, _) in PAIR {
+            let inst = seed.instance(name)?;
+            let mut st = ImdsState::new(mac, &inst.instance_id, None);
+            st.interface_id = Some(inst.eni_id.clone());
+            st.vpc_id = Some(seed.vpc_id.clone());
+            st.role = Some(seed.role_name.clone());
+            st.credentials = Some(double.credentials(Duration::from_secs(6 * 3600))?);
+            st.local_ipv4s = Some(addr.to_string());
+            states.insert(addr, st);
+        }
+        *self.imds_instances_state()? = states;
+        // Follow the addresses the data plane already has (secondaries assigned later come
+        // through the apply hook).
+        let plane = double.sync()?;
+        follow_local_ipv4s(&self.imds_instances, &plane);
+        self.aws()
+    }
+
+    /// The pair's place in the data plane: nat-b's tap and fixed DHCP address, a kernel table
+    /// for private table `b`, the internet namespace forwarding (the hairpin), and the
+    /// (empty) faults tables.
+    fn pair_data_plane(&mut self) -> Result<()> {
+        let ns = &self.ns;
+        ns.ip("vpc", &format!("tuntap add dev {TAPB} mode tap"))?;
+        ns.ip("vpc", &format!("link set {TAPB} mtu 9001 master br0 up"))?;
+        let b = aws::TABLE_B;
+        for route in [
+            "10.0.0.0/24 dev br0",
+            "10.0.1.0/24 dev v-priv",
+            "198.18.1.0/24 dev v-priv2",
+        ] {
+            ns.ip("vpc", &format!("route add {route} table {b}"))?;
+        }
+        ns.ip("vpc", &format!("route add unreachable default table {b}"))?;
+        ns.ip("vpc", "rule del iif v-priv2 lookup 100 priority 100")?;
+        ns.ip(
+            "vpc",
+            &format!("rule add iif v-priv2 lookup {b} priority 100"),
+        )?;
+        // The gateway sends traffic for a public address back in, as AWS's does.
+        ns.sysctl("internet", "net.ipv4.ip_forward", "1")?;
+        for key in ["all", "default", "eth0"] {
+            ns.sysctl(
+                "internet",
+                &format!("net.ipv4.conf.{key}.send_redirects"),
+                "0",
+            )?;
+        }
+        self.dnsmasq_args
+            .push(format!("--dhcp-host={NATB_MAC},{NATB_ADDR}"));
+        self.apply_faults(&Faults::default())
+    }
+
+    fn start_control_plane(
+        &mut self,
+        root: &std::path::Path,
+        moto_server: &std::path::Path,
+        pair: bool,
+    ) -> Result<&aws::AwsDouble> {
         let ca_dir = root.join(aws::TEST_CA_DIR);
         self.ns
             .ip("internet", &format!("addr add {}/32 dev lo", aws::ENDPOINT))?;
         self.ns
             .ip("fwd", &format!("link set eth0 address {}", aws::FWD_MAC))?;
         let imds = Arc::clone(&self.imds);
+        let instances = Arc::clone(&self.imds_instances);
         let double = aws::AwsDouble::start(aws::Start {
             moto_server,
             internet_ns: &self.ns.name("internet"),
@@ -313,10 +443,15 @@ impl Vpc {
                     let v: Vec<String> = eni.private_ips.iter().map(|a| a.to_string()).collect();
                     g.local_ipv4s = Some(v.join("\n"));
                 }
+                follow_local_ipv4s(&instances, plane);
             }),
+            pair,
         })
         .context("starting the AWS double")?;
-        let nat = double.seed().instance("nat")?.clone();
+        let nat = double
+            .seed()
+            .instance(if pair { "nat-a" } else { "nat" })?
+            .clone();
         let creds = double.credentials(Duration::from_secs(6 * 3600))?;
         {
             let mut g = self.imds_state()?;
@@ -433,6 +568,157 @@ impl Vpc {
         self.dir.path()
     }
 
+    /// The pair's IMDS states; poisoned is an error, as for `seen`.
+    pub fn imds_instances_state(&self) -> Result<MutexGuard<'_, BTreeMap<Ipv4Addr, ImdsState>>> {
+        self.imds_instances
+            .lock()
+            .map_err(|_| anyhow!("the IMDS double's state is poisoned: its thread panicked"))
+    }
+
+    /// What IMDS serves pair member `name` (`nat-a`, `nat-b`) as user-data from now on.
+    pub fn set_instance_user_data(&self, name: &str, data: Option<String>) -> Result<()> {
+        let (_, _, _, addr, _) = member(name)?;
+        let mut g = self.imds_instances_state()?;
+        let st = g
+            .get_mut(&addr)
+            .with_context(|| format!("IMDS knows no {name}: call start_aws_pair first"))?;
+        st.user_data = data;
+        Ok(())
+    }
+
+    /// Drops every frame between the pair's taps, both ways, on the bridge (`on`), or stops
+    /// (`!on`). Both still reach the router, the internet, and each other's public address
+    /// through the gateway.
+    pub fn partition_nats(&self, on: bool) -> Result<()> {
+        let mut f = self.faults_state()?.clone();
+        f.partition = on;
+        self.apply_faults(&f)
+    }
+
+    /// Cuts pair member `name` off the internet (`on`) or reconnects it: what its ENI sends
+    /// out through the gateway, and what the gateway lets in for any of its addresses, is
+    /// dropped; its traffic inside the VPC (router, IMDS, DNS, the other NAT, the private
+    /// clients) flows.
+    pub fn cut_internet(&self, name: &str, on: bool) -> Result<()> {
+        let (_, tap, _, _, _) = member(name)?;
+        let mut f = self.faults_state()?.clone();
+        if on {
+            f.cut.insert(tap.to_string());
+        } else {
+            f.cut.remove(tap);
+        }
+        self.apply_faults(&f)
+    }
+
+    fn faults_state(&self) -> Result<MutexGuard<'_, Faults>> {
+        self.faults
+            .lock()
+            .map_err(|_| anyhow!("the faults' state is poisoned"))
+    }
+
+    fn apply_faults(&self, f: &Faults) -> Result<()> {
+        let mut g = self.faults_state()?;
+        self.ns
+            .nft("vpc", &faults_script(f))
+            .context("the faults tables")?;
+        *g = f.clone();
+        Ok(())
+    }
+
+    /// Packets the faults dropped so far: (partition, internet cut).
+    pub fn fault_drops(&self) -> Result<(u64, u64)> {
+        let bridge = self
+            .ns
+            .exec("vpc", "nft", &["list", "table", "bridge", "faults"])?;
+        let ip = self
+            .ns
+            .exec("vpc", "nft", &["list", "table", "ip", "faults"])?;
+        let sum = |text: &str, tag: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.contains(tag))
+                .filter_map(counter_packets)
+                .sum()
+        };
+        Ok((
+            sum(&bridge, "\"partition\""),
+            sum(&bridge, "\"cut\"") + sum(&ip, "\"cut\""),
+        ))
+    }
+
+    /// Replaces pair member `name`'s tap with a veth into a namespace of its own (short name
+    /// `name`) that stands in for the guest: the member's MAC and primary address, default
+    /// route via the router (MTU 1500, SYNs clamped), forwarding on and the private ranges
+    /// masqueraded, as the appliance does.
+    /// Returns the namespace's full name. For tests without guests.
+    pub fn stand_in(&mut self, name: &str) -> Result<String> {
+        let (_, tap, mac, addr, _) = member(name)?;
+        self.ns.ip("vpc", &format!("link del {tap}"))?;
+        let full = self.ns.add(name)?;
+        self.ns.veth(name, "eth0", "vpc", tap)?;
+        self.ns
+            .ip("vpc", &format!("link set {tap} mtu 9001 master br0 up"))?;
+        self.ns
+            .ip(name, &format!("link set eth0 address {mac} mtu 9001 up"))?;
+        self.ns.ip(name, &format!("addr add {addr}/24 dev eth0"))?;
+        self.ns
+            .ip(name, &format!("route add default via {ROUTER} mtu 1500"))?;
+        self.ns.sysctl(name, "net.ipv4.ip_forward", "1")?;
+        // As the appliance: 1500 bytes beyond the VPC (the gateway's path-MTU black hole
+        // would eat bigger segments), forwarded SYNs clamped to it.
+        self.ns.nft(
+            name,
+            "table ip stand_in {
+  chain post { type nat hook postrouting priority srcnat; oifname \"eth0\" ip saddr { 10.0.1.0/24, 198.18.0.0/16 } masquerade; }
+  chain forward { type filter hook forward priority 0; tcp flags syn tcp option maxseg size set rt mtu; }
+}",
+        )?;
+        Ok(full)
+    }
+
+    /// Deletes `tap` and creates it again on the bridge (a stand-in's veth end, or a tap a
+    /// killed QEMU left): as a new instance would find its ENI. A new QEMU can also take a
+    /// tap over as it is (taps here are persistent), so this is needed only after
+    /// [`Vpc::stand_in`].
+    pub fn recreate_tap(&self, tap: &str) -> Result<()> {
+        let _ = self.ns.ip("vpc", &format!("link del {tap}"));
+        self.ns
+            .ip("vpc", &format!("tuntap add dev {tap} mode tap"))?;
+        self.ns
+            .ip("vpc", &format!("link set {tap} mtu 9001 master br0 up"))?;
+        Ok(())
+    }
+
+    /// The VM configuration of pair member `name` (`nat-a`, `nat-b`): Graviton-like as the
+    /// e2e boots are (`virt-4.1`, console on a PCI 16550 logged to its own file), one vCPU,
+    /// its tap with its MAC in slot 5, QEMU in the vpc namespace.
+    pub fn pair_vm_config(&self, disk: &std::path::Path, name: &str) -> Result<qemu::VmConfig> {
+        let (_, tap, mac, _, _) = member(name)?;
+        let mut cfg = qemu::VmConfig::new(disk.to_path_buf());
+        cfg.machine = qemu::Machine::Virt41;
+        cfg.console = qemu::Console::PciSerial;
+        cfg.cpus = 1;
+        cfg.nics = vec![qemu::Nic::slot5(qemu::Net::Tap(tap.to_string()), mac)];
+        cfg.netns = Some(self.ns.name("vpc"));
+        Ok(cfg)
+    }
+
+    /// Boots the pair: nat-a then nat-b, each with [`Vpc::pair_vm_config`] changed by
+    /// `tweak(name, config)`.
+    pub fn boot_pair(
+        &self,
+        disk: &std::path::Path,
+        tweak: impl Fn(&str, &mut qemu::VmConfig),
+    ) -> Result<(qemu::Vm, qemu::Vm)> {
+        let boot = |name: &str| -> Result<qemu::Vm> {
+            let mut cfg = self.pair_vm_config(disk, name)?;
+            tweak(name, &mut cfg);
+            qemu::Vm::start(&cfg).with_context(|| format!("booting {name}"))
+        };
+        let a = boot("nat-a")?;
+        let b = boot("nat-b")?;
+        Ok((a, b))
+    }
+
     /// Redirects counted by the nftables counter in a host's namespace.
     pub fn redirects(&self, host: &str) -> Result<u64> {
         let out = self
@@ -452,6 +738,75 @@ impl Drop for Vpc {
         self.stop.store(true, Ordering::Relaxed);
         self.stop_dnsmasq();
     }
+}
+
+/// Pair member `name`: (name, tap, MAC, primary address, public address).
+pub fn member(
+    name: &str,
+) -> Result<(&'static str, &'static str, &'static str, Ipv4Addr, Ipv4Addr)> {
+    PAIR.into_iter()
+        .find(|m| m.0 == name)
+        .with_context(|| format!("{name:?} is not a member of the pair (nat-a, nat-b)"))
+}
+
+/// The pair's IMDS `local-ipv4s` follow their ENIs' addresses, by MAC.
+fn follow_local_ipv4s(instances: &ImdsInstances, plane: &aws::DataPlane) {
+    if let Ok(mut g) = instances.lock() {
+        for st in g.values_mut() {
+            if let Some(eni) = plane.enis.values().find(|e| e.mac == st.mac) {
+                let v: Vec<String> = eni.private_ips.iter().map(|a| a.to_string()).collect();
+                st.local_ipv4s = Some(v.join("\n"));
+            }
+        }
+    }
+}
+
+/// Marks in the faults tables: a packet the gateway lets in from the internet, and a frame
+/// from a cut instance's port.
+const FROM_INTERNET: u32 = 0x4e41_0001;
+const FROM_CUT: u32 = 0x4e41_0002;
+
+/// The `faults` tables. Bridge: the partition (frames between the pair's taps dropped in both
+/// directions), frames from a cut port marked, and frames the gateway let in dropped before
+/// they leave by a cut port. IP: what comes in from the internet marked, marked frames from
+/// a cut port dropped on their way out to it. Marks rather than addresses, so that
+/// addresses moving between ENIs cannot open a hole.
+fn faults_script(f: &Faults) -> String {
+    let mut fwd = String::new();
+    if f.partition {
+        for (a, b) in [(TAP, TAPB), (TAPB, TAP)] {
+            fwd.push_str(&format!(
+                "    iifname \"{a}\" oifname \"{b}\" counter drop comment \"partition\"\n"
+            ));
+        }
+    }
+    let mut pre = String::new();
+    let mut post = String::new();
+    for tap in &f.cut {
+        pre.push_str(&format!(
+            "    iifname \"{tap}\" meta mark set {FROM_CUT:#x}\n"
+        ));
+        post.push_str(&format!(
+            "    oifname \"{tap}\" meta mark {FROM_INTERNET:#x} counter drop comment \"cut\"\n"
+        ));
+    }
+    format!(
+        "table bridge faults\ndelete table bridge faults\ntable bridge faults {{
+  chain pre {{ type filter hook prerouting priority -10;
+{pre}  }}
+  chain between {{ type filter hook forward priority -10;
+{fwd}  }}
+  chain post {{ type filter hook postrouting priority -10;
+{post}  }}
+}}
+table ip faults\ndelete table ip faults\ntable ip faults {{
+  chain between {{ type filter hook forward priority -10;
+    iifname \"v-inet\" meta mark set {FROM_INTERNET:#x}
+    oifname \"v-inet\" meta mark {FROM_CUT:#x} counter drop comment \"cut\"
+  }}
+}}
+"
+    )
 }
 
 /// dnsmasq as the VPC resolver: DNS on br0 for the regional endpoints only (no upstream), and
@@ -577,14 +932,21 @@ fn read_request(r: &mut impl BufRead) -> Result<(String, String, BTreeMap<String
     Ok((method, path, headers))
 }
 
-/// A minimal HTTP/1.1 server: `GET /bytes/N` sends N bytes; `POST /upload` reads the body and
-/// answers with its length. One request per connection.
+/// A minimal HTTP/1.1 server: `GET /bytes/N` sends N bytes; `GET /paced/N/RATE` sends N bytes
+/// of `meters::pattern_byte` at about RATE bytes/s; `POST /upload` reads the body and answers
+/// with its length. One request per connection.
 fn serve_http(s: TcpStream, seen: &Arc<Mutex<Seen>>) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     let (method, path, headers) = read_request(&mut r)?;
     let (method, path) = (method.as_str(), path.as_str());
+    if method == "GET" && path.starts_with("/paced/") {
+        let (bytes, rate) = meters::parse_paced(path)?;
+        // A client gone mid-transfer is its business, not the server's error.
+        let _ = meters::serve_paced(&mut w, bytes, rate);
+        return Ok(());
+    }
     let body: Vec<u8> = if method == "GET" && path.starts_with("/bytes/") {
         let n: usize = path[7..].parse().unwrap_or(0).min(64 << 20);
         vec![b'x'; n]
@@ -618,7 +980,12 @@ fn serve_http(s: TcpStream, seen: &Arc<Mutex<Seen>>) -> Result<()> {
 }
 
 /// The IMDSv2 double: token PUT, then GETs that require the token.
-fn start_imds(ns: &str, state: Arc<Mutex<ImdsState>>, stop: Arc<AtomicBool>) -> Result<()> {
+fn start_imds(
+    ns: &str,
+    state: Arc<Mutex<ImdsState>>,
+    instances: ImdsInstances,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     spawn_in(ns, move || {
         let l = match TcpListener::bind((IMDS, 80)) {
@@ -634,7 +1001,7 @@ fn start_imds(ns: &str, state: Arc<Mutex<ImdsState>>, stop: Arc<AtomicBool>) -> 
             match l.accept() {
                 Ok((s, _)) => {
                     let _ = s.set_nonblocking(false);
-                    let _ = serve_imds(s, &state);
+                    let _ = serve_imds(s, &state, &instances);
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -658,15 +1025,49 @@ struct Identity {
     local_ipv4s: Option<String>,
 }
 
-fn serve_imds(s: TcpStream, state: &Arc<Mutex<ImdsState>>) -> Result<()> {
+/// Which pair member's state answers a request from `peer`: the one with that primary
+/// address, else the one whose ENI has it now.
+fn instance_of(states: &BTreeMap<Ipv4Addr, ImdsState>, peer: Ipv4Addr) -> Option<Ipv4Addr> {
+    if states.contains_key(&peer) {
+        return Some(peer);
+    }
+    let peer_s = peer.to_string();
+    states
+        .iter()
+        .find(|(_, st)| {
+            st.local_ipv4s
+                .as_deref()
+                .is_some_and(|l| l.lines().any(|a| a == peer_s))
+        })
+        .map(|(k, _)| *k)
+}
+
+fn serve_imds(
+    s: TcpStream,
+    state: &Arc<Mutex<ImdsState>>,
+    instances: &ImdsInstances,
+) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let peer = s.peer_addr().ok().and_then(peer_v4);
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     let (method, path, headers) = read_request(&mut r)?;
     let (user_data, mac, cidrs, unavailable, ids) = {
-        let mut g = state
+        let mut pair = instances
             .lock()
             .map_err(|_| anyhow::anyhow!("imds state poisoned"))?;
+        let mut single;
+        let g: &mut ImdsState = match peer.and_then(|p| instance_of(&pair, p)) {
+            Some(k) => pair
+                .get_mut(&k)
+                .context("the instance's IMDS state went away")?,
+            None => {
+                single = state
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("imds state poisoned"))?;
+                &mut single
+            }
+        };
         g.requests.push(format!("{method} {path}"));
         let first = *g.first_request.get_or_insert_with(Instant::now);
         let unavailable = first.elapsed() < g.unavailable_for;
@@ -853,4 +1254,50 @@ pub fn listen_flag(
     rx.recv_timeout(Duration::from_secs(5))?
         .map_err(anyhow::Error::msg)?;
     Ok(hit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_render_partition_and_cut() {
+        let none = faults_script(&Faults::default());
+        assert!(!none.contains("drop comment \"partition\""));
+        assert!(!none.contains("oifname \"tapnat\""));
+        // The mark on what comes in from the internet is always set, so that a cut applies
+        // to flows already open.
+        assert!(none.contains("iifname \"v-inet\" meta mark set 0x4e410001"));
+        let mut f = Faults {
+            partition: true,
+            ..Faults::default()
+        };
+        f.cut.insert(TAPB.to_string());
+        let s = faults_script(&f);
+        assert!(s.contains("iifname \"tapnat\" oifname \"tapnatb\" counter drop"));
+        assert!(s.contains("iifname \"tapnatb\" oifname \"tapnat\" counter drop"));
+        assert!(s.contains("iifname \"tapnatb\" meta mark set 0x4e410002"));
+        assert!(s.contains("oifname \"tapnatb\" meta mark 0x4e410001 counter drop"));
+        assert!(
+            !s.contains("iifname \"tapnat\" meta mark"),
+            "nat-a is not cut\n{s}"
+        );
+    }
+
+    #[test]
+    fn imds_tells_instances_apart_by_source() {
+        let mut states = BTreeMap::new();
+        let mut a = ImdsState::new(NAT_MAC, "i-a", None);
+        a.local_ipv4s = Some("10.0.0.10\n10.0.0.40".into());
+        states.insert(NAT_ADDR, a);
+        states.insert(NATB_ADDR, ImdsState::new(NATB_MAC, "i-b", None));
+        assert_eq!(instance_of(&states, NATB_ADDR), Some(NATB_ADDR));
+        assert_eq!(
+            instance_of(&states, Ipv4Addr::new(10, 0, 0, 40)),
+            Some(NAT_ADDR)
+        );
+        assert_eq!(instance_of(&states, FORWARDER), None);
+        assert!(member("nat-b").is_ok_and(|m| m.1 == TAPB));
+        assert!(member("nat").is_err());
+    }
 }

@@ -4,7 +4,10 @@
 //! state through the HTTPS API and watch the namespaces follow: no default route, then a route
 //! to the forwarder with its source/dest check off, the check back on, an Elastic IP. Then the
 //! pieces the appliance will use: the VPC resolver and the test CA, IMDS's role credentials,
-//! moto's request authentication, and the NTP double.
+//! moto's request authentication, and the NTP double. Then, in a VPC of its own, the
+//! failover pair's (see `pair`).
+
+mod pair;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -30,7 +33,25 @@ const IMDS_ROLE: &str = "vpc-imds-serves-role-credentials-region-and-eni-id";
 const AUTH: &str = "vpc-moto-checks-signature-token-expiry-and-role-policy";
 const NTP: &str = "vpc-ntp-at-169-254-169-123-answers-with-the-host-clock";
 pub const CHECKS: &[&str] = &[
-    LAUNCHED, ROUTED, CHECK_ON, EIP, SECOND_EIP, RESOLVER, IMDS_ROLE, AUTH, NTP,
+    LAUNCHED,
+    ROUTED,
+    CHECK_ON,
+    EIP,
+    SECOND_EIP,
+    RESOLVER,
+    IMDS_ROLE,
+    AUTH,
+    NTP,
+    pair::SEED,
+    pair::IMDS,
+    pair::ROUTES,
+    pair::MOVE,
+    pair::HAIRPIN,
+    pair::PARTITION,
+    pair::CUT,
+    pair::ECHO,
+    pair::DOWNLOAD,
+    pair::KILL,
 ];
 
 /// How long a data-plane change may take to show.
@@ -38,10 +59,17 @@ const FOLLOW: Duration = Duration::from_secs(10);
 
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     hostdeps::ensure(hostdeps::NET)?;
+    hostdeps::ensure(hostdeps::QEMU)?;
     let moto = hostdeps::ensure_moto(&crate::target_dir(root))?;
+    single(root, &moto, report)?;
+    // The first VPC is gone: the pair's reuses the namespaces' names.
+    pair::run(root, &moto, report)
+}
+
+fn single(root: &Path, moto: &Path, report: &mut Report) -> Result<()> {
     let mut vpc = Vpc::build(120, None).context("building the emulated VPC")?;
     let t = std::time::Instant::now();
-    vpc.start_aws(root, &moto)
+    vpc.start_aws(root, moto)
         .context("starting the VPC's control plane")?;
     crate::report::say(&format!(
         "vpc: AWS double seeded and followed in {:.1} s",

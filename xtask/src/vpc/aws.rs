@@ -11,6 +11,13 @@
 //! - an ENI with its source/dest check on gets a bridge-family filter on its bridge port:
 //!   forwarded IPv4 to or from any address not its own is dropped (ARP and DHCP pass).
 //!
+//!
+//! With the pair seed ([`Start::pair`], for the failover tests: two NAT instances `nat-a` and
+//! `nat-b`, one private route table each) every private table has its own kernel table, and
+//! every private address of every ENI on the bridge is a permanent neighbour entry of the
+//! router at that ENI's MAC (EC2's fabric knows which ENI owns an address: a secondary address
+//! moved with `AssignPrivateIpAddresses` is re-pointed without the guests' ARP).
+//!
 //! The rendering is pure and unit-tested; `apply` runs `ip` and `nft`.
 
 use std::collections::BTreeMap;
@@ -26,8 +33,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{FORWARDER, NAT_ADDR, NAT_MAC, NAT_PUBLIC, SECOND_MAC, TAP, TAP2};
-use crate::netns::{nft_in, sh};
+use super::{
+    FORWARDER, NAT_ADDR, NAT_MAC, NAT_PUBLIC, NATB_ADDR, NATB_MAC, NATB_PUBLIC, SECOND_MAC, TAP,
+    TAP2, TAPB,
+};
+use crate::netns::nft_in;
 
 /// The AWS double's address ("the AWS public endpoint"), on the internet namespace's lo.
 pub const ENDPOINT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
@@ -50,6 +60,8 @@ pub const ELASTIC_IPS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(198, 51, 100, 20),
     Ipv4Addr::new(198, 51, 100, 21),
 ];
+/// The kernel table of the pair's private route table `b` (198.18.1.0/24).
+pub const TABLE_B: u32 = 102;
 /// moto hands out secondary (and unspecified) private addresses from .40-.99 of a subnet
 /// only: the namespaces own .1, .10, .11, .20, .21, .30 and DHCP's .100-.200.
 const POOL: (u8, u8) = (40, 99);
@@ -77,6 +89,14 @@ pub struct Seed {
     pub instances: BTreeMap<String, SeededInstance>,
     /// The Elastic IPs' allocation ids, in the order of [`ELASTIC_IPS`].
     pub allocation_ids: Vec<String>,
+    /// The pair seed's private route tables by name (`a`: 10.0.1.0/24, owned by nat-a; `b`:
+    /// 198.18.1.0/24, owned by nat-b); empty otherwise.
+    #[serde(default)]
+    pub route_tables: BTreeMap<String, String>,
+    /// The pair seed's Elastic IP allocation of each NAT (nat-a: [`ELASTIC_IPS`]`[0]`, nat-b:
+    /// `[1]`); empty otherwise.
+    #[serde(default)]
+    pub eip_allocations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +127,50 @@ impl Seed {
             .get(i)
             .map(String::as_str)
             .with_context(|| format!("the seed has no Elastic IP {i}"))
+    }
+
+    /// The pair seed's private route table `name` (`a` or `b`).
+    pub fn route_table(&self, name: &str) -> Result<&str> {
+        self.route_tables
+            .get(name)
+            .map(String::as_str)
+            .with_context(|| format!("the seed has no route table {name:?} (pair seed only)"))
+    }
+
+    /// The pair seed's Elastic IP allocation id owned by NAT `name` (`nat-a` or `nat-b`).
+    pub fn allocation_of(&self, name: &str) -> Result<&str> {
+        self.eip_allocations
+            .get(name)
+            .map(String::as_str)
+            .with_context(|| format!("the seed has no Elastic IP for {name:?} (pair seed only)"))
+    }
+
+    /// The user-data of pair member `name` (`nat-a` or `nat-b`): its check off, its own route
+    /// table and its own Elastic IP; re-checks every 10 s, health lines every 5 s. The
+    /// failover keys are to be added here.
+    pub fn pair_user_data(&self, name: &str) -> Result<String> {
+        let table = match name {
+            "nat-a" => self.route_table("a")?,
+            "nat-b" => self.route_table("b")?,
+            _ => bail!("{name:?} is not a member of the pair (nat-a, nat-b)"),
+        };
+        let eip = self.allocation_of(name)?;
+        Ok(format!(
+            "# nat-init user-data: {name} of the failover pair\nhealth_interval = 5\ndisable_source_dest_check = true\nroute_tables = [{table:?}]\nelastic_ips = [{eip:?}]\naws_check_interval = 10\n"
+        ))
+    }
+
+    /// The kernel routing table of each private route table in the vpc namespace: the single
+    /// seed's one table is 100; the pair's `a` is 100 and `b` is [`TABLE_B`].
+    pub fn kernel_tables(&self) -> Vec<(String, u32)> {
+        if self.route_tables.is_empty() {
+            vec![(self.private_route_table_id.clone(), 100)]
+        } else {
+            self.route_tables
+                .iter()
+                .map(|(name, id)| (id.clone(), if name == "a" { 100 } else { TABLE_B }))
+                .collect()
+        }
     }
 
     pub fn instance(&self, name: &str) -> Result<&SeededInstance> {
@@ -144,6 +208,10 @@ pub struct Eni {
     pub primary_ip: Ipv4Addr,
     pub source_dest_check: bool,
 }
+
+/// The pair's instances' tag (key and value) that DescribeInstances filters on.
+pub const FAILOVER_TAG: &str = "nat:failover-group";
+pub const FAILOVER_GROUP: &str = "e2e";
 
 /// One 1:1 mapping of the internet gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -242,6 +310,8 @@ pub struct Start<'a> {
     pub ca_dir: &'a Path,
     /// Called after each data plane is applied (the IMDS double follows the ENI's addresses).
     pub on_apply: Box<dyn Fn(&DataPlane) + Send>,
+    /// The pair seed (nat-a, nat-b, one route table each) instead of the single NAT's.
+    pub pair: bool,
 }
 
 impl AwsDouble {
@@ -260,6 +330,23 @@ impl AwsDouble {
         let log = s.dir.join("aws-double.log");
         let err =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut instances = json!({
+            "nat": {"private_ip": NAT_ADDR.to_string(), "mac": NAT_MAC,
+                    "public_ip": NAT_PUBLIC.to_string(), "profile": true},
+            "fwd": {"private_ip": FORWARDER.to_string(), "mac": FWD_MAC,
+                    "public_ip": FWD_PUBLIC.to_string(), "profile": false},
+        });
+        if s.pair {
+            let tags = json!({FAILOVER_TAG: FAILOVER_GROUP});
+            instances = json!({
+                "nat-a": {"private_ip": NAT_ADDR.to_string(), "mac": NAT_MAC,
+                          "public_ip": NAT_PUBLIC.to_string(), "profile": true, "tags": tags},
+                "nat-b": {"private_ip": NATB_ADDR.to_string(), "mac": NATB_MAC,
+                          "public_ip": NATB_PUBLIC.to_string(), "profile": true, "tags": tags},
+                "fwd": {"private_ip": FORWARDER.to_string(), "mac": FWD_MAC,
+                        "public_ip": FWD_PUBLIC.to_string(), "profile": false},
+            });
+        }
         let config = json!({
             "endpoint_addr": ENDPOINT.to_string(),
             "endpoint_port": ENDPOINT_PORT,
@@ -275,13 +362,11 @@ impl AwsDouble {
             "instance_id_hint": "nat",
             "pool_first": POOL.0,
             "pool_last": POOL.1,
-            "instances": {
-                "nat": {"private_ip": NAT_ADDR.to_string(), "mac": NAT_MAC,
-                        "public_ip": NAT_PUBLIC.to_string(), "profile": true},
-                "fwd": {"private_ip": FORWARDER.to_string(), "mac": FWD_MAC,
-                        "public_ip": FWD_PUBLIC.to_string(), "profile": false},
-            },
+            "instances": instances,
             "elastic_ips": ELASTIC_IPS.map(|a| a.to_string()),
+            "pair": s.pair,
+            "pair_tables": [["a", "10.0.1.0/24"], ["b", "198.18.1.0/24"]],
+            "eip_owners": if s.pair { json!(["nat-a", "nat-b"]) } else { json!([]) },
         });
         let mut child = Command::new("ip")
             .args(["netns", "exec", s.internet_ns])
@@ -302,7 +387,8 @@ impl AwsDouble {
         });
         let (shared2, vpc_ns, log2) = (Arc::clone(&shared), s.vpc_ns.to_string(), log.clone());
         let on_apply = s.on_apply;
-        std::thread::spawn(move || read_events(stdout, &shared2, &vpc_ns, &log2, &*on_apply));
+        let pair = s.pair;
+        std::thread::spawn(move || read_events(stdout, &shared2, &vpc_ns, &log2, pair, &*on_apply));
         // Importing moto and seeding take seconds.
         let seed = wait_on(
             &shared,
@@ -507,9 +593,12 @@ fn read_events(
     shared: &Shared,
     vpc_ns: &str,
     log: &Path,
+    pair: bool,
     on_apply: &dyn Fn(&DataPlane),
 ) {
-    let mut private_table = None;
+    let mut tables = Vec::new();
+    // The router's permanent neighbour entries now (pair seed only).
+    let mut neighbours = pair.then(BTreeMap::new);
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         let v: Value = match serde_json::from_str(&line) {
@@ -530,7 +619,7 @@ fn read_events(
         match v["event"].as_str() {
             Some("seeded") => match serde_json::from_value::<Seed>(v) {
                 Ok(s) => {
-                    private_table = Some(s.private_route_table_id.clone());
+                    tables = s.kernel_tables();
                     set(shared, |i| i.seed = Some(s));
                 }
                 Err(e) => set(shared, |i| i.apply_error = Some(format!("seed: {e}"))),
@@ -543,8 +632,7 @@ fn read_events(
                         continue;
                     }
                 };
-                let table = private_table.as_deref().unwrap_or_default();
-                match apply(vpc_ns, table, &plane) {
+                match apply(vpc_ns, &tables, &plane, neighbours.as_mut()) {
                     Ok(()) => {
                         on_apply(&plane);
                         set(shared, |i| i.plane = Some(plane));
@@ -574,40 +662,111 @@ fn set(shared: &Shared, f: impl FnOnce(&mut Inner)) {
     shared.changed.notify_all();
 }
 
-/// Applies a data plane in the vpc namespace: table 100's default, the gateway's mappings,
-/// the bridge's source/dest checks.
-pub fn apply(vpc_ns: &str, private_table: &str, plane: &DataPlane) -> Result<()> {
-    let target = plane
-        .routes
-        .get(private_table)
-        .and_then(|r| r.target.as_deref());
-    let args = route_args(target)?;
-    let mut v = vec!["netns", "exec", vpc_ns, "ip"];
-    v.extend(args.iter().map(String::as_str));
-    sh("ip", &v).context("table 100's default route")?;
-    nft_in(vpc_ns, &igw_script(&plane.mappings)).context("the internet gateway's mappings")?;
-    nft_in(vpc_ns, &bridge_script(&plane.enis, &ports())).context("the source/dest checks")?;
+/// Applies a data plane in the vpc namespace: each private table's default (`tables`: route
+/// table id and kernel table), the router's neighbour entries (when `neighbours` holds the
+/// current ones), the gateway's mappings, the bridge's source/dest checks.
+pub fn apply(
+    vpc_ns: &str,
+    tables: &[(String, u32)],
+    plane: &DataPlane,
+    neighbours: Option<&mut BTreeMap<Ipv4Addr, String>>,
+) -> Result<()> {
+    let mut batch = String::new();
+    for (id, table) in tables {
+        let target = plane.routes.get(id).and_then(|r| r.target.as_deref());
+        batch.push_str(&route_args(target, *table)?.join(" "));
+        batch.push('\n');
+    }
+    let want = neighbours
+        .as_ref()
+        .map(|now| {
+            let want = neighbour_entries(&plane.enis, &ports());
+            batch.push_str(&neighbour_batch(now, &want));
+            want
+        })
+        .unwrap_or_default();
+    ip_batch(vpc_ns, &batch).context("the private tables' defaults and the neighbours")?;
+    if let Some(now) = neighbours {
+        // Only once applied: a failed batch is retried in full with the next state.
+        *now = want;
+    }
+    let script = format!(
+        "{}{}",
+        igw_script(&plane.mappings),
+        bridge_script(&plane.enis, &ports())
+    );
+    nft_in(vpc_ns, &script).context("the gateway's mappings and the source/dest checks")?;
     Ok(())
+}
+
+/// Runs `ip -batch` in namespace `ns` (one process for every change).
+fn ip_batch(ns: &str, batch: &str) -> Result<()> {
+    let out = duct::cmd("ip", ["netns", "exec", ns, "ip", "-batch", "-"])
+        .stdin_bytes(batch.as_bytes().to_vec())
+        .stderr_capture()
+        .stdout_capture()
+        .unchecked()
+        .run()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch in {ns} failed: {}\n{batch}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Each private address of each ENI on a bridge port, at that ENI's MAC.
+fn neighbour_entries(
+    enis: &BTreeMap<String, Eni>,
+    ports: &BTreeMap<String, String>,
+) -> BTreeMap<Ipv4Addr, String> {
+    enis.values()
+        .filter(|e| ports.contains_key(&e.mac))
+        .flat_map(|e| e.private_ips.iter().map(|a| (*a, e.mac.clone())))
+        .collect()
+}
+
+/// `ip` commands that turn the router's entries `now` into `want`: stale ones deleted, the
+/// others replaced (permanent, so the guests' ARP never re-points them).
+fn neighbour_batch(now: &BTreeMap<Ipv4Addr, String>, want: &BTreeMap<Ipv4Addr, String>) -> String {
+    let mut out = String::new();
+    for a in now.keys().filter(|a| !want.contains_key(*a)) {
+        out.push_str(&format!("neigh del {a} dev br0\n"));
+    }
+    for (a, mac) in want {
+        if now.get(a) != Some(mac) {
+            out.push_str(&format!(
+                "neigh replace {a} lladdr {mac} dev br0 nud permanent\n"
+            ));
+        }
+    }
+    out
 }
 
 /// The bridge port of each ENI, by MAC.
 fn ports() -> BTreeMap<String, String> {
-    [(NAT_MAC, TAP), (SECOND_MAC, TAP2), (FWD_MAC, "p-fwd")]
-        .into_iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect()
+    [
+        (NAT_MAC, TAP),
+        (SECOND_MAC, TAP2),
+        (NATB_MAC, TAPB),
+        (FWD_MAC, "p-fwd"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect()
 }
 
-/// `ip route replace` for table 100's default: never absent (a missing default would fall
-/// through to the main table and leak private traffic to the internet).
-fn route_args(target: Option<&str>) -> Result<Vec<String>> {
+/// `ip route replace` for a private table's default: never absent (a missing default would
+/// fall through to the main table and leak private traffic to the internet).
+fn route_args(target: Option<&str>, table: u32) -> Result<Vec<String>> {
     let words: Vec<String> = match target {
-        None => "route replace unreachable default table 100"
+        None => format!("route replace unreachable default table {table}")
             .split(' ')
             .map(str::to_string)
             .collect(),
         Some("internet") => {
-            format!("route replace default via {INTERNET_PEER} dev v-inet table 100")
+            format!("route replace default via {INTERNET_PEER} dev v-inet table {table}")
                 .split(' ')
                 .map(str::to_string)
                 .collect()
@@ -616,7 +775,7 @@ fn route_args(target: Option<&str>) -> Result<Vec<String>> {
             let a: Ipv4Addr = ip
                 .parse()
                 .with_context(|| format!("route target {ip:?} is not an IPv4 address"))?;
-            format!("route replace default via {a} dev br0 table 100")
+            format!("route replace default via {a} dev br0 table {table}")
                 .split(' ')
                 .map(str::to_string)
                 .collect()
@@ -716,18 +875,18 @@ mod tests {
     #[test]
     fn no_route_is_unreachable_never_absent() {
         assert_eq!(
-            route_args(None).unwrap().join(" "),
+            route_args(None, 100).unwrap().join(" "),
             "route replace unreachable default table 100"
         );
         assert_eq!(
-            route_args(Some("10.0.0.30")).unwrap().join(" "),
+            route_args(Some("10.0.0.30"), 100).unwrap().join(" "),
             "route replace default via 10.0.0.30 dev br0 table 100"
         );
         assert_eq!(
-            route_args(Some("internet")).unwrap().join(" "),
+            route_args(Some("internet"), 100).unwrap().join(" "),
             "route replace default via 192.0.2.2 dev v-inet table 100"
         );
-        let e = route_args(Some("eni-1")).unwrap_err().to_string();
+        let e = route_args(Some("eni-1"), 100).unwrap_err().to_string();
         assert!(e.contains("eni-1"), "{e}");
     }
 
@@ -776,6 +935,75 @@ mod tests {
             !s.contains("10.0.0.50"),
             "an ENI on no port is skipped\n{s}"
         );
+    }
+
+    #[test]
+    fn neighbours_follow_addresses_between_enis() {
+        let mut enis = BTreeMap::new();
+        enis.insert(
+            "eni-a".to_string(),
+            eni(NAT_MAC, &[[10, 0, 0, 10], [10, 0, 0, 40]], false),
+        );
+        enis.insert("eni-b".to_string(), eni(NATB_MAC, &[[10, 0, 0, 12]], false));
+        enis.insert(
+            "eni-x".to_string(),
+            eni("0a:00:00:00:00:01", &[[10, 0, 0, 50]], true),
+        );
+        let first = neighbour_entries(&enis, &ports());
+        assert_eq!(first.len(), 3, "an ENI on no port gets no entry: {first:?}");
+        let batch = neighbour_batch(&BTreeMap::new(), &first);
+        assert!(
+            batch
+                .contains("neigh replace 10.0.0.40 lladdr 52:54:00:0a:00:0a dev br0 nud permanent")
+        );
+        // .40 moves to nat-b: only it is replaced; nothing else is touched.
+        enis.insert("eni-a".to_string(), eni(NAT_MAC, &[[10, 0, 0, 10]], false));
+        enis.insert(
+            "eni-b".to_string(),
+            eni(NATB_MAC, &[[10, 0, 0, 12], [10, 0, 0, 40]], false),
+        );
+        let moved = neighbour_entries(&enis, &ports());
+        assert_eq!(
+            neighbour_batch(&first, &moved),
+            "neigh replace 10.0.0.40 lladdr 52:54:00:0a:00:0c dev br0 nud permanent\n"
+        );
+        // Unassigned: deleted.
+        enis.insert("eni-b".to_string(), eni(NATB_MAC, &[[10, 0, 0, 12]], false));
+        let gone = neighbour_entries(&enis, &ports());
+        assert_eq!(
+            neighbour_batch(&moved, &gone),
+            "neigh del 10.0.0.40 dev br0\n"
+        );
+    }
+
+    #[test]
+    fn pair_seed_has_a_kernel_table_per_route_table() {
+        let line = r#"{"account": "123456789012", "region": "us-east-1", "vpc_id": "vpc-1",
+            "public_subnet_id": "s-1", "private_subnet_ids": ["s-2", "s-3"],
+            "internet_gateway_id": "igw-1", "public_route_table_id": "rtb-p",
+            "private_route_table_id": "rtb-a", "role_name": "r", "role_arn": "arn", "policy_name": "p",
+            "instances": {}, "allocation_ids": ["eipalloc-1", "eipalloc-2"],
+            "route_tables": {"a": "rtb-a", "b": "rtb-b"},
+            "eip_allocations": {"nat-a": "eipalloc-1", "nat-b": "eipalloc-2"}}"#;
+        let seed: Seed = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            seed.kernel_tables(),
+            vec![("rtb-a".to_string(), 100), ("rtb-b".to_string(), TABLE_B)]
+        );
+        assert_eq!(seed.allocation_of("nat-b").unwrap(), "eipalloc-2");
+        let ud = seed.pair_user_data("nat-b").unwrap();
+        assert!(
+            ud.contains("route_tables = [\"rtb-b\"]") && ud.contains("\"eipalloc-2\""),
+            "{ud}"
+        );
+        assert!(seed.pair_user_data("nat").is_err());
+        // The single seed (no pair fields) keeps table 100 only.
+        let single: Seed = serde_json::from_str(
+            &line.replace(r#""route_tables": {"a": "rtb-a", "b": "rtb-b"},"#, ""),
+        )
+        .unwrap();
+        assert_eq!(single.kernel_tables(), vec![("rtb-a".to_string(), 100)]);
+        assert!(single.route_table("a").is_err());
     }
 
     #[test]

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import threading
-import time
 import urllib.parse
 
 SEED = json.loads(sys.argv[1])
@@ -28,6 +27,7 @@ REGION = "us-east-1"
 import boto3  # noqa: E402
 import botocore.config  # noqa: E402
 from moto import settings  # noqa: E402
+from moto.ec2.exceptions import EC2ClientError, InvalidParameterValueError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.ec2.models import elastic_ip_addresses as eip_models  # noqa: E402
 from moto.ec2.models import elastic_network_interfaces as eni_models  # noqa: E402
@@ -92,6 +92,7 @@ def _associate(self, *args, **kwargs):
     private = params.get("PrivateIpAddress")
     if private and eip.association_id:
         PRIVATE_OF_ASSOCIATION[eip.association_id] = private
+    fix_public_ips()
     return eip
 
 
@@ -107,6 +108,67 @@ def _eip_private(self):
 
 
 eip_models.ElasticAddress.private_ip_address = property(_eip_private)
+
+
+# moto ignores AssignPrivateIpAddresses' AllowReassignment: it adds the address to the new ENI
+# and leaves it on the old one (or assigns an address in use without it). EC2 moves it, with
+# any Elastic IP associated with it, or refuses when reassignment is not allowed.
+_orig_assign = eni_models.NetworkInterfaceBackend.assign_private_ip_addresses
+
+
+def _assign(self, eni_id, private_ip_addresses=None, secondary_ips_count=None):
+    params = getattr(LOCAL, "params", {})
+    allow = str(params.get("AllowReassignment", "false")).lower() == "true"
+    for ip in private_ip_addresses or []:
+        for other in list(self.enis.values()):
+            if other.id == eni_id:
+                continue
+            held = [p for p in other.private_ip_addresses if p.get("PrivateIpAddress") == ip]
+            if not held:
+                continue
+            if held[0].get("Primary") or ip == other.private_ip_address:
+                raise InvalidParameterValueError(f"{ip} (the primary address of {other.id})")
+            if not allow:
+                raise EC2ClientError(
+                    "PrivateIpAddressInUse",
+                    f"{ip} is assigned to {other.id}; pass AllowReassignment to move it",
+                )
+            other.private_ip_addresses = [
+                p for p in other.private_ip_addresses if p.get("PrivateIpAddress") != ip
+            ]
+            MOVED_TO[ip] = eni_id
+    eni = _orig_assign(self, eni_id, private_ip_addresses, secondary_ips_count)
+    for eip in list(self.addresses):
+        if eip.eni is None:
+            continue
+        private = PRIVATE_OF_ASSOCIATION.get(eip.association_id)
+        if private and MOVED_TO.get(private) == eni_id and eip.eni.id != eni_id:
+            eip.eni = eni
+            eip.instance = eni.instance
+    MOVED_TO.clear()
+    fix_public_ips()
+    return eni
+
+
+MOVED_TO = {}
+eni_models.NetworkInterfaceBackend.assign_private_ip_addresses = _assign
+
+
+def fix_public_ips():
+    """An ENI's public address (DescribeInstances' PublicIpAddress) is the Elastic IP on its
+    primary address, else its auto-assigned one: moto sets it to any EIP associated with any
+    of its addresses and never gives it back."""
+    on_primary = {}
+    for eip in list(ec2().addresses):
+        if eip.eni is None:
+            continue
+        private = PRIVATE_OF_ASSOCIATION.get(eip.association_id) or eip.eni.private_ip_address
+        if private == eip.eni.private_ip_address:
+            on_primary[eip.eni.id] = eip.public_ip
+    for eni_id, public in AUTO_PUBLIC.items():
+        eni = ec2().enis.get(eni_id)
+        if eni is not None:
+            eni.public_ip = on_primary.get(eni_id, public)
 
 
 def ec2():
@@ -176,7 +238,10 @@ class Recorder:
             entry["status"] = int(status.split(" ", 1)[0])
             return start_response(status, headers, exc_info)
 
-        return self.app(environ, recording_start)
+        out = self.app(environ, recording_start)
+        if mutating(entry["action"]):
+            WAKE.set()
+        return out
 
     @staticmethod
     def refuse(environ, akid):
@@ -271,15 +336,30 @@ def seed():
     public_rt = e.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
     e.create_route(RouteTableId=public_rt, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
     e.associate_route_table(RouteTableId=public_rt, SubnetId=public)
-    private_rt = e.create_route_table(
-        VpcId=vpc,
-        TagSpecifications=[
-            {"ResourceType": "route-table", "Tags": [{"Key": "nat:route", "Value": "private"}]}
-        ],
-    )["RouteTable"]["RouteTableId"]
-    for s in privates:
-        e.associate_route_table(RouteTableId=private_rt, SubnetId=s)
-    PRIVATE_TABLES.append(private_rt)
+    route_tables = {}
+    if SEED.get("pair"):
+        # One table per private subnet, each owned by one NAT of the pair.
+        for (name, _cidr), s in zip(SEED["pair_tables"], privates):
+            rt = e.create_route_table(
+                VpcId=vpc,
+                TagSpecifications=[
+                    {"ResourceType": "route-table", "Tags": [{"Key": "Name", "Value": f"private-{name}"}]}
+                ],
+            )["RouteTable"]["RouteTableId"]
+            e.associate_route_table(RouteTableId=rt, SubnetId=s)
+            PRIVATE_TABLES.append(rt)
+            route_tables[name] = rt
+        private_rt = PRIVATE_TABLES[0]
+    else:
+        private_rt = e.create_route_table(
+            VpcId=vpc,
+            TagSpecifications=[
+                {"ResourceType": "route-table", "Tags": [{"Key": "nat:route", "Value": "private"}]}
+            ],
+        )["RouteTable"]["RouteTableId"]
+        for s in privates:
+            e.associate_route_table(RouteTableId=private_rt, SubnetId=s)
+        PRIVATE_TABLES.append(private_rt)
 
     iam = client("iam")
     trust = {
@@ -311,7 +391,8 @@ def seed():
             InstanceType="t4g.nano",
             SubnetId=public,
             PrivateIpAddress=spec["private_ip"],
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]
+                                + [{"Key": k, "Value": v} for k, v in spec.get("tags", {}).items()]}],
             **kwargs,
         )["Instances"][0]
         eni_id = inst["NetworkInterfaces"][0]["NetworkInterfaceId"]
@@ -324,6 +405,8 @@ def seed():
     allocations = [
         e.allocate_address(Domain="vpc", Address=a)["AllocationId"] for a in SEED["elastic_ips"]
     ]
+    owners = SEED.get("eip_owners", [])
+    allocation_of = {owner: alloc for owner, alloc in zip(owners, allocations)}
     got = {a["AllocationId"]: a["PublicIp"] for a in e.describe_addresses()["Addresses"]}
     for alloc, want in zip(allocations, SEED["elastic_ips"]):
         if got.get(alloc) != want:
@@ -343,6 +426,8 @@ def seed():
         "policy_name": SEED["policy"],
         "instances": instances,
         "allocation_ids": allocations,
+        "route_tables": route_tables,
+        "eip_allocations": allocation_of,
     }
 
 
@@ -398,6 +483,14 @@ def data_plane():
     }
 
 
+# Set after each mutating API call: the reconciler reports at once instead of at its next poll.
+WAKE = threading.Event()
+
+
+def mutating(action):
+    return bool(action) and not action.startswith(("Describe", "Get", "List"))
+
+
 class Reconciler:
     def __init__(self):
         self.lock = threading.Lock()
@@ -419,7 +512,8 @@ class Reconciler:
                 self.step()
             except Exception as e:  # a transient read during a write: try again
                 log(f"reconcile: {e!r}")
-            time.sleep(0.2)
+            WAKE.wait(0.2)
+            WAKE.clear()
 
 
 def credentials(lifetime):
