@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 /// The heartbeats' UDP port.
 pub const PORT: u16 = 7471;
-/// Connection replication's TCP port (`run::ctsync`).
-pub const CTSYNC_PORT: u16 = 7472;
+/// Connection replication's TCP port.
+pub const CTSYNC_PORT: u16 = crate::conntrack::sync::PORT;
 /// A heartbeat never exceeds this (one unfragmented datagram on any VPC path).
 pub const MAX_HEARTBEAT: usize = 1400;
 /// Heartbeats go out this often, on each path.

@@ -120,8 +120,8 @@ impl Topology {
     }
 }
 
-/// The appliance's own table (source NAT to P), forwarding on, and the replication port
-/// opened in its input chain as the appliance must for its peers.
+/// The appliance's own table (source NAT to P) with a failover member's ports open, and
+/// forwarding on.
 fn install_table(ns: &str) {
     let r = nft::build(&RulesetSpec {
         table: nft::TABLE.into(),
@@ -134,30 +134,14 @@ fn install_table(ns: &str) {
         per_source_limit: 1000,
         dhcp_server: None,
         snat_addresses: vec![P],
+        failover_ports: Some((nat_init::failover::PORT, nat_init::failover::CTSYNC_PORT)),
     });
     in_ns(ns, || {
         let mut s = Nfnl::open().unwrap();
         nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
     });
-    sh(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "insert",
-            "rule",
-            "ip",
-            nft::TABLE,
-            "input",
-            "tcp",
-            "dport",
-            "7472",
-            "accept",
-        ],
-    );
 }
 
 /// Failure lines of one `CtSync`, kept for the assertion messages.

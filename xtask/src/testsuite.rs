@@ -3,7 +3,7 @@
 //! is set: unit tests and root network-namespace tests), `vpc` (the emulated VPC's control
 //! plane, without a guest), `image` (the built image's
 //! artifacts), `boot` (the real disk image under UEFI in QEMU), `e2e` (the NAT on an emulated
-//! VPC) and `bench` (the bench's smoke test). `--only PART` runs one of them.
+//! VPC), `failover` (two NAT guests in a failover group) and `bench` (the bench's smoke test). `--only PART` runs one of them.
 //!
 //! Each module plans its checks before it starts; a check ends passed, failed, or not run
 //! because an earlier check or the module's setup failed (counted as failed), and a module
@@ -23,25 +23,28 @@ pub enum Part {
     Image,
     Boot,
     E2e,
+    /// Two NAT guests in a failover group.
+    Failover,
     /// The bench's smoke test: the last part of the default run.
     Bench,
 }
 
 impl Part {
     /// In the order of the default run.
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::Host,
         Part::Vpc,
         Part::Image,
         Part::Boot,
         Part::E2e,
+        Part::Failover,
         Part::Bench,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {
         match Self::ALL.into_iter().find(|p| p.name() == s) {
             Some(p) => Ok(p),
-            None => bail!("{s:?}: expected host, vpc, image, boot, e2e or bench"),
+            None => bail!("{s:?}: expected host, vpc, image, boot, e2e, failover or bench"),
         }
     }
 
@@ -52,6 +55,7 @@ impl Part {
             Self::Image => "image",
             Self::Boot => "boot",
             Self::E2e => "e2e",
+            Self::Failover => "failover",
             Self::Bench => "bench",
         }
     }
@@ -78,6 +82,10 @@ impl Part {
             Self::E2e => Module {
                 checks: checks::e2e::CHECKS,
                 run: checks::e2e::run,
+            },
+            Self::Failover => Module {
+                checks: checks::failover::CHECKS,
+                run: checks::failover::run,
             },
             Self::Bench => Module {
                 checks: bench::smoke::CHECKS,

@@ -625,6 +625,20 @@ impl Vpc {
         Ok(())
     }
 
+    /// Drops connection replication (TCP 7472) on the bridge, both ways (`on`), or stops: the
+    /// failover tests' control, flows that start meanwhile are never replicated.
+    pub fn block_replication(&self, on: bool) -> Result<()> {
+        if on {
+            self.ns.nft(
+                "vpc",
+                "table bridge nosync { chain fwd { type filter hook forward priority 0; policy accept; ether type ip tcp dport 7472 counter drop; ether type ip tcp sport 7472 counter drop; } }",
+            )
+        } else {
+            self.ns.nft("vpc", "delete table bridge nosync")
+        }
+        .context("the replication block")
+    }
+
     /// Packets the faults dropped so far: (partition, internet cut).
     pub fn fault_drops(&self) -> Result<(u64, u64)> {
         let bridge = self

@@ -18,6 +18,7 @@ use nat_init::dhcp::Random;
 
 use super::aws::{Command, Commander, Facts};
 use super::console::{error, info, now_ms};
+use super::ctsync::CtSync;
 
 /// Probes go out this often (to each target in turn until one answers).
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -37,12 +38,6 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 /// Whether SIGTERM should wait for the handover (a failover thread runs).
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Commits the connections replicated from a peer (its private address) whose source NAT
-/// address is one of the given ones; returns a short account for the console line.
-pub type CommitFn = Box<dyn Fn(Ipv4Addr, &[Ipv4Addr]) -> String + Send>;
-/// Tells connection replication whom to stream to.
-pub type PeersFn = Box<dyn Fn(Vec<Ipv4Addr>) + Send>;
-
 /// The main loop's end: the fields of the health line.
 pub struct Failover {
     status: Arc<Mutex<String>>,
@@ -53,15 +48,14 @@ impl Failover {
         cfg: FailoverConfig,
         aws: Commander,
         primary: Ipv4Addr,
-        commit: CommitFn,
-        set_peers: PeersFn,
+        ct: Arc<CtSync>,
     ) -> Failover {
         let status = Arc::new(Mutex::new("failover=starting".to_string()));
         let st = Arc::clone(&status);
         let spawned = std::thread::Builder::new()
             .name("failover".into())
             .spawn(move || {
-                match Member::new(cfg, aws, primary, commit, set_peers, st) {
+                match Member::new(cfg, aws, primary, ct, st) {
                     Ok(mut m) => m.run(),
                     Err(e) => error("failover", format_args!("cannot start: {e}")),
                 }
@@ -87,8 +81,7 @@ struct Member {
     cfg: FailoverConfig,
     aws: Commander,
     primary: Ipv4Addr,
-    commit: CommitFn,
-    set_peers: PeersFn,
+    ct: Arc<CtSync>,
     status: Arc<Mutex<String>>,
     socket: UdpSocket,
     group: Group,
@@ -109,8 +102,7 @@ impl Member {
         cfg: FailoverConfig,
         aws: Commander,
         primary: Ipv4Addr,
-        commit: CommitFn,
-        set_peers: PeersFn,
+        ct: Arc<CtSync>,
         status: Arc<Mutex<String>>,
     ) -> std::io::Result<Member> {
         let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, failover::PORT))?;
@@ -132,8 +124,7 @@ impl Member {
             cfg,
             aws,
             primary,
-            commit,
-            set_peers,
+            ct,
             status,
             socket,
             boot,
@@ -243,10 +234,21 @@ impl Member {
                 why,
             } => {
                 let ips: Vec<Ipv4Addr> = egress.iter().map(|e| e.ip).collect();
+                // Before the addresses move: the first packet back finds its mapping here.
                 let committed = if ips.is_empty() {
-                    "no addresses to carry connections".to_string()
+                    "no addresses to carry them".to_string()
                 } else {
-                    (self.commit)(from_addr, &ips)
+                    let r = self.ct.commit_from(from_addr, &ips);
+                    if let Some(e) = &r.first_error {
+                        error(
+                            "failover",
+                            format_args!("committing {from}'s connections: {e}"),
+                        );
+                    }
+                    format!(
+                        "{} committed, {} already here, {} refused",
+                        r.committed, r.already_present, r.failed
+                    )
                 };
                 info(format_args!(
                     "failover taking {} from {from} ({why}); connections: {committed}",
@@ -262,7 +264,8 @@ impl Member {
             Decision::Release { to, tables, egress } => {
                 let key = format!("{to} {}", items(&tables, &egress));
                 let now = now_ms();
-                self.released.retain(|_, t| now.saturating_sub(*t) < RELEASE_REPEAT_MS);
+                self.released
+                    .retain(|_, t| now.saturating_sub(*t) < RELEASE_REPEAT_MS);
                 if self.released.insert(key, now).is_some() {
                     return;
                 }
@@ -300,7 +303,7 @@ impl Member {
         }
         let peers: Vec<Ipv4Addr> = targets.values().filter_map(|t| t.0).collect();
         if peers != self.peers_sent {
-            (self.set_peers)(peers.clone());
+            self.ct.set_peers(peers.clone());
             self.peers_sent = peers;
         }
         for (direct, hairpin) in targets.values() {
@@ -370,15 +373,31 @@ impl Member {
             })
             .collect::<Vec<_>>()
             .join(",");
+        let st = self.ct.stats();
+        let synced = st
+            .inbound
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}{}",
+                    p.peer,
+                    p.cached,
+                    if p.connected { "" } else { ":closed" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         let text = format!(
-            "failover={} failover_peers={} failover_egress={}",
+            "failover={} failover_peers={} failover_egress={} ct_local={} ct_from={}",
             if roles_text.is_empty() {
                 "-"
             } else {
                 &roles_text
             },
             if peers.is_empty() { "-" } else { &peers },
-            if me.healthy { "ok" } else { "failed" }
+            if me.healthy { "ok" } else { "failed" },
+            st.local,
+            if synced.is_empty() { "-" } else { &synced }
         );
         if let Ok(mut s) = self.status.lock() {
             *s = text;

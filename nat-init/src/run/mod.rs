@@ -14,7 +14,8 @@
 //! - `health`: the `ready` line, the `health` line and the drift checks;
 //! - `watchdog`: the pings that tell init the loop is alive;
 //! - `aws`: the clock, the instance role and the EC2 calls, on a thread of their own;
-//! - `ctsync`: conntrack replication to and from the peers, for failover.
+//! - `ctsync`: conntrack replication to and from the peers, for failover;
+//! - `failover`: a failover group member's heartbeats, probes, takeovers and handover.
 
 mod aws;
 mod config;
@@ -216,8 +217,7 @@ impl Service {
                 group.clone(),
                 self.aws.commander(),
                 primary,
-                Box::new(|_, _| "not replicated".to_string()),
-                Box::new(|_| {}),
+                std::sync::Arc::new(ctsync::start()),
             ));
         }
     }

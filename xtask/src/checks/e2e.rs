@@ -39,7 +39,7 @@ const INVALID_USER_DATA: &str = "health_interval = 5\nprivate_ranges = [\"10.0.0
 /// A MAC that no NIC of the VM has, for IMDS to name as the primary ENI.
 const ABSENT_MAC: &str = "0a:00:00:00:00:99";
 /// How long a boot may take to print a line: the firmware alone takes seconds under TCG.
-const BOOT: Duration = Duration::from_secs(240);
+pub const BOOT: Duration = Duration::from_secs(240);
 
 const READY: &str = "e2e-boot-ready-with-leased-address-on-ens5";
 const MODULES: &str = "e2e-init-loaded-every-module";

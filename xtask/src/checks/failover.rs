@@ -69,7 +69,8 @@ const ACTIONS: &[&str] = &[
 pub fn member_user_data(seed: &aws::Seed, name: &str) -> Result<String> {
     Ok(format!(
         "{}health_interval = 2\nfailover_group = \"{}\"\nfailover_hold = {HOLD_S}\nfailover_probes = [\"{}:{}\"]\n",
-        seed.pair_user_data(name)?.replace("health_interval = 5\n", ""),
+        seed.pair_user_data(name)?
+            .replace("health_interval = 5\n", ""),
         aws::FAILOVER_GROUP,
         vpc::SERVER,
         vpc::HTTP_PORT
@@ -129,11 +130,12 @@ fn route_of(vpc: &Vpc, table: &str) -> Result<Option<String>> {
 /// Waits until `table` points at `name`'s ENI.
 pub fn wait_route(vpc: &Vpc, table: &str, name: &str, limit: Duration) -> Result<()> {
     let eni = vpc.aws()?.seed().instance(name)?.eni_id.clone();
-    vpc.aws()?.wait_for(&format!("{table} -> {name}"), limit, |p| {
-        p.routes
-            .get(table)
-            .is_some_and(|t| t.target_id.as_deref() == Some(eni.as_str()))
-    })?;
+    vpc.aws()?
+        .wait_for(&format!("{table} -> {name}"), limit, |p| {
+            p.routes
+                .get(table)
+                .is_some_and(|t| t.target_id.as_deref() == Some(eni.as_str()))
+        })?;
     Ok(())
 }
 
@@ -204,7 +206,11 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         let echo = EchoGaps::start(&private(&vpc), ECHO_EVERY)?;
         vpc.partition_nats(true)?;
         // Only the hairpin path through the gateway still carries heartbeats.
-        let (_, h) = av.wait_for_from(marks.0, &format!("{b_id}:alive:hairpin"), Duration::from_secs(20))?;
+        let (_, h) = av.wait_for_from(
+            marks.0,
+            &format!("{b_id}:alive:hairpin"),
+            Duration::from_secs(20),
+        )?;
         say(&h);
         std::thread::sleep(Duration::from_secs(5));
         vpc.partition_nats(false)?;
@@ -227,7 +233,10 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
             bail!("table a moved during the partition");
         }
         if e.lost.len() > 2 {
-            bail!("echoes were lost during a partition that must not touch the data path: {:?}", e.lost);
+            bail!(
+                "echoes were lost during a partition that must not touch the data path: {:?}",
+                e.lost
+            );
         }
         Ok(())
     });
@@ -237,7 +246,11 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
         let mark = b.line_count();
         vpc.cut_internet("nat-a", true)?;
-        let (_, took) = b.wait_for_from(mark, &format!("nat-init: failover took {table_a}"), TAKEOVER)?;
+        let (_, took) = b.wait_for_from(
+            mark,
+            &format!("nat-init: failover took {table_a}"),
+            TAKEOVER,
+        )?;
         say(&took);
         wait_route(&vpc, &table_a, "nat-b", TAKEOVER)?;
         let d = dl.finish()?;
@@ -262,7 +275,10 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
             Duration::from_secs(HOLD_S) + TAKEOVER,
         )?;
         let after = restored.elapsed();
-        say(&format!("{took}\n(reclaimed {} ms after the path came back)", after.as_millis()));
+        say(&format!(
+            "{took}\n(reclaimed {} ms after the path came back)",
+            after.as_millis()
+        ));
         if after < Duration::from_secs(HOLD_S - 1) {
             bail!("reclaimed after {after:?}, before the hold of {HOLD_S} s");
         }
@@ -286,10 +302,15 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
         let mark = (av.line_count(), b.line_count());
         av.qmp("system_powerdown")?;
-        let (_, took) = b.wait_for_from(mark.1, &format!("nat-init: failover took {table_a}"), TAKEOVER)?;
+        let (_, took) = b.wait_for_from(
+            mark.1,
+            &format!("nat-init: failover took {table_a}"),
+            TAKEOVER,
+        )?;
         say(&took);
         av.wait_exit(Duration::from_secs(60))?;
-        let (_, stopped) = av.wait_for_from(mark.0, "nat-init: failover stopped after", Duration::ZERO)?;
+        let (_, stopped) =
+            av.wait_for_from(mark.0, "nat-init: failover stopped after", Duration::ZERO)?;
         say(&stopped);
         if !stopped.contains("a peer holds everything") {
             bail!("nat-a stopped before the handover finished: {stopped}");
@@ -300,7 +321,10 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         gaps.push(("clean stop", e.longest_gap_ms));
         complete("download across the clean stop", &d)?;
         if e.lost.len() > 3 {
-            bail!("the clean stop lost more than a packet or two: {:?}", e.lost);
+            bail!(
+                "the clean stop lost more than a packet or two: {:?}",
+                e.lost
+            );
         }
         Ok(())
     });
@@ -312,18 +336,18 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         let (_, lent) = av.wait_for_from(0, "aws_lent=", SETTLE)?;
         say(&lent);
         let echo = EchoGaps::start(&private(&vpc), ECHO_EVERY)?;
-        let (_, took) = av.wait_for_from(
-            0,
-            &format!("nat-init: failover took {table_a}"),
-            SETTLE,
-        )?;
+        let (_, took) =
+            av.wait_for_from(0, &format!("nat-init: failover took {table_a}"), SETTLE)?;
         say(&took);
         wait_route(&vpc, &table_a, "nat-a", TAKEOVER)?;
         std::thread::sleep(Duration::from_secs(2));
         let e = echo.finish()?;
         echo_said("rejoin", &e);
         if e.lost.len() > 3 {
-            bail!("the rejoin's reclaim lost more than a packet or two: {:?}", e.lost);
+            bail!(
+                "the rejoin's reclaim lost more than a packet or two: {:?}",
+                e.lost
+            );
         }
         Ok(())
     });
@@ -340,8 +364,15 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         let mark = b.line_count();
         let killed = Instant::now();
         av.kill()?;
-        let (_, took) = b.wait_for_from(mark, &format!("nat-init: failover took {table_a}"), TAKEOVER)?;
-        say(&format!("{took}\n({} ms after the kill)", killed.elapsed().as_millis()));
+        let (_, took) = b.wait_for_from(
+            mark,
+            &format!("nat-init: failover took {table_a}"),
+            TAKEOVER,
+        )?;
+        say(&format!(
+            "{took}\n({} ms after the kill)",
+            killed.elapsed().as_millis()
+        ));
         let d = replicated.finish()?;
         unreplicated = Some(control.finish()?);
         vpc.block_replication(false)?;
