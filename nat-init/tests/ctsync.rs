@@ -134,6 +134,7 @@ fn install_table(ns: &str) {
         per_source_limit: 1000,
         dhcp_server: None,
         snat_addresses: vec![P],
+        snat_by_source: Vec::new(),
         failover_ports: Some((nat_init::failover::PORT, nat_init::failover::CTSYNC_PORT)),
     });
     in_ns(ns, || {

@@ -148,6 +148,7 @@ impl Topology {
             per_source_limit: 1000,
             dhcp_server: None,
             snat_addresses: Vec::new(),
+            snat_by_source: Vec::new(),
             failover_ports: None,
         }
     }
@@ -489,7 +490,7 @@ fn udp_flows(ns: &str, first: u16, n: u16, dst: SocketAddr) -> Vec<String> {
     in_ns(ns, move || {
         (first..first + n)
             .filter_map(|p| {
-                let u = UdpSocket::bind(sa(CLIENT_IP, p)).unwrap();
+                let u = UdpSocket::bind(sa(Ipv4Addr::UNSPECIFIED, p)).unwrap();
                 u.set_read_timeout(Some(TIMEOUT)).unwrap();
                 u.send_to(b"hello", dst).unwrap();
                 let mut buf = [0u8; 64];
@@ -579,6 +580,51 @@ fn snat_spreads_flows_across_addresses() {
     assert_eq!(seen.len(), 50, "{seen:?}");
     assert!(seen.iter().all(|p| p.ip() == NAT_WAN2_IP), "{seen:?}");
     assert!(replies.iter().all(|r| *r == NAT_WAN2_IP.to_string()));
+}
+
+/// A source prefix given its own address leaves from it, while the rest spread as before; the
+/// kernel reads the rule back as nft prints it.
+#[test]
+fn snat_by_source_comes_first() {
+    let t = Topology::new();
+    apply_sysctls(&t.nat);
+    in_ns(&t.nat, || {
+        let mut r = Rtnl::open().unwrap();
+        let wan = r.link("ens5").unwrap().unwrap();
+        r.replace_address(wan.index, NAT_WAN2_IP, 24, u32::MAX, u32::MAX)
+            .unwrap();
+    });
+    let mut sp = t.spec(false);
+    sp.snat_addresses = vec![NAT_WAN_IP];
+    sp.snat_by_source = vec![("10.0.2.0/24".parse().unwrap(), NAT_WAN2_IP)];
+    let r = nft::build(&sp);
+    in_ns(&t.nat, || {
+        let mut s = Nfnl::open().unwrap();
+        nft::apply(&mut s, &r).unwrap();
+        nft::verify(&mut s, &r).unwrap();
+    });
+    let listing = sh("ip", &["netns", "exec", &t.nat, "nft", "list", "ruleset"]);
+    let first = r
+        .chains
+        .iter()
+        .find(|c| c.name == "postrouting")
+        .unwrap()
+        .rules[0]
+        .to_string();
+    assert!(listing.contains(&first), "`{first}` not in:\n{listing}");
+    let server = udp_echo_peer(&t.server, sa(SERVER_IP, 9094));
+    let from_client = udp_flows(&t.client, 44000, 10, sa(SERVER_IP, 9094));
+    let from_client2 = udp_flows(&t.client2, 44100, 10, sa(SERVER_IP, 9094));
+    let seen = server.join().unwrap();
+    assert_eq!(seen.len(), 20, "{seen:?}");
+    assert!(
+        from_client.iter().all(|r| *r == NAT_WAN_IP.to_string()),
+        "{from_client:?}"
+    );
+    assert!(
+        from_client2.iter().all(|r| *r == NAT_WAN2_IP.to_string()),
+        "{from_client2:?}"
+    );
 }
 
 /// One private host cannot hold more than its share of conntrack: with a limit of 5, a client

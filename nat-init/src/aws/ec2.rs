@@ -12,6 +12,7 @@
 use std::net::Ipv4Addr;
 
 use super::sigv4::uri_encode;
+use crate::cidr::Ipv4Cidr;
 
 /// The API version every request names.
 pub const API_VERSION: &str = "2016-11-15";
@@ -32,6 +33,7 @@ pub enum Action {
     DescribeAddresses,
     AssignPrivateIpAddresses,
     DescribeInstances,
+    DescribeSubnets,
 }
 
 impl Action {
@@ -47,6 +49,7 @@ impl Action {
             Self::DescribeAddresses => "DescribeAddresses",
             Self::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
             Self::DescribeInstances => "DescribeInstances",
+            Self::DescribeSubnets => "DescribeSubnets",
         }
     }
 
@@ -180,6 +183,15 @@ pub fn describe_running_instances_by_tag(key: &str, value: &str) -> Call {
         .param("Filter.2.Value.1", "running")
 }
 
+/// Subnets by id, for their CIDR blocks.
+pub fn describe_subnets(ids: &[String]) -> Call {
+    ids.iter()
+        .enumerate()
+        .fold(Call::new(Action::DescribeSubnets), |c, (i, id)| {
+            c.param(format!("SubnetId.{}", i + 1), id)
+        })
+}
+
 /// Which secondary private addresses to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecondaryIps {
@@ -301,6 +313,10 @@ pub struct RouteTable {
     pub vpc_id: String,
     pub tags: Vec<(String, String)>,
     pub routes: Vec<Route>,
+    /// The subnets explicitly associated with it.
+    pub subnets: Vec<String>,
+    /// The VPC's main table: it also serves every subnet without an association of its own.
+    pub main: bool,
 }
 
 impl RouteTable {
@@ -527,7 +543,16 @@ pub fn parse_describe_route_tables(body: &str) -> Result<Vec<RouteTable>, ParseE
                 state,
             });
         }
+        let associations: Vec<Node<'_, '_>> = items(item, "associationSet").collect();
         tables.push(RouteTable {
+            subnets: associations
+                .iter()
+                .filter_map(|a| text(*a, "subnetId"))
+                .map(str::to_string)
+                .collect(),
+            main: associations
+                .iter()
+                .any(|a| text(*a, "main") == Some("true")),
             vpc_id: required(item, &at, "vpcId")?,
             tags: tags(item, &at)?,
             routes,
@@ -613,6 +638,27 @@ pub fn parse_describe_instances(body: &str) -> Result<Vec<Instance>, ParseError>
                 id,
             });
         }
+    }
+    Ok(out)
+}
+
+/// DescribeSubnets: each subnet's id and IPv4 CIDR block.
+pub fn parse_describe_subnets(body: &str) -> Result<Vec<(String, Ipv4Cidr)>, ParseError> {
+    let doc = document(body)?;
+    let root = response_root(&doc, Action::DescribeSubnets)?;
+    let mut out = Vec::new();
+    for (i, item) in items(root, "subnetSet").enumerate() {
+        let at = format!("subnetSet/item {}", i + 1);
+        let id = required(item, &at, "subnetId")?;
+        let at = format!("subnet {id}");
+        let text = required(item, &at, "cidrBlock")?;
+        let cidr = text.parse().map_err(|_| ParseError::Invalid {
+            at: at.clone(),
+            field: "cidrBlock",
+            value: text.chars().take(80).collect(),
+            expected: "an IPv4 CIDR block",
+        })?;
+        out.push((id, cidr));
     }
     Ok(out)
 }

@@ -109,7 +109,8 @@ pub fn resource_hint(
         Action::DescribeNetworkInterfaces
         | Action::DescribeRouteTables
         | Action::DescribeAddresses
-        | Action::DescribeInstances => return "*".to_string(),
+        | Action::DescribeInstances
+        | Action::DescribeSubnets => return "*".to_string(),
     };
     match id {
         Some(id) => arn(kind, id, region, account),
@@ -125,7 +126,7 @@ pub fn actions(inputs: &PolicyInputs) -> Vec<Action> {
     let eips = failover || !inputs.elastic_ip_allocation_ids.is_empty();
     let mut out = Vec::new();
     if failover {
-        out.push(Action::DescribeInstances);
+        out.extend([Action::DescribeInstances, Action::DescribeSubnets]);
     }
     if inputs.source_dest_check || eips {
         out.push(Action::DescribeNetworkInterfaces);
@@ -453,6 +454,7 @@ mod tests {
                 "ec2:DescribeInstances",
                 "ec2:DescribeNetworkInterfaces",
                 "ec2:DescribeRouteTables",
+                "ec2:DescribeSubnets",
                 "ec2:ReplaceRoute"
             ]
         );

@@ -33,6 +33,10 @@ pub struct RulesetSpec {
     /// one rule each; empty: masquerade to the interface's primary address. Duplicates count
     /// once.
     pub snat_addresses: Vec<Ipv4Addr>,
+    /// Sources whose new flows take one address before the spread over `snat_addresses`: a
+    /// failover member holding a peer's table sends that table's subnets out through the
+    /// peer's address, so that their connections move back with it.
+    pub snat_by_source: Vec<(Ipv4Cidr, Ipv4Addr)>,
     /// A failover group member's ports, accepted from anyone (the security group decides who):
     /// the heartbeats' UDP port and connection replication's TCP port.
     pub failover_ports: Option<(u16, u16)>,
@@ -225,19 +229,68 @@ fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
         addr_in_set(true, true).to_vec(),
     ]
     .concat();
-    if spec.snat_addresses.is_empty() {
-        return vec![rule(
-            RULE_MASQ,
-            &[
-                &matches,
+    let snat_to = |a: Ipv4Addr| {
+        vec![
+            counter(),
+            Expr::Immediate {
+                dreg: REG_1,
+                data: a.octets().to_vec(),
+            },
+            Expr::Snat {
+                addr: REG_1,
+                flags: NAT_RANGE_MAP_IPS | spec.masquerade_ports.flags(),
+            },
+        ]
+    };
+    let by_source: Vec<Rule> = spec
+        .snat_by_source
+        .iter()
+        .map(|(from, a)| {
+            rule(
+                &format!("{RULE_SNAT_PREFIX}from {from}"),
                 &[
-                    counter(),
-                    Expr::Masq {
-                        flags: spec.masquerade_ports.flags(),
-                    },
+                    &matches,
+                    &[
+                        Expr::Payload {
+                            base: BASE_NETWORK,
+                            offset: 12,
+                            len: 4,
+                            dreg: REG_1,
+                        },
+                        Expr::Bitwise {
+                            sreg: REG_1,
+                            dreg: REG_1,
+                            len: 4,
+                            mask: from.netmask().octets().to_vec(),
+                            xor: vec![0; 4],
+                        },
+                        Expr::Cmp {
+                            sreg: REG_1,
+                            op: CMP_EQ,
+                            data: from.addr().octets().to_vec(),
+                        },
+                    ],
+                    &snat_to(*a),
                 ],
-            ],
-        )];
+            )
+        })
+        .collect();
+    if spec.snat_addresses.is_empty() {
+        return by_source
+            .into_iter()
+            .chain([rule(
+                RULE_MASQ,
+                &[
+                    &matches,
+                    &[
+                        counter(),
+                        Expr::Masq {
+                            flags: spec.masquerade_ports.flags(),
+                        },
+                    ],
+                ],
+            )])
+            .collect();
     }
     let mut addrs: Vec<Ipv4Addr> = Vec::new();
     for a in &spec.snat_addresses {
@@ -246,47 +299,27 @@ fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
         }
     }
     let n = addrs.len();
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let pick: Vec<Expr> = if i + 1 < n {
-                vec![
-                    Expr::Numgen {
-                        dreg: REG_1,
-                        modulus: (n - i) as u32,
-                        kind: NG_RANDOM,
-                        offset: 0,
-                    },
-                    Expr::Cmp {
-                        sreg: REG_1,
-                        op: CMP_EQ,
-                        data: 0u32.to_ne_bytes().to_vec(),
-                    },
-                ]
-            } else {
-                Vec::new()
-            };
-            rule(
-                &snat_rule_name(i),
-                &[
-                    &matches,
-                    &pick,
-                    &[
-                        counter(),
-                        Expr::Immediate {
-                            dreg: REG_1,
-                            data: a.octets().to_vec(),
-                        },
-                        Expr::Snat {
-                            addr: REG_1,
-                            flags: NAT_RANGE_MAP_IPS | spec.masquerade_ports.flags(),
-                        },
-                    ],
-                ],
-            )
-        })
-        .collect()
+    let spread = addrs.iter().enumerate().map(|(i, a)| {
+        let pick: Vec<Expr> = if i + 1 < n {
+            vec![
+                Expr::Numgen {
+                    dreg: REG_1,
+                    modulus: (n - i) as u32,
+                    kind: NG_RANDOM,
+                    offset: 0,
+                },
+                Expr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: 0u32.to_ne_bytes().to_vec(),
+                },
+            ]
+        } else {
+            Vec::new()
+        };
+        rule(&snat_rule_name(i), &[&matches, &pick, &snat_to(*a)])
+    });
+    by_source.into_iter().chain(spread).collect()
 }
 
 /// The table for `spec`. Pure: same spec, same model, same bytes.
@@ -620,8 +653,39 @@ pub(super) mod tests {
             per_source_limit: 0,
             dhcp_server: None,
             snat_addresses: Vec::new(),
+            snat_by_source: Vec::new(),
             failover_ports: None,
         }
+    }
+
+    #[test]
+    fn a_peers_subnets_take_its_address_before_the_spread() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.snat_addresses = vec![Ipv4Addr::new(10, 0, 0, 40)];
+        sp.snat_by_source = vec![("10.0.1.0/24".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 41))];
+        let r = build(&sp);
+        let post = &r
+            .chains
+            .iter()
+            .find(|c| c.name == "postrouting")
+            .unwrap()
+            .rules;
+        let names: Vec<&str> = post.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["snat from 10.0.1.0/24", "snat 0"]);
+        let text = post[0].to_string();
+        assert!(text.contains("ip saddr 10.0.1.0/24"), "{text}");
+        assert!(text.contains("snat to 10.0.0.41"), "{text}");
+        // With masquerade (no snat addresses) it still comes first.
+        sp.snat_addresses.clear();
+        let r = build(&sp);
+        let post = &r
+            .chains
+            .iter()
+            .find(|c| c.name == "postrouting")
+            .unwrap()
+            .rules;
+        assert_eq!(post[0].name, "snat from 10.0.1.0/24");
+        assert_eq!(post[1].name, RULE_MASQ);
     }
 
     #[test]

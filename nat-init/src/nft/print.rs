@@ -235,6 +235,32 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                     base: BASE_NETWORK,
                     offset,
                     len: 4,
+                    ..
+                },
+                Some(Expr::Bitwise { mask, xor, .. }),
+                Some(Expr::Cmp {
+                    op: CMP_EQ, data, ..
+                }),
+            ) if (*offset == 12 || *offset == 16)
+                && mask.len() == 4
+                && data.len() == 4
+                && xor.iter().all(|b| *b == 0) =>
+            {
+                let bits = u32::from_be_bytes([mask[0], mask[1], mask[2], mask[3]]).count_ones();
+                (
+                    format!(
+                        "ip {} {}/{bits}",
+                        if *offset == 12 { "saddr" } else { "daddr" },
+                        Ipv4Addr::new(data[0], data[1], data[2], data[3])
+                    ),
+                    3,
+                )
+            }
+            (
+                Expr::Payload {
+                    base: BASE_NETWORK,
+                    offset,
+                    len: 4,
                     dreg,
                 },
                 Some(Expr::Cmp { sreg, op, data }),

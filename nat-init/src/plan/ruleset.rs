@@ -10,7 +10,8 @@ use crate::nft::{self, RulesetSpec};
 /// `dhcp_server` only (the lease's, when there is one). `flowtable` is whether it gets one:
 /// the configuration wants it and the kernel can add it (see [`nft::flowtable_supported`]).
 /// `snat`: the addresses (each with its Elastic IP) new flows are spread across; empty,
-/// masquerade on the interface's address.
+/// masquerade on the interface's address. `by_source`: sources that take one address first
+/// (a failover member holding a peer's tables).
 pub fn ruleset_spec(
     cfg: &Config,
     iface: &str,
@@ -18,6 +19,7 @@ pub fn ruleset_spec(
     flowtable: bool,
     dhcp_server: Option<Ipv4Addr>,
     snat: &[Ipv4Addr],
+    by_source: &[(Ipv4Cidr, Ipv4Addr)],
 ) -> RulesetSpec {
     RulesetSpec {
         table: nft::TABLE.to_string(),
@@ -30,6 +32,7 @@ pub fn ruleset_spec(
         per_source_limit: cfg.per_source_conntrack_limit,
         dhcp_server,
         snat_addresses: snat.to_vec(),
+        snat_by_source: by_source.to_vec(),
         failover_ports: cfg
             .aws
             .failover
@@ -66,7 +69,7 @@ mod tests {
         };
         let private = ["10.0.0.0/16".parse().unwrap()];
         let server = Some(Ipv4Addr::new(10, 0, 1, 1));
-        let s = ruleset_spec(&cfg, "ens5", &private, true, server, &[]);
+        let s = ruleset_spec(&cfg, "ens5", &private, true, server, &[], &[]);
         assert_eq!(
             s,
             RulesetSpec {
@@ -80,13 +83,14 @@ mod tests {
                 per_source_limit: 32768,
                 dhcp_server: server,
                 snat_addresses: Vec::new(),
+                snat_by_source: Vec::new(),
                 failover_ports: None,
             }
         );
-        assert!(!ruleset_spec(&cfg, "ens5", &private, false, None, &[]).flowtable);
+        assert!(!ruleset_spec(&cfg, "ens5", &private, false, None, &[], &[]).flowtable);
         let eips = [Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 40)];
         assert_eq!(
-            ruleset_spec(&cfg, "ens5", &private, false, None, &eips).snat_addresses,
+            ruleset_spec(&cfg, "ens5", &private, false, None, &eips, &[]).snat_addresses,
             eips
         );
     }

@@ -66,6 +66,9 @@ pub enum Event {
     Egress {
         secondary: Vec<Ipv4Addr>,
         snat: Vec<Ipv4Addr>,
+        /// Sources that take one address first: the subnets of a peer's tables held here,
+        /// out through that peer's address (a failover member; empty otherwise).
+        by_source: Vec<(nat_init::cidr::Ipv4Cidr, Ipv4Addr)>,
     },
 }
 
@@ -266,6 +269,8 @@ struct Worker {
     facts: Arc<Mutex<Facts>>,
     /// Failover commands not carried out yet (they wait for a session).
     commands: Vec<Command>,
+    /// A peer's tables held here: their subnets, out through the peer's address.
+    peer_subnets: std::collections::BTreeMap<String, Vec<(nat_init::cidr::Ipv4Cidr, Ipv4Addr)>>,
     inputs: Option<Inputs>,
     random: KernelRandom,
     next_ntp: Instant,
@@ -297,6 +302,7 @@ impl Worker {
             status,
             facts,
             commands: Vec::new(),
+            peer_subnets: std::collections::BTreeMap::new(),
             inputs: None,
             random: KernelRandom::new(),
             next_ntp: Instant::now(),
@@ -978,6 +984,7 @@ impl Worker {
                 .filter(|a| *a != nic_primary)
                 .collect(),
             snat: awsplan::snat_addresses(&done),
+            by_source: Vec::new(),
         };
         if self.egress_sent.as_ref() != Some(&event) {
             let _ = self.events.send(event.clone());

@@ -70,6 +70,8 @@ pub struct Service {
     secondary: Vec<std::net::Ipv4Addr>,
     /// The addresses new flows are spread across (empty: masquerade on the lease's address).
     snat: Vec<std::net::Ipv4Addr>,
+    /// Sources whose new flows take one address first (a peer's subnets, while held here).
+    snat_by_source: Vec<(Ipv4Cidr, std::net::Ipv4Addr)>,
     /// The AWS side's thread.
     aws: aws::Aws,
     /// The failover thread, once started (a group member, after the first `ready`).
@@ -133,6 +135,7 @@ impl Service {
             applied: None,
             secondary: Vec::new(),
             snat: Vec::new(),
+            snat_by_source: Vec::new(),
             aws: aws::Aws::start(),
             failover: None,
             stages: Stages::new(),
@@ -236,7 +239,11 @@ impl Service {
         self.feed_aws();
         while let Some(ev) = self.aws.event() {
             match ev {
-                aws::Event::Egress { secondary, snat } => {
+                aws::Event::Egress {
+                    secondary,
+                    snat,
+                    by_source,
+                } => {
                     let now = now_ms();
                     if secondary != self.secondary {
                         self.secondary = secondary;
@@ -258,6 +265,22 @@ impl Service {
                             }
                         ));
                         self.snat = snat;
+                        self.stages.invalidate(Stage::Nft, now);
+                    }
+                    if by_source != self.snat_by_source {
+                        info(format_args!(
+                            "egress for a peer's subnets: {}",
+                            if by_source.is_empty() {
+                                "none".to_string()
+                            } else {
+                                by_source
+                                    .iter()
+                                    .map(|(c, a)| format!("{c}->{a}"))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            }
+                        ));
+                        self.snat_by_source = by_source;
                         self.stages.invalidate(Stage::Nft, now);
                     }
                 }

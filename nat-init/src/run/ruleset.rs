@@ -23,6 +23,7 @@ impl Service {
             supported,
             server,
             &self.snat,
+            &self.snat_by_source,
         );
         let r = nft::build(&spec);
         match nft::verify(&mut sock, &r) {

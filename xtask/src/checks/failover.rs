@@ -54,6 +54,7 @@ const ECHO_EVERY: Duration = Duration::from_millis(100);
 /// Every action a member needs, on `*` (moto checks actions only).
 const ACTIONS: &[&str] = &[
     "ec2:DescribeInstances",
+    "ec2:DescribeSubnets",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeRouteTables",
     "ec2:DescribeAddresses",
@@ -213,10 +214,10 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         )?;
         say(&h);
         std::thread::sleep(Duration::from_secs(5));
+        let (dropped, _) = vpc.fault_drops()?;
         vpc.partition_nats(false)?;
         let e = echo.finish()?;
         echo_said("partition", &e);
-        let (dropped, _) = vpc.fault_drops()?;
         if dropped == 0 {
             bail!("the partition dropped nothing: the test would not see a fight");
         }
@@ -328,7 +329,8 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         }
         Ok(())
     });
-    a = None;
+    // The stopped guest's console, for the diagnosis at the end.
+    let stopped_a = a.take();
     ok &= report.check_after(CLEAN, REJOIN, || {
         let cfg = vpc.pair_vm_config(&disk, "nat-a")?;
         let av = a.insert(Vm::start(&cfg)?);
@@ -395,7 +397,11 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     });
     say(&format!("failover gaps (ms): {gaps:?}"));
     if !ok {
-        for (name, vm) in [("nat-a", a.as_ref()), ("nat-b", Some(&b))] {
+        for (name, vm) in [
+            ("nat-a (first boot)", stopped_a.as_ref()),
+            ("nat-a", a.as_ref()),
+            ("nat-b", Some(&b)),
+        ] {
             if let Some(vm) = vm {
                 say(&format!("{name} console:\n{}", vm.log()));
             }

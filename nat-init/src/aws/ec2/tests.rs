@@ -425,6 +425,38 @@ fn bad_network_interfaces() {
 /// moto's answer for one running instance with the group tag.
 const MOTO_INSTANCES: &str = r#"<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15"><reservationSet><item><reservationId>r-3dfb65270e526e065</reservationId><ownerId>123456789012</ownerId><groupSet/><instancesSet><item><architecture>x86_64</architecture><networkInterfaceSet><item><association/><attachment><attachTime>2026-12-03T21:09:58.000Z</attachTime><attachmentId>eni-attach-b00e7894dd218215b</attachmentId><deleteOnTermination>false</deleteOnTermination><deviceIndex>0</deviceIndex><status>attached</status><networkCardIndex>0</networkCardIndex></attachment><description>Primary network interface</description><macAddress>02:00:00:57:d2:da</macAddress><networkInterfaceId>eni-4ee647993c488a24d</networkInterfaceId><ownerId>123456789012</ownerId><privateIpAddress>10.0.0.10</privateIpAddress><privateIpAddressesSet><item><primary>true</primary><privateIpAddress>10.0.0.10</privateIpAddress></item></privateIpAddressesSet><sourceDestCheck>true</sourceDestCheck><status>in-use</status><subnetId>subnet-a1c2c3c88ed154395</subnetId><vpcId>vpc-8951d056a72f97176</vpcId><interfaceType>interface</interfaceType></item></networkInterfaceSet><rootDeviceName>/dev/sda1</rootDeviceName><tagSet><item><key>nat:failover-group</key><value>g</value></item></tagSet><instanceId>i-6157ceda84b788b77</instanceId><imageId>ami-12c6146b</imageId><instanceState><code>16</code><name>running</name></instanceState><privateDnsName>ip-10-0-0-10.ec2.internal</privateDnsName><subnetId>subnet-a1c2c3c88ed154395</subnetId><vpcId>vpc-8951d056a72f97176</vpcId><privateIpAddress>10.0.0.10</privateIpAddress></item></instancesSet></item></reservationSet><requestId>request-id</requestId></DescribeInstancesResponse>"#;
 
+const MOTO_SUBNETS: &str = r#"<DescribeSubnetsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15"><subnetSet><item><availabilityZoneId>use1-az2</availabilityZoneId><ownerId>123456789012</ownerId><assignIpv6AddressOnCreation>false</assignIpv6AddressOnCreation><ipv6CidrBlockAssociationSet/><tagSet/><subnetArn>arn:aws:ec2:us-east-1:123456789012:subnet/subnet-35bcb6abbe132fa18</subnetArn><ipv6Native>false</ipv6Native><subnetId>subnet-35bcb6abbe132fa18</subnetId><state>available</state><vpcId>vpc-0298cc2b729319c44</vpcId><cidrBlock>10.0.1.0/24</cidrBlock><availableIpAddressCount>251</availableIpAddressCount><availabilityZone>us-east-1c</availabilityZone><defaultForAz>false</defaultForAz><mapPublicIpOnLaunch>false</mapPublicIpOnLaunch></item></subnetSet><requestId>request-id</requestId></DescribeSubnetsResponse>"#;
+
+const MOTO_ASSOCIATED_TABLE: &str = r#"<DescribeRouteTablesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15"><routeTableSet><item><associationSet><item><main>false</main><routeTableAssociationId>rtbassoc-8a1c7db0a16c181e1</routeTableAssociationId><routeTableId>rtb-4831fc42610bf1c9a</routeTableId><subnetId>subnet-35bcb6abbe132fa18</subnetId><associationState><state>associated</state></associationState></item></associationSet><routeTableId>rtb-4831fc42610bf1c9a</routeTableId><routeSet><item><destinationCidrBlock>10.0.0.0/16</destinationCidrBlock><gatewayId>local</gatewayId><origin>CreateRouteTable</origin><state>active</state></item></routeSet><tagSet/><vpcId>vpc-0298cc2b729319c44</vpcId><ownerId>123456789012</ownerId></item></routeTableSet><requestId>request-id</requestId></DescribeRouteTablesResponse>"#;
+
+#[test]
+fn subnets_of_a_table() {
+    let t = &parse_describe_route_tables(MOTO_ASSOCIATED_TABLE).unwrap()[0];
+    assert_eq!(t.subnets, ["subnet-35bcb6abbe132fa18"]);
+    assert!(!t.main);
+    let main = MOTO_ASSOCIATED_TABLE.replace("<main>false</main>", "<main>true</main>");
+    assert!(parse_describe_route_tables(&main).unwrap()[0].main);
+    assert_eq!(
+        describe_subnets(&["subnet-1".into(), "subnet-2".into()]).body(),
+        "Action=DescribeSubnets&Version=2016-11-15&SubnetId.1=subnet-1&SubnetId.2=subnet-2"
+    );
+    assert_eq!(
+        parse_describe_subnets(MOTO_SUBNETS).unwrap(),
+        vec![(
+            "subnet-35bcb6abbe132fa18".to_string(),
+            "10.0.1.0/24".parse().unwrap()
+        )]
+    );
+    let bad = MOTO_SUBNETS.replace("10.0.1.0/24", "10.0.1.0/33");
+    assert!(matches!(
+        parse_describe_subnets(&bad),
+        Err(ParseError::Invalid {
+            field: "cidrBlock",
+            ..
+        })
+    ));
+}
+
 #[test]
 fn instances() {
     let call = describe_running_instances_by_tag("nat:failover-group", "g");

@@ -630,6 +630,9 @@ impl Worker {
             }
         }
         let routes_ms = now_ms().saturating_sub(started);
+        if let Some(first) = moved.first() {
+            self.learn_peer_subnets(cfg, &done, first.ip);
+        }
         for e in &moved {
             match self.associate_verified(&e.alloc, &eni, e.ip) {
                 Ok(public) => {
@@ -648,6 +651,64 @@ impl Worker {
         ));
     }
 
+    /// The subnets of a peer's `tables` just taken over, so that their new flows leave
+    /// through the peer's address `ip` (and move back with it when the peer reclaims). A main
+    /// table's implicit subnets cannot be listed: their flows take this member's addresses.
+    fn learn_peer_subnets(&mut self, cfg: &AwsConfig, tables: &[String], ip: Ipv4Addr) {
+        let peer_tables: Vec<String> = tables
+            .iter()
+            .filter(|t| !cfg.route_tables.contains(t))
+            .cloned()
+            .collect();
+        if peer_tables.is_empty() {
+            return;
+        }
+        let r = self
+            .call(&ec2::describe_route_tables_by_id(&peer_tables))
+            .and_then(|b| {
+                ec2::parse_describe_route_tables(&b)
+                    .map_err(|e| CallError::Other(format!("DescribeRouteTables: {e}")))
+            })
+            .and_then(|ts| {
+                let ids: Vec<String> = ts.iter().flat_map(|t| t.subnets.clone()).collect();
+                let cidrs = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    let b = self.call(&ec2::describe_subnets(&ids))?;
+                    ec2::parse_describe_subnets(&b)
+                        .map_err(|e| CallError::Other(format!("DescribeSubnets: {e}")))?
+                };
+                Ok((ts, cidrs))
+            });
+        match r {
+            Ok((ts, cidrs)) => {
+                for t in ts {
+                    let v: Vec<_> = cidrs
+                        .iter()
+                        .filter(|(id, _)| t.subnets.contains(id))
+                        .map(|(_, c)| (*c, ip))
+                        .collect();
+                    if t.main {
+                        error(
+                            "failover",
+                            format_args!(
+                                "{} is the main table: its implicit subnets' new flows leave through this member's addresses",
+                                t.id
+                            ),
+                        );
+                    }
+                    self.peer_subnets.insert(t.id, v);
+                }
+            }
+            Err(e) => error(
+                "failover",
+                format_args!(
+                    "the subnets of {peer_tables:?}: {e}; their new flows leave through this member's addresses"
+                ),
+            ),
+        }
+    }
+
     /// The addresses on the interface (every held one) and the SNAT sources (this member's
     /// own held ones; new flows never go out through a peer's address).
     fn publish_egress(&mut self, cfg: &AwsConfig) {
@@ -662,7 +723,19 @@ impl Worker {
             .map(|h| h.item.ip)
             .collect();
         snat.sort();
-        let event = Event::Egress { secondary, snat };
+        let held: Vec<&String> = f.holds.iter().map(|h| &h.item).collect();
+        let by_source: Vec<(nat_init::cidr::Ipv4Cidr, Ipv4Addr)> = self
+            .peer_subnets
+            .iter()
+            .filter(|(t, _)| held.contains(t))
+            .flat_map(|(_, v)| v.iter().copied())
+            .filter(|(_, ip)| secondary.contains(ip))
+            .collect();
+        let event = Event::Egress {
+            secondary,
+            snat,
+            by_source,
+        };
         if self.egress_sent.as_ref() != Some(&event) {
             let _ = self.events.send(event.clone());
             self.egress_sent = Some(event);
