@@ -25,6 +25,11 @@ fuzz_target!(|data: &[u8]| {
             std::net::Ipv4Addr::new(198, 51, 100, 1),
             std::net::Ipv4Addr::new(198, 51, 100, 3),
         ],
+        snat_by_source: vec![(
+            "10.0.2.0/24".parse().expect("literal CIDR"),
+            std::net::Ipv4Addr::new(198, 51, 100, 5),
+        )],
+        failover_ports: Some((7471, 7472)),
     })
     .differences(&r);
     let _ = nft::Counters::of(&r);
