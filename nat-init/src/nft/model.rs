@@ -347,10 +347,10 @@ mod tests {
         got.chains[1].rules.pop();
         got.chains[2].policy = NF_ACCEPT;
         got.sets[0].ranges.clear();
-        if let Expr::Counter { packets, .. } = &mut got.chains[0].rules[0].exprs[6] {
+        if let Expr::Counter { packets, .. } = &mut got.chains[0].rules[0].exprs[8] {
             *packets = 99;
         } else {
-            panic!("counter expected at index 6");
+            panic!("counter expected at index 8");
         }
         let d = want.differences(&got);
         assert_eq!(d.len(), 3, "{d:#?}");

@@ -223,7 +223,13 @@ pub fn snat_rule_name(index: usize) -> String {
 /// what is left. One rule per address rather than one `numgen ... map` lookup: no anonymous
 /// map to encode, name and compare on read-back, and each address has its own counter.
 fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
+    // Forwarded flows only (an input interface; the host's own packets have none): the
+    // appliance's own traffic (API calls, egress probes, heartbeats) keeps the primary
+    // address, which must reach out before any Elastic IP is claimed anyway, and which stays
+    // this instance's when a peer takes an egress address over (SNAT to that address would
+    // send the answers to the peer).
     let matches: Vec<Expr> = [
+        meta_cmp(META_IIFNAME, CMP_NEQ, ifname("")).to_vec(),
         meta_cmp(META_OIFNAME, CMP_EQ, ifname(&spec.iface)).to_vec(),
         addr_in_set(false, false).to_vec(),
         addr_in_set(true, true).to_vec(),

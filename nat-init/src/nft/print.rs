@@ -524,7 +524,7 @@ mod tests {
 	set private { type ipv4_addr; flags interval; elements = { 10.0.0.0/16 } }
 	chain postrouting {
 		type nat hook postrouting priority 100; policy accept;
-		oifname "ens5" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade fully-random comment "masquerade"
+		iifname != "" oifname "ens5" ip saddr @private ip daddr != @private counter packets 0 bytes 0 masquerade fully-random comment "masquerade"
 	}
 	chain forward {
 		type filter hook forward priority 0; policy drop;
@@ -596,7 +596,7 @@ mod tests {
             Ipv4Addr::new(198, 51, 100, 3),
         ];
         let text = build(&sp).to_string();
-        let m = "oifname \"ens5\" ip saddr @private ip daddr != @private";
+        let m = "iifname != \"\" oifname \"ens5\" ip saddr @private ip daddr != @private";
         assert!(
             text.contains(&format!("\t\t{m} numgen random mod 2 0 counter packets 0 bytes 0 snat to 198.51.100.1 fully-random comment \"snat 0\"\n\t\t{m} counter packets 0 bytes 0 snat to 198.51.100.3 fully-random comment \"snat 1\"\n\t}}")),
             "{text}"
