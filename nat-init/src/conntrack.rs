@@ -23,7 +23,10 @@
 //! - ICMP and other protocols: not replicated; a ping in flight at the failover is retried by
 //!   its sender, and a new echo creates a new entry.
 //! - the OFFLOAD bit: a flow the old instance had in its flowtable is a plain entry here; its
-//!   next packets through the forward chain put it in this instance's flowtable.
+//!   next packets through the forward chain put it in this instance's flowtable. The kernel
+//!   reports no timeout or TCP state for an offloaded flow: it is sent as established with
+//!   [`OFFLOADED_TIMEOUT_S`] (a dump that skipped it would drop it from the peers' copies at
+//!   the next resync, and with it the connection at a takeover).
 //!
 //! Only source-NATed flows are replicated (IPS_SRC_NAT): they are the ones whose translation a
 //! takeover must keep. A replicated TCP entry needs its first packet after the takeover to be
@@ -57,6 +60,14 @@ pub const STATUS_SEEN_REPLY: u32 = 1 << 1;
 pub const STATUS_ASSURED: u32 = 1 << 2;
 /// IPS_SRC_NAT: the flow's source was translated (by this NAT).
 pub const STATUS_SRC_NAT: u32 = 1 << 4;
+
+/// IPS_OFFLOAD: the flow is in a flowtable; ctnetlink then dumps neither its timeout nor its
+/// protocol info (ctnetlink_dump_info), and only established flows are offloaded.
+pub const STATUS_OFFLOAD: u32 = 1 << 14;
+/// The timeout an offloaded entry is given (the kernel reports none): long enough to outlive
+/// several resyncs, which keep it while the flow lives; a packet after a takeover sets the
+/// kernel's own established timeout.
+pub const OFFLOADED_TIMEOUT_S: u32 = 300;
 
 /// TCP_CONNTRACK_MAX: conntrack's TCP states are below it (ESTABLISHED is 3).
 pub const TCP_STATE_MAX: u8 = 10;

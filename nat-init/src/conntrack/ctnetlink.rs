@@ -7,8 +7,8 @@
 use std::net::Ipv4Addr;
 
 use super::{
-    Entry, PROTO_TCP, PROTO_UDP, STATUS_ASSURED, STATUS_SEEN_REPLY, STATUS_SRC_NAT, TCP_STATE_MAX,
-    Tuple,
+    Entry, OFFLOADED_TIMEOUT_S, PROTO_TCP, PROTO_UDP, STATUS_ASSURED, STATUS_OFFLOAD,
+    STATUS_SEEN_REPLY, STATUS_SRC_NAT, TCP_STATE_ESTABLISHED, TCP_STATE_MAX, Tuple,
 };
 
 /// A message that does not fit the layout ctnetlink documents, and where.
@@ -219,11 +219,15 @@ pub fn parse(kind: u16, payload: &[u8]) -> Result<Option<Event>, CodecError> {
         need(&top, CTA_TUPLE_REPLY, "CTA_TUPLE_REPLY")?,
         "CTA_TUPLE_REPLY",
     )?;
+    let offloaded = status & STATUS_OFFLOAD != 0;
     let timeout = match get(&top, CTA_TIMEOUT) {
         Some(v) => u32::from_be_bytes(fixed::<4>(v, "CTA_TIMEOUT")?),
+        None if offloaded => OFFLOADED_TIMEOUT_S,
         None => 0,
     };
-    let tcp_state = if orig.proto == PROTO_TCP {
+    let tcp_state = if orig.proto == PROTO_TCP && offloaded && get(&top, CTA_PROTOINFO).is_none() {
+        Some(TCP_STATE_ESTABLISHED)
+    } else if orig.proto == PROTO_TCP {
         let info = attrs(need(&top, CTA_PROTOINFO, "CTA_PROTOINFO of a TCP entry")?)?;
         let tcp = attrs(need(&info, CTA_PROTOINFO_TCP, "CTA_PROTOINFO_TCP")?)?;
         let w = "CTA_PROTOINFO_TCP_STATE";

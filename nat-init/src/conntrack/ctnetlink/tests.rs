@@ -141,6 +141,41 @@ fn parses_a_source_nated_entry() {
     assert_eq!(got, Some(Event::Remove(entry().orig)));
 }
 
+/// As the kernel dumps a flowtable's flow: OFFLOAD set, no CTA_TIMEOUT, no CTA_PROTOINFO.
+fn offloaded_reply() -> Vec<u8> {
+    [
+        vec![AF_INET, 0, 0, 0],
+        tuple_nest(CTA_TUPLE_ORIG, [10, 0, 1, 2], [198, 51, 100, 2], 40000, 80),
+        tuple_nest(
+            CTA_TUPLE_REPLY,
+            [198, 51, 100, 2],
+            [198, 51, 100, 1],
+            80,
+            61000,
+        ),
+        tlv(CTA_STATUS, &(MASQUERADED | STATUS_OFFLOAD).to_be_bytes()),
+        tlv(11, &1u32.to_be_bytes()),
+    ]
+    .concat()
+}
+
+#[test]
+fn an_offloaded_flow_is_replicated_as_established() {
+    let got = parse(NEW, &offloaded_reply()).unwrap();
+    let want = Entry {
+        timeout: OFFLOADED_TIMEOUT_S,
+        tcp_state: Some(TCP_STATE_ESTABLISHED),
+        ..entry()
+    };
+    assert_eq!(got, Some(Event::Upsert(want)));
+    // Without OFFLOAD a TCP entry with no protocol info is still malformed.
+    let mut plain = offloaded_reply();
+    let at = plain.len() - 8 - 8;
+    plain[at + 4..at + 8].copy_from_slice(&MASQUERADED.to_be_bytes());
+    let e = parse(NEW, &plain).unwrap_err();
+    assert!(e.to_string().contains("CTA_PROTOINFO"), "{e}");
+}
+
 #[test]
 fn skips_what_is_not_replicated() {
     // Not source-NATed, IPv6, another subsystem, a GET.
