@@ -15,6 +15,7 @@ use nat_init::config::FailoverConfig;
 use nat_init::failover::{self, Decision, Egress, Group, Health, Heartbeat, INTERVAL_MS, Me, Path};
 
 use nat_init::dhcp::Random;
+use nat_init::plan::Throttle;
 
 use super::aws::{Command, Commander, Facts};
 use super::console::{error, info, now_ms};
@@ -28,6 +29,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 const EGRESS_FAILED_AFTER_MS: u64 = 2000;
 /// The longest a stop waits for a peer to take over.
 pub const HANDOVER_LIMIT: Duration = Duration::from_secs(5);
+/// An unknown sender asks for the group's members again at most this often.
+const REFRESH_MS: u64 = 5000;
 /// A release still seen after this long is sent again.
 const RELEASE_REPEAT_MS: u64 = 2000;
 /// The thread's step: receive, decide, send.
@@ -95,6 +98,16 @@ struct Member {
     stopping_since: Option<Instant>,
     /// Releases sent, so that one is not repeated while the worker carries it out.
     released: BTreeMap<String, u64>,
+    /// The last members refresh asked for an unknown sender.
+    refreshed_ms: u64,
+    refused: Throttle,
+}
+
+fn ip_of(a: SocketAddr) -> Ipv4Addr {
+    match a {
+        SocketAddr::V4(v4) => *v4.ip(),
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+    }
 }
 
 impl Member {
@@ -136,6 +149,8 @@ impl Member {
             peers_sent: Vec::new(),
             stopping_since: None,
             released: BTreeMap::new(),
+            refreshed_ms: 0,
+            refused: Throttle::default(),
         })
     }
 
@@ -169,7 +184,41 @@ impl Member {
     fn hear(&mut self, bytes: &[u8], from: SocketAddr) {
         match Heartbeat::decode(bytes, &self.cfg.group) {
             Ok(hb) => {
-                if self.aws.facts().instance.as_deref() == Some(hb.instance.as_str()) {
+                let facts = self.aws.facts();
+                if facts.instance.as_deref() == Some(hb.instance.as_str()) {
+                    return;
+                }
+                // Only from the address EC2 gives the member it names, on the path it names:
+                // a heartbeat is what keeps a route where it is, so a forged one must not count.
+                let member = facts.members.iter().find(|m| m.id == hb.instance);
+                let from_ip = ip_of(from);
+                let expected = member.is_some_and(|m| match hb.via {
+                    Path::Direct => m.private_ip == Some(from_ip),
+                    Path::Hairpin => facts
+                        .publics
+                        .get(&m.id)
+                        .is_some_and(|p| p.contains(&from_ip)),
+                });
+                if !expected {
+                    let now = now_ms();
+                    if now.saturating_sub(self.refreshed_ms) >= REFRESH_MS {
+                        // A new member (an Auto Scaling replacement), or an address that moved,
+                        // before the next API pass.
+                        self.refreshed_ms = now;
+                        self.aws.send(Command::Refresh);
+                    }
+                    // Before the first API pass every sender is unknown: not worth a line.
+                    if !facts.members.is_empty()
+                        && self.refused.should_print(&hb.instance, now, 60_000)
+                    {
+                        error(
+                            "failover",
+                            format_args!(
+                                "heartbeat naming {} from {from} ({:?}) refused: not that member's address",
+                                hb.instance, hb.via
+                            ),
+                        );
+                    }
                     return;
                 }
                 if let Some(Decision::PeerAlive { peer, paths }) = self.group.heard(hb, now_ms()) {
