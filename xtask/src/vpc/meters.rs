@@ -41,6 +41,13 @@ pub struct EchoReport {
     pub longest_gap_ms: u64,
 }
 
+impl EchoReport {
+    /// The last `tail` echoes were all answered: the path is back, however long it was gone.
+    pub fn resumed(&self, tail: u64) -> bool {
+        self.sent >= tail && (self.sent - tail..self.sent).all(|i| !self.lost.contains(&i))
+    }
+}
+
 /// Numbered UDP echoes every `every` from one socket; see the module's doc.
 pub struct EchoGaps {
     stop: Arc<AtomicBool>,
@@ -377,6 +384,20 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn resumed_needs_the_whole_tail_answered() {
+        let r = |sent: u64, lost: Vec<u64>| EchoReport {
+            sent,
+            answered: sent - lost.len() as u64,
+            lost,
+            longest_gap_ms: 0,
+        };
+        assert!(r(50, (5..30).collect()).resumed(10));
+        assert!(!r(50, vec![45]).resumed(10));
+        assert!(!r(50, (30..50).collect()).resumed(10));
+        assert!(!r(5, Vec::new()).resumed(10));
     }
 
     #[test]
