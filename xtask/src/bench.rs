@@ -11,6 +11,7 @@ mod aws;
 mod boot;
 mod build;
 mod capacity;
+mod failover;
 mod parse;
 mod render;
 mod sessions;
@@ -50,10 +51,12 @@ pub enum Part {
     Throughput,
     /// The AWS side: ready to the private subnet online through the API, and RSS.
     Aws,
+    /// Failover: the pair's gaps and connections kept, against an ASG of one.
+    Failover,
 }
 
 impl Part {
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::Sizes,
         Part::Build,
         Part::Boot,
@@ -61,6 +64,7 @@ impl Part {
         Part::Capacity,
         Part::Throughput,
         Part::Aws,
+        Part::Failover,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -72,8 +76,9 @@ impl Part {
             "capacity" => Self::Capacity,
             "throughput" => Self::Throughput,
             "aws" => Self::Aws,
+            "failover" => Self::Failover,
             _ => bail!(
-                "{s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput, aws"
+                "{s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput, aws, failover"
             ),
         })
     }
@@ -87,6 +92,7 @@ impl Part {
             Self::Capacity => "capacity",
             Self::Throughput => "throughput",
             Self::Aws => "aws",
+            Self::Failover => "failover",
         }
     }
 }
@@ -206,6 +212,10 @@ pub fn run(root: &Path, opts: &Options) -> Result<Value> {
             say("bench: the AWS side");
             report.insert("aws".into(), aws::aws(root, &imgs.ours_test, opts)?);
         }
+    }
+    if opts.wants(Part::Failover) {
+        say("bench: failover");
+        report.insert("failover".into(), failover::failover(root, opts)?);
     }
     report.insert(
         "bench_seconds".into(),

@@ -229,6 +229,10 @@ pub fn markdown(r: &Value) -> String {
         );
     }
 
+    if let Some(f) = r.get("failover") {
+        failover(&mut s, f);
+    }
+
     if let Some(mem) = r.get("memory") {
         let _ = writeln!(s, "\n## 3. Memory after ready (512 MiB guest)\n");
         let _ = writeln!(
@@ -370,4 +374,48 @@ pub fn markdown(r: &Value) -> String {
         );
     }
     s
+}
+
+/// Failover: our pair's gaps and connections kept, against the ASG-of-one emulation.
+fn failover(s: &mut String, f: &Value) {
+    let _ = writeln!(
+        s,
+        "\n## Failover (two guests, the emulated VPC's AWS double)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| setup | fault | echo gap ms, median (min–max, n) | echoes lost, median | downloads kept | path back |\n|---|---|---|---|---|---|"
+    );
+    for (setup, fault, v) in [
+        ("our pair", "hard kill", &f["pair"]["hard_kill"]),
+        ("our pair", "clean stop", &f["pair"]["clean_stop"]),
+        (
+            "ASG of one (fck-nat style)",
+            "hard kill",
+            &f["asg_of_one"]["hard_kill"],
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {setup} | {fault} | {} | {} | {} of {} | {} of {} |",
+            spread(&v["gap_ms"]),
+            num(&v["echoes_lost"]["median"]),
+            num(&v["kept"]),
+            num(&v["n"]),
+            num(&v["resumed"]),
+            num(&v["n"]),
+        );
+    }
+    let g = &f["goal"];
+    let _ = writeln!(
+        s,
+        "\nGap, ASG of one / our pair (hard kill, medians): {}. Goals: hard-kill gap under {} ms: **{}**; clean-stop gap under {} ms: **{}**; every download kept: **{}**.\n\nMethod: {}",
+        ratio(&f["ratio_gap_asg_pair_hard_kill"]),
+        num(&g["hard_kill_gap_under_ms"]),
+        goal(&g["hard_kill_met"]),
+        num(&g["clean_stop_gap_under_ms"]),
+        goal(&g["clean_stop_met"]),
+        goal(&g["every_connection_kept"]),
+        num(&f["method"]),
+    );
 }
