@@ -631,7 +631,7 @@ impl Vpc {
         if on {
             self.ns.nft(
                 "vpc",
-                "table bridge nosync { chain fwd { type filter hook forward priority 0; policy accept; ether type ip tcp dport 7472 counter drop; ether type ip tcp sport 7472 counter drop; } }",
+                "table bridge nosync { chain block { type filter hook forward priority 0; policy accept; ether type ip tcp dport 7472 counter drop; ether type ip tcp sport 7472 counter drop; }; }",
             )
         } else {
             self.ns.nft("vpc", "delete table bridge nosync")
