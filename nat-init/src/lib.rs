@@ -22,7 +22,7 @@
 //! - [`aws`]: the appliance's own AWS calls (SigV4, role credentials, EC2 Query API,
 //!   CloudWatch PutMetricData, IAM policy), pure;
 //! - [`metrics`]: what the appliance publishes to CloudWatch (the catalogue, counter deltas
-//!   across resets, one period's datums), pure;
+//!   across resets, one period's datums, the monthly cost), pure;
 //! - [`conntrack`]: conntrack replication between peers, for failover (codec, wire format,
 //!   cache, ctnetlink socket, and the sync threads the namespace tests also run);
 //! - [`cidr`]: IPv4 prefixes; [`report`]: the shape of every console line.

@@ -8,9 +8,11 @@
 //! - [`deltas`]: per-period increases of counters that restart (a baseline first, resets
 //!   reported, never a doubled or negative count);
 //! - [`datums`] (here): one period's deltas and gauges to CloudWatch datums with the instance's
-//!   dimensions, in a fixed order.
+//!   dimensions, in a fixed order;
+//! - [`cost`]: what a configuration costs a month in requests and custom metrics.
 
 pub mod catalogue;
+pub mod cost;
 pub mod deltas;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,8 @@ pub enum Error {
     Duplicate { name: String, per: String },
     #[error("period of {0} s: CloudWatch's are 1, 5, 10, 30 or a multiple of 60")]
     Period(u64),
+    #[error("cost: {0}")]
+    Cost(&'static str),
 }
 
 /// The instance's identity on every datum: `InstanceId`, and `NatName` and
