@@ -19,8 +19,10 @@
 //! - [`ethtool`]: a device's driver statistics (ENA's allowance counters);
 //! - [`failover`]: the heartbeat between a failover group's members and the takeover rules;
 //! - [`netlink`]: the netlink transport and rtnetlink (links, addresses, routes);
-//! - [`aws`]: the appliance's own AWS calls (SigV4, role credentials, EC2 Query API, IAM
-//!   policy), pure;
+//! - [`aws`]: the appliance's own AWS calls (SigV4, role credentials, EC2 Query API,
+//!   CloudWatch PutMetricData, IAM policy), pure;
+//! - [`metrics`]: what the appliance publishes to CloudWatch (the catalogue, counter deltas
+//!   across resets, one period's datums, the monthly cost), pure;
 //! - [`conntrack`]: conntrack replication between peers, for failover (codec, wire format,
 //!   cache, ctnetlink socket, and the sync threads the namespace tests also run);
 //! - [`cidr`]: IPv4 prefixes; [`report`]: the shape of every console line.
@@ -39,6 +41,7 @@ pub mod failover;
 pub mod http;
 pub mod https;
 pub mod imds;
+pub mod metrics;
 pub mod naming;
 pub mod netlink;
 pub mod nft;

@@ -1,5 +1,6 @@
-//! UTC calendar arithmetic for SigV4 dates and the credentials' RFC 3339 expiry: unix seconds to
-//! and from a civil date and time, on the proleptic Gregorian calendar. No clock is read here;
+//! UTC calendar arithmetic for SigV4 dates, the credentials' RFC 3339 expiry and CloudWatch's
+//! ISO 8601 timestamps: unix seconds to and from a civil date and time, on the proleptic
+//! Gregorian calendar. No clock is read here;
 //! the callers pass the time in, so every result is testable.
 
 /// Days since 1970-01-01 to a civil date (year, month 1-12, day 1-31).
@@ -57,6 +58,19 @@ pub fn amz_date(unix_s: i64) -> (String, String) {
     (stamp, date)
 }
 
+/// Unix seconds as ISO 8601 UTC to the second, `2026-12-06T20:44:00Z` (CloudWatch's
+/// `Timestamp`). Years past 9999 print five digits; callers that need four check first.
+pub fn iso8601(unix_s: i64) -> String {
+    let (year, month, day) = civil_from_days(unix_s.div_euclid(86_400));
+    let secs = unix_s.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +87,16 @@ mod tests {
         assert_eq!(amz_date(951_782_400).0, "20000229T000000Z");
         assert_eq!(amz_date(978_307_199).0, "20001231T235959Z");
         assert_eq!(amz_date(-1).0, "19691231T235959Z");
+    }
+
+    #[test]
+    fn iso8601_of_known_instants() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        let t = days_from_civil(2026, 12, 6) * 86_400 + 20 * 3600 + 44 * 60;
+        assert_eq!(iso8601(t), "2026-12-06T20:44:00Z");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso8601(978_307_199), "2000-12-31T23:59:59Z");
+        assert_eq!(iso8601(-1), "1969-12-31T23:59:59Z");
     }
 
     #[test]
