@@ -91,6 +91,12 @@ fn tuple_nest(kind: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> 
 /// mark, use, id, window scales), for 10.0.1.2:40000 -> 198.51.100.2:80 translated to
 /// 198.51.100.1:61000, with `status`.
 fn dump_reply(status: u32, family: u8) -> Vec<u8> {
+    reply(status, family, true)
+}
+
+/// `dump_reply`, or with `timed` false as the kernel dumps a flowtable's flow: no
+/// CTA_TIMEOUT and no CTA_PROTOINFO (ctnetlink_dump_info).
+fn reply(status: u32, family: u8, timed: bool) -> Vec<u8> {
     let tcp = [
         tlv(CTA_PROTOINFO_TCP_STATE, &[3]),
         tlv(2, &[7]),
@@ -99,7 +105,7 @@ fn dump_reply(status: u32, family: u8) -> Vec<u8> {
         tlv(CTA_PROTOINFO_TCP_FLAGS_REPLY, &[0x23, 0]),
     ]
     .concat();
-    [
+    let mut parts = vec![
         vec![family, 0, 0, 0],
         tuple_nest(CTA_TUPLE_ORIG, [10, 0, 1, 2], [198, 51, 100, 2], 40000, 80),
         tuple_nest(
@@ -111,16 +117,20 @@ fn dump_reply(status: u32, family: u8) -> Vec<u8> {
         ),
         tlv(CTA_STATUS, &status.to_be_bytes()),
         tlv(9 | NLA_F_NESTED, &tlv(1, &5u64.to_be_bytes())),
-        tlv(CTA_TIMEOUT, &431_999u32.to_be_bytes()),
-        tlv(8, &0u32.to_be_bytes()),
-        tlv(
+    ];
+    if timed {
+        parts.push(tlv(CTA_TIMEOUT, &431_999u32.to_be_bytes()));
+    }
+    parts.push(tlv(8, &0u32.to_be_bytes()));
+    if timed {
+        parts.push(tlv(
             CTA_PROTOINFO | NLA_F_NESTED,
             &tlv(CTA_PROTOINFO_TCP | NLA_F_NESTED, &tcp),
-        ),
-        tlv(11, &1u32.to_be_bytes()),
-        tlv(12, &0xdead_beefu32.to_be_bytes()),
-    ]
-    .concat()
+        ));
+    }
+    parts.push(tlv(11, &1u32.to_be_bytes()));
+    parts.push(tlv(12, &0xdead_beefu32.to_be_bytes()));
+    parts.concat()
 }
 
 const NEW: u16 = 0x0100;
@@ -141,27 +151,9 @@ fn parses_a_source_nated_entry() {
     assert_eq!(got, Some(Event::Remove(entry().orig)));
 }
 
-/// As the kernel dumps a flowtable's flow: OFFLOAD set, no CTA_TIMEOUT, no CTA_PROTOINFO.
-fn offloaded_reply() -> Vec<u8> {
-    [
-        vec![AF_INET, 0, 0, 0],
-        tuple_nest(CTA_TUPLE_ORIG, [10, 0, 1, 2], [198, 51, 100, 2], 40000, 80),
-        tuple_nest(
-            CTA_TUPLE_REPLY,
-            [198, 51, 100, 2],
-            [198, 51, 100, 1],
-            80,
-            61000,
-        ),
-        tlv(CTA_STATUS, &(MASQUERADED | STATUS_OFFLOAD).to_be_bytes()),
-        tlv(11, &1u32.to_be_bytes()),
-    ]
-    .concat()
-}
-
 #[test]
 fn an_offloaded_flow_is_replicated_as_established() {
-    let got = parse(NEW, &offloaded_reply()).unwrap();
+    let got = parse(NEW, &reply(MASQUERADED | STATUS_OFFLOAD, AF_INET, false)).unwrap();
     let want = Entry {
         timeout: OFFLOADED_TIMEOUT_S,
         tcp_state: Some(TCP_STATE_ESTABLISHED),
@@ -169,10 +161,7 @@ fn an_offloaded_flow_is_replicated_as_established() {
     };
     assert_eq!(got, Some(Event::Upsert(want)));
     // Without OFFLOAD a TCP entry with no protocol info is still malformed.
-    let mut plain = offloaded_reply();
-    let at = plain.len() - 8 - 8;
-    plain[at + 4..at + 8].copy_from_slice(&MASQUERADED.to_be_bytes());
-    let e = parse(NEW, &plain).unwrap_err();
+    let e = parse(NEW, &reply(MASQUERADED, AF_INET, false)).unwrap_err();
     assert!(e.to_string().contains("CTA_PROTOINFO"), "{e}");
 }
 
