@@ -71,10 +71,13 @@ pub fn start(ns: &str, served: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<
         while !stop.load(Ordering::Relaxed) {
             if let Ok((n, peer)) = s.recv_from(&mut buf) {
                 let received = now();
-                if let Some(r) = answer(&buf[..n], received, now())
-                    && s.send_to(&r, peer).is_ok()
-                {
+                if let Some(r) = answer(&buf[..n], received, now()) {
+                    // Counted before it is sent: a client that has the answer may read the
+                    // count at once.
                     served.fetch_add(1, Ordering::Relaxed);
+                    if s.send_to(&r, peer).is_err() {
+                        served.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
