@@ -174,15 +174,6 @@ pub fn describe_addresses(allocation_ids: &[String]) -> Call {
         })
 }
 
-/// Elastic IPs associated with any of these network interfaces (the group members' public
-/// addresses beyond their primary ones).
-pub fn describe_addresses_on(enis: &[String]) -> Call {
-    enis.iter().enumerate().fold(
-        Call::new(Action::DescribeAddresses).param("Filter.1.Name", "network-interface-id"),
-        |c, (i, id)| c.param(format!("Filter.1.Value.{}", i + 1), id),
-    )
-}
-
 /// The running instances that carry the tag `key=value` (a failover group's members).
 pub fn describe_running_instances_by_tag(key: &str, value: &str) -> Call {
     Call::new(Action::DescribeInstances)

@@ -192,12 +192,11 @@ impl Member {
                 // a heartbeat is what keeps a route where it is, so a forged one must not count.
                 let member = facts.members.iter().find(|m| m.id == hb.instance);
                 let from_ip = ip_of(from);
+                // The hairpin path's sender is the primary's public address: the appliance's own
+                // traffic is never translated to its Elastic IPs (see `nft::policy`).
                 let expected = member.is_some_and(|m| match hb.via {
                     Path::Direct => m.private_ip == Some(from_ip),
-                    Path::Hairpin => facts
-                        .publics
-                        .get(&m.id)
-                        .is_some_and(|p| p.contains(&from_ip)),
+                    Path::Hairpin => m.public_ip == Some(from_ip),
                 });
                 if !expected {
                     let now = now_ms();

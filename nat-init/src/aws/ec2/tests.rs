@@ -83,11 +83,6 @@ fn builders_encode_bodies() {
         "Action=DescribeAddresses&Version=2016-11-15&AllocationId.1=eipalloc-1&AllocationId.2=eipalloc-2"
     );
     assert_eq!(
-        describe_addresses_on(&["eni-1".into(), "eni-2".into()]).body(),
-        "Action=DescribeAddresses&Version=2016-11-15&Filter.1.Name=network-interface-id\
-         &Filter.1.Value.1=eni-1&Filter.1.Value.2=eni-2"
-    );
-    assert_eq!(
         assign_private_ip_addresses("eni-1", &SecondaryIps::Count(2), false).body(),
         "Action=AssignPrivateIpAddresses&Version=2016-11-15&NetworkInterfaceId=eni-1\
          &SecondaryPrivateIpAddressCount=2&AllowReassignment=false"

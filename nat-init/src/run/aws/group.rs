@@ -4,7 +4,6 @@
 //! the takeovers and releases the failover thread (`run::failover`) commands. What is held is
 //! published in [`Facts`] for the heartbeats; `nat_init::failover` decides, this file moves.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use nat_init::aws::ec2;
@@ -27,9 +26,6 @@ pub struct Facts {
     pub endpoint: Option<SocketAddr>,
     /// The group's running members, this one included.
     pub members: Vec<ec2::Instance>,
-    /// Each member's public addresses: its primary's and the Elastic IPs on its primary ENI
-    /// (its own traffic leaves through its egress address, so its hairpin heartbeats do too).
-    pub publics: BTreeMap<String, Vec<Ipv4Addr>>,
     /// This member's own route tables (by id and by tag) and Elastic IPs.
     pub owns: Vec<String>,
     pub owns_egress: Vec<String>,
@@ -142,40 +138,6 @@ impl Worker {
                     .join(" ")
             ));
         }
-        let mut publics: BTreeMap<String, Vec<Ipv4Addr>> = members
-            .iter()
-            .map(|m| (m.id.clone(), m.public_ip.into_iter().collect()))
-            .collect();
-        let enis: Vec<String> = members
-            .iter()
-            .filter_map(|m| m.primary_eni.clone())
-            .collect();
-        let eips = if enis.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.call(&ec2::describe_addresses_on(&enis))
-                .and_then(|body| {
-                    ec2::parse_describe_addresses(&body)
-                        .map_err(|e| CallError::Other(format!("DescribeAddresses: {e}")))
-                })
-        };
-        // Without them the hairpin path refuses what comes from an Elastic IP until the next
-        // pass; the direct path is unaffected.
-        let (eips, eips_error) = match eips {
-            Ok(v) => (v, None),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        for a in eips {
-            let owner = members
-                .iter()
-                .find(|m| m.primary_eni.is_some() && m.primary_eni == a.network_interface_id);
-            if let Some(m) = owner {
-                let v = publics.entry(m.id.clone()).or_default();
-                if !v.contains(&a.public_ip) {
-                    v.push(a.public_ip);
-                }
-            }
-        }
         let endpoint = self.addr.map(|(a, _)| a);
         self.with_facts(|f| {
             f.instance = me.as_ref().map(|m| m.id.clone());
@@ -183,7 +145,6 @@ impl Worker {
             f.eni = Some(eni.clone());
             f.endpoint = endpoint;
             f.members = members;
-            f.publics = publics;
         });
         if me.is_none() {
             return Err(CallError::Other(format!(
@@ -191,10 +152,7 @@ impl Worker {
                 group.group
             )));
         }
-        match eips_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// The live member other than this one whose primary ENI is `eni`.
