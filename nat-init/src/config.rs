@@ -150,6 +150,77 @@ pub struct AwsConfig {
     pub ntp_server: std::net::Ipv4Addr,
     /// Failover between peers: on when `failover_group` is set.
     pub failover: Option<FailoverConfig>,
+    /// CloudWatch metrics: on when `metrics = true`.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The metrics keys (`metrics`, `metrics_*`, `nat_name`): NAT Gateway's CloudWatch metrics
+/// and the instance's own, published by nat-init itself (see `crate::metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// `metrics_namespace` (default `"NatInstance"`): CloudWatch's namespace; not `AWS/...`,
+    /// which CloudWatch keeps for its own services. 1 to 255 printable ASCII.
+    pub namespace: String,
+    /// `metrics_period` (default 60): seconds each data point covers: 10, 30 (high
+    /// resolution, and dearer to alarm on), or a multiple of 60 up to 3600.
+    pub period_s: u32,
+    /// `nat_name` (default none): the `NatName` dimension's value, 1 to 255 printable ASCII;
+    /// a name that outlives instance replacement, for alarms and dashboards.
+    pub nat_name: Option<String>,
+    /// `metrics_dimensions` (default `["InstanceId", "NatName", "AutoScalingGroupName"]`): the
+    /// dimensions every datum carries, a non-empty subset of those three. `NatName` is put
+    /// only when `nat_name` is set, `AutoScalingGroupName` only when the instance is in one
+    /// (its `aws:autoscaling:groupName` tag). CloudWatch keeps each combination as a metric
+    /// of its own: an alarm must name exactly these.
+    pub dimensions: Vec<MetricDimension>,
+    /// `cloudwatch_endpoint` (default `https://monitoring.<region>.amazonaws.com`): an
+    /// `https://host[:port]` URL, for a VPC interface endpoint's DNS name.
+    pub endpoint: Option<String>,
+}
+
+/// A dimension `metrics_dimensions` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MetricDimension {
+    InstanceId,
+    NatName,
+    AutoScalingGroupName,
+}
+
+impl MetricDimension {
+    pub const ALL: [MetricDimension; 3] = [
+        MetricDimension::InstanceId,
+        MetricDimension::NatName,
+        MetricDimension::AutoScalingGroupName,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InstanceId => "InstanceId",
+            Self::NatName => "NatName",
+            Self::AutoScalingGroupName => "AutoScalingGroupName",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "NatInstance".into(),
+            period_s: 60,
+            nat_name: None,
+            dimensions: MetricDimension::ALL.to_vec(),
+            endpoint: None,
+        }
+    }
+}
+
+/// Printable ASCII of 1 to `max` characters: what CloudWatch takes for names and values.
+fn cloudwatch_text(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len()) && s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// The failover keys (`failover_*`). A group's members are the running instances tagged
@@ -190,6 +261,7 @@ impl Default for AwsConfig {
             ntp: true,
             ntp_server: std::net::Ipv4Addr::new(169, 254, 169, 123),
             failover: None,
+            metrics: None,
         }
     }
 }
@@ -202,6 +274,11 @@ impl AwsConfig {
             || self.route_table_tag.is_some()
             || !self.elastic_ips.is_empty()
             || self.failover.is_some()
+    }
+
+    /// Whether anything needs the instance role's credentials: EC2 calls or metrics.
+    pub fn uses_aws(&self) -> bool {
+        self.uses_ec2() || self.metrics.is_some()
     }
 }
 
@@ -308,6 +385,12 @@ struct RawConfig {
     failover_timeout_ms: Option<u32>,
     failover_hold: Option<u32>,
     failover_probes: Option<Vec<toml::Spanned<String>>>,
+    metrics: Option<bool>,
+    metrics_namespace: Option<String>,
+    metrics_period: Option<u32>,
+    nat_name: Option<String>,
+    metrics_dimensions: Option<Vec<toml::Spanned<String>>>,
+    cloudwatch_endpoint: Option<String>,
 }
 
 impl RawConfig {
@@ -356,6 +439,12 @@ impl RawConfig {
             failover_timeout_ms: over.failover_timeout_ms.or(self.failover_timeout_ms),
             failover_hold: over.failover_hold.or(self.failover_hold),
             failover_probes: over.failover_probes.or(self.failover_probes),
+            metrics: over.metrics.or(self.metrics),
+            metrics_namespace: over.metrics_namespace.or(self.metrics_namespace),
+            metrics_period: over.metrics_period.or(self.metrics_period),
+            nat_name: over.nat_name.or(self.nat_name),
+            metrics_dimensions: over.metrics_dimensions.or(self.metrics_dimensions),
+            cloudwatch_endpoint: over.cloudwatch_endpoint.or(self.cloudwatch_endpoint),
         }
     }
 
@@ -437,6 +526,27 @@ impl RawConfig {
                     .iter()
                     .filter_map(|p| p.parse().ok())
                     .collect(),
+            }),
+            metrics: self.metrics.unwrap_or(false).then(|| {
+                let d = MetricsConfig::default();
+                MetricsConfig {
+                    namespace: self.metrics_namespace.clone().unwrap_or(d.namespace),
+                    period_s: self.metrics_period.unwrap_or(d.period_s),
+                    nat_name: self.nat_name.clone(),
+                    dimensions: match &self.metrics_dimensions {
+                        Some(list) => {
+                            let mut v: Vec<MetricDimension> = list
+                                .iter()
+                                .filter_map(|s| MetricDimension::parse(s.get_ref()))
+                                .collect();
+                            v.sort();
+                            v.dedup();
+                            v
+                        }
+                        None => d.dimensions,
+                    },
+                    endpoint: self.cloudwatch_endpoint.clone(),
+                }
             }),
         }
     }
@@ -753,7 +863,83 @@ fn validate_aws(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> 
         10,
         3600,
     )?;
-    validate_failover(raw, doc)
+    validate_failover(raw, doc)?;
+    validate_metrics(raw, doc)
+}
+
+fn validate_metrics(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    if raw.metrics != Some(true) {
+        // A key that would do nothing is a mistake worth saying, not a silent no-op.
+        let stray = [
+            ("metrics_namespace", raw.metrics_namespace.is_some()),
+            ("metrics_period", raw.metrics_period.is_some()),
+            ("nat_name", raw.nat_name.is_some()),
+            ("metrics_dimensions", raw.metrics_dimensions.is_some()),
+            ("cloudwatch_endpoint", raw.cloudwatch_endpoint.is_some()),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(doc.key_error(key, format!("{key} needs metrics = true")));
+        }
+    }
+    if let Some(ns) = &raw.metrics_namespace {
+        if !cloudwatch_text(ns, 255) {
+            return Err(doc.key_error(
+                "metrics_namespace",
+                format!("{ns:?} is not 1 to 255 printable ASCII characters"),
+            ));
+        }
+        if ns.starts_with("AWS/") {
+            return Err(doc.key_error(
+                "metrics_namespace",
+                format!(
+                    "{ns:?}: CloudWatch keeps AWS/ namespaces for its own services and refuses data put there; use one of your own"
+                ),
+            ));
+        }
+    }
+    if let Some(p) = raw.metrics_period {
+        let ok = matches!(p, 10 | 30) || ((60..=3600).contains(&p) && p % 60 == 0);
+        if !ok {
+            return Err(doc.key_error(
+                "metrics_period",
+                format!("{p} s: expected 10, 30, or a multiple of 60 up to 3600"),
+            ));
+        }
+    }
+    if let Some(n) = &raw.nat_name
+        && !cloudwatch_text(n, 255)
+    {
+        return Err(doc.key_error(
+            "nat_name",
+            format!("{n:?} is not 1 to 255 printable ASCII characters"),
+        ));
+    }
+    if let Some(list) = &raw.metrics_dimensions {
+        if list.is_empty() {
+            return Err(doc.key_error(
+                "metrics_dimensions",
+                "is empty: name at least one of InstanceId, NatName, AutoScalingGroupName".into(),
+            ));
+        }
+        for d in list {
+            if MetricDimension::parse(d.get_ref()).is_none() {
+                return Err(doc.error(
+                    Some(d.span()),
+                    Some("metrics_dimensions"),
+                    format!(
+                        "{:?} is not one of InstanceId, NatName, AutoScalingGroupName",
+                        d.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(e) = &raw.cloudwatch_endpoint
+        && let Err(why) = crate::plan::aws::parse_endpoint(e)
+    {
+        return Err(doc.key_error("cloudwatch_endpoint", why));
+    }
+    Ok(())
 }
 
 fn validate_failover(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
@@ -1020,6 +1206,7 @@ ntp_server = "10.0.0.2"
                 ntp: false,
                 ntp_server: "10.0.0.2".parse().unwrap(),
                 failover: None,
+                metrics: None,
             }
         );
         assert!(c.aws.uses_ec2());
@@ -1097,6 +1284,100 @@ ntp_server = "10.0.0.2"
                 "failover_group = \"g\"\nfailover_probes = [\"1.2.3.4:80\", \"example:80\"]\n",
                 "failover_probes",
                 "a.b.c.d:port",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.message.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn metrics_keys_parse_with_defaults() {
+        let c = Config::from_toml("metrics = true\n", "user-data").unwrap();
+        assert_eq!(c.aws.metrics, Some(MetricsConfig::default()));
+        assert_eq!(
+            MetricsConfig::default(),
+            MetricsConfig {
+                namespace: "NatInstance".into(),
+                period_s: 60,
+                nat_name: None,
+                dimensions: vec![
+                    MetricDimension::InstanceId,
+                    MetricDimension::NatName,
+                    MetricDimension::AutoScalingGroupName
+                ],
+                endpoint: None,
+            }
+        );
+        // Metrics alone need credentials but no EC2 call.
+        assert!(c.aws.uses_aws() && !c.aws.uses_ec2());
+        let c = Config::from_toml(
+            "metrics = true\nmetrics_namespace = \"Prod/NAT\"\nmetrics_period = 300\nnat_name = \"prod-a\"\nmetrics_dimensions = [\"NatName\", \"InstanceId\", \"NatName\"]\ncloudwatch_endpoint = \"https://203.0.113.20\"\n",
+            "user-data",
+        )
+        .unwrap();
+        let m = c.aws.metrics.unwrap();
+        assert_eq!((m.namespace.as_str(), m.period_s), ("Prod/NAT", 300));
+        assert_eq!(m.nat_name.as_deref(), Some("prod-a"));
+        assert_eq!(
+            m.dimensions,
+            [MetricDimension::InstanceId, MetricDimension::NatName]
+        );
+        assert_eq!(m.endpoint.as_deref(), Some("https://203.0.113.20"));
+        let off = Config::from_toml("metrics = false\n", "user-data").unwrap();
+        assert_eq!(off.aws.metrics, None);
+        assert!(!off.aws.uses_aws());
+    }
+
+    #[test]
+    fn bad_metrics_keys_name_the_key() {
+        for (text, key, says) in [
+            ("nat_name = \"a\"\n", "nat_name", "needs metrics = true"),
+            (
+                "metrics = false\nmetrics_period = 60\n",
+                "metrics_period",
+                "needs metrics = true",
+            ),
+            (
+                "metrics = true\nmetrics_namespace = \"AWS/NATGateway\"\n",
+                "metrics_namespace",
+                "AWS/ namespaces",
+            ),
+            (
+                "metrics = true\nmetrics_namespace = \"\"\n",
+                "metrics_namespace",
+                "1 to 255",
+            ),
+            (
+                "metrics = true\nmetrics_period = 45\n",
+                "metrics_period",
+                "10, 30, or a multiple of 60",
+            ),
+            (
+                "metrics = true\nmetrics_period = 7200\n",
+                "metrics_period",
+                "up to 3600",
+            ),
+            (
+                "metrics = true\nnat_name = \"tab\\there\"\n",
+                "nat_name",
+                "printable",
+            ),
+            (
+                "metrics = true\nmetrics_dimensions = []\n",
+                "metrics_dimensions",
+                "at least one",
+            ),
+            (
+                "metrics = true\nmetrics_dimensions = [\"InstanceId\", \"Az\"]\n",
+                "metrics_dimensions",
+                "\"Az\" is not one of",
+            ),
+            (
+                "metrics = true\ncloudwatch_endpoint = \"http://x\"\n",
+                "cloudwatch_endpoint",
+                "https",
             ),
         ] {
             let e = err(text);

@@ -42,6 +42,11 @@ pub struct PolicyInputs {
     pub vpc_id: Option<String>,
     /// The failover group (`failover_group`), when there is one.
     pub failover_group: Option<String>,
+    /// The CloudWatch namespace metrics are published to, when they are.
+    pub metrics_namespace: Option<String>,
+    /// Whether the metrics carry the Auto Scaling group's name, which the instance reads from
+    /// its own tags (DescribeInstances).
+    pub metrics_asg: bool,
     /// `*` in ARNs when unknown.
     pub region: Option<String>,
     pub account: Option<String>,
@@ -127,6 +132,9 @@ pub fn actions(inputs: &PolicyInputs) -> Vec<Action> {
     let mut out = Vec::new();
     if failover {
         out.extend([Action::DescribeInstances, Action::DescribeSubnets]);
+    }
+    if inputs.metrics_namespace.is_some() && inputs.metrics_asg && !failover {
+        out.push(Action::DescribeInstances);
     }
     if inputs.source_dest_check || eips {
         out.push(Action::DescribeNetworkInterfaces);
@@ -259,6 +267,20 @@ pub fn policy_json(inputs: &PolicyInputs) -> String {
             eips,
         ));
     }
+    if let Some(ns) = &inputs.metrics_namespace {
+        // PutMetricData has no resource-level permissions; the namespace condition is the
+        // narrowest scope CloudWatch offers.
+        statements.push(Statement {
+            sid: Some("NatPublishMetrics"),
+            effect: "Allow",
+            action: vec![crate::aws::cloudwatch::PERMISSION.to_string()],
+            resource: vec!["*".into()],
+            condition: BTreeMap::from([(
+                "StringEquals",
+                BTreeMap::from([("cloudwatch:namespace".to_string(), ns.clone())]),
+            )]),
+        });
+    }
     pretty(&Policy {
         version: "2012-10-17",
         statement: statements,
@@ -304,6 +326,8 @@ mod tests {
             eni_tag: Some(("nat-eni".into(), "true".into())),
             vpc_id: Some("vpc-1".into()),
             failover_group: None,
+            metrics_namespace: None,
+            metrics_asg: false,
             region: Some("eu-west-1".into()),
             account: Some("111122223333".into()),
         }
@@ -478,6 +502,44 @@ mod tests {
             by_sid("NatRoutesById")["Resource"],
             json!(["arn:aws:ec2:*:*:route-table/rtb-0a"])
         );
+    }
+
+    #[test]
+    fn metrics_add_put_metric_data_on_their_namespace_only() {
+        let only = PolicyInputs {
+            metrics_namespace: Some("Prod/NAT".into()),
+            ..PolicyInputs::default()
+        };
+        let p: Value = serde_json::from_str(&policy_json(&only)).unwrap();
+        assert_eq!(
+            p["Statement"],
+            json!([{
+                "Sid": "NatPublishMetrics",
+                "Effect": "Allow",
+                "Action": ["cloudwatch:PutMetricData"],
+                "Resource": ["*"],
+                "Condition": {"StringEquals": {"cloudwatch:namespace": "Prod/NAT"}}
+            }])
+        );
+        // The Auto Scaling group's name comes from the instance's own tags.
+        let asg = PolicyInputs {
+            metrics_asg: true,
+            ..only.clone()
+        };
+        assert_eq!(actions(&asg), [Action::DescribeInstances]);
+        let p: Value = serde_json::from_str(&policy_json(&asg)).unwrap();
+        assert_eq!(
+            p["Statement"][0]["Action"],
+            json!(["ec2:DescribeInstances"])
+        );
+        assert_eq!(p["Statement"][1]["Sid"], json!("NatPublishMetrics"));
+        // Without metrics, neither.
+        let none = PolicyInputs {
+            metrics_asg: true,
+            ..PolicyInputs::default()
+        };
+        assert!(actions(&none).is_empty());
+        assert!(!policy_json(&none).contains("cloudwatch"));
     }
 
     #[test]

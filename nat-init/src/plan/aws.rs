@@ -192,6 +192,11 @@ pub struct AwsStatus {
     pub routes: Vec<(String, ItemState)>,
     /// (allocation id, state).
     pub eips: Vec<(String, ItemState)>,
+    /// CloudWatch publishing: ok after a period's data went out, pending with the reason
+    /// while it fails (the NAT is not touched either way).
+    pub metrics: ItemState,
+    /// Periods published since start.
+    pub metrics_periods: u64,
 }
 
 impl AwsStatus {
@@ -233,6 +238,18 @@ impl AwsStatus {
         if !lent.is_empty() {
             s.push_str(&format!(" aws_lent={}", lent.join(",")));
         }
+        match &self.metrics {
+            ItemState::Off => {}
+            ItemState::Pending(why) => s.push_str(&format!(
+                " aws_metrics=failing aws_metrics_sent={} aws_metrics_why={:?}",
+                self.metrics_periods, why
+            )),
+            other => s.push_str(&format!(
+                " aws_metrics={} aws_metrics_sent={}",
+                other.word(),
+                self.metrics_periods
+            )),
+        }
         s
     }
 
@@ -258,6 +275,11 @@ pub fn policy_inputs(cfg: &AwsConfig, args: &PolicyArgs) -> PolicyInputs {
         eni_tag: args.eni_tag.clone(),
         vpc_id: args.vpc.clone(),
         failover_group: cfg.failover.as_ref().map(|f| f.group.clone()),
+        metrics_namespace: cfg.metrics.as_ref().map(|m| m.namespace.clone()),
+        metrics_asg: cfg.metrics.as_ref().is_some_and(|m| {
+            m.dimensions
+                .contains(&crate::config::MetricDimension::AutoScalingGroupName)
+        }),
         region: args.region.clone().or_else(|| cfg.region.clone()),
         account: args.account.clone(),
     }
