@@ -124,6 +124,10 @@ pub fn plan(s: &SysctlSettings) -> Vec<(String, String)> {
         "net/netfilter/nf_conntrack_max".into(),
         s.conntrack_max.to_string(),
     ));
+    // Per-flow byte and packet counters (32 bytes an entry): the metrics count NAT traffic
+    // with them, flowtable traffic included. Set before forwarding, since an entry gets its
+    // counters only if accounting was on when it was created.
+    p.push(("net/netfilter/nf_conntrack_acct".into(), "1".into()));
     let timeout = |p: &mut Vec<(String, String)>, name: &str, v: u32| {
         p.push((format!("net/netfilter/nf_conntrack_{name}"), v.to_string()));
     };
@@ -274,8 +278,15 @@ pub fn conntrack_count(proc_sys_root: &Path) -> Result<u64> {
 
 /// `MemTotal` from the text of `/proc/meminfo`, in bytes.
 pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut words = line["MemTotal:".len()..].split_whitespace();
+    parse_meminfo(meminfo, "MemTotal")
+}
+
+/// The field `name` (`MemTotal`, `MemAvailable`) from the text of `/proc/meminfo`, in bytes.
+pub fn parse_meminfo(meminfo: &str, name: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(':')))?;
+    let mut words = line[name.len() + 1..].split_whitespace();
     let n: u64 = words.next()?.parse().ok()?;
     match words.next() {
         Some("kB") => n.checked_mul(1024),
@@ -353,6 +364,7 @@ mod tests {
                 "net/ipv4/conf/all/rp_filter",
                 "net/ipv4/conf/ens5/rp_filter",
                 "net/netfilter/nf_conntrack_max",
+                "net/netfilter/nf_conntrack_acct",
                 "net/netfilter/nf_conntrack_tcp_timeout_established",
                 "net/netfilter/nf_conntrack_tcp_timeout_syn_sent",
                 "net/netfilter/nf_conntrack_tcp_timeout_syn_recv",

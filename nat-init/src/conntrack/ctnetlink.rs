@@ -39,6 +39,8 @@ const AF_INET: u8 = 2;
 pub const IPCTNL_MSG_CT_NEW: u8 = 0;
 pub const IPCTNL_MSG_CT_GET: u8 = 1;
 pub const IPCTNL_MSG_CT_DELETE: u8 = 2;
+/// A dump that zeroes each entry's counters as it reads them (ctnetlink_dump_acct).
+pub const IPCTNL_MSG_CT_GET_CTRZERO: u8 = 3;
 
 // enum ctattr_type and its nests.
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -47,6 +49,13 @@ const CTA_STATUS: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_NAT_SRC: u16 = 6;
 const CTA_TIMEOUT: u16 = 7;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
+const CTA_COUNTERS_PACKETS: u16 = 1;
+const CTA_COUNTERS_BYTES: u16 = 2;
+/// The 32-bit forms old kernels sent; still decoded, since they cost two lines.
+const CTA_COUNTERS32_PACKETS: u16 = 3;
+const CTA_COUNTERS32_BYTES: u16 = 4;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -247,6 +256,118 @@ pub fn parse(kind: u16, payload: &[u8]) -> Result<Option<Event>, CodecError> {
         status: status & (STATUS_ASSURED | STATUS_SEEN_REPLY),
         timeout,
     })))
+}
+
+/// Packets and bytes of one direction of a flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What a conntrack message says about one source-NATed flow's traffic, for the metrics: its
+/// accounting counters (zero without `nf_conntrack_acct`) and enough of its state to tell an
+/// open TCP connection and an idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// IPPROTO_* of the flow (every protocol, ICMP too: NAT Gateway counts them all).
+    pub proto: u8,
+    /// A DESTROY event (the flow's last counts), rather than a live entry.
+    pub destroyed: bool,
+    /// IPS_* bits as the kernel sent them.
+    pub status: u32,
+    /// The TCP state when the kernel said it (not for an offloaded flow's dump).
+    pub tcp_state: Option<u8>,
+    /// Client to server (as the source sent it).
+    pub orig: Count,
+    /// Server to client (as the destination sent it).
+    pub reply: Count,
+}
+
+fn parse_count(v: Option<&[u8]>, what: &str) -> Result<Count, CodecError> {
+    let Some(v) = v else {
+        return Ok(Count::default());
+    };
+    let a = attrs(v)?;
+    let field = |k64: u16, k32: u16, name: &str| -> Result<u64, CodecError> {
+        let w = format!("{what} {name}");
+        if let Some(b) = get(&a, k64) {
+            return Ok(u64::from_be_bytes(fixed::<8>(b, &w)?));
+        }
+        match get(&a, k32) {
+            Some(b) => Ok(u64::from(u32::from_be_bytes(fixed::<4>(b, &w)?))),
+            None => Ok(0),
+        }
+    };
+    Ok(Count {
+        packets: field(CTA_COUNTERS_PACKETS, CTA_COUNTERS32_PACKETS, "packets")?,
+        bytes: field(CTA_COUNTERS_BYTES, CTA_COUNTERS32_BYTES, "bytes")?,
+    })
+}
+
+/// Parses one conntrack message for its traffic: dump replies (a plain or a CTRZERO dump, both
+/// answered as IPCTNL_MSG_CT_NEW) and DESTROY events. `Ok(None)` for other subsystems or
+/// messages, IPv6, and flows without IPS_SRC_NAT (the appliance's own traffic, which the NAT
+/// does not translate).
+pub fn parse_traffic(kind: u16, payload: &[u8]) -> Result<Option<Traffic>, CodecError> {
+    if kind >> 8 != NFNL_SUBSYS_CTNETLINK {
+        return Ok(None);
+    }
+    let msg = (kind & 0xff) as u8;
+    if msg != IPCTNL_MSG_CT_NEW && msg != IPCTNL_MSG_CT_DELETE {
+        return Ok(None);
+    }
+    let nfgen = payload
+        .get(..NFGENMSG_LEN)
+        .ok_or_else(|| err("message shorter than its nfgenmsg header"))?;
+    if nfgen[0] != AF_INET {
+        return Ok(None);
+    }
+    let top = attrs(&payload[NFGENMSG_LEN..])?;
+    let status = u32::from_be_bytes(fixed::<4>(
+        need(&top, CTA_STATUS, "CTA_STATUS")?,
+        "CTA_STATUS",
+    )?);
+    if status & STATUS_SRC_NAT == 0 {
+        return Ok(None);
+    }
+    let orig = parse_tuple(
+        need(&top, CTA_TUPLE_ORIG, "CTA_TUPLE_ORIG")?,
+        "CTA_TUPLE_ORIG",
+    )?;
+    let tcp_state = match get(&top, CTA_PROTOINFO) {
+        Some(info) if orig.proto == PROTO_TCP => match get(&attrs(info)?, CTA_PROTOINFO_TCP) {
+            Some(tcp) => {
+                let w = "CTA_PROTOINFO_TCP_STATE";
+                match get(&attrs(tcp)?, CTA_PROTOINFO_TCP_STATE) {
+                    Some(v) => Some(fixed::<1>(v, w)?[0]),
+                    None => None,
+                }
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    Ok(Some(Traffic {
+        proto: orig.proto,
+        destroyed: msg == IPCTNL_MSG_CT_DELETE,
+        status,
+        tcp_state,
+        orig: parse_count(get(&top, CTA_COUNTERS_ORIG), "CTA_COUNTERS_ORIG")?,
+        reply: parse_count(get(&top, CTA_COUNTERS_REPLY), "CTA_COUNTERS_REPLY")?,
+    }))
+}
+
+/// IPCTNL_MSG_CT_GET_CTRZERO with NLM_F_DUMP: every IPv4 entry with its counters, each entry's
+/// counters zeroed as they are read, so that consecutive dumps (and the DESTROY events between
+/// them) count every packet once.
+pub fn ctrzero_dump_request(seq: u32) -> Vec<u8> {
+    frame(
+        IPCTNL_MSG_CT_GET_CTRZERO,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        &[],
+    )
 }
 
 /// Appends one attribute, padded to 4 bytes.

@@ -12,6 +12,8 @@ use super::ctnetlink::{self, CodecError, Event, NLMSG_DONE, NLMSG_ERROR};
 
 /// NFNLGRP_CONNTRACK_NEW, _UPDATE and _DESTROY.
 const GROUPS: [u32; 3] = [1, 2, 3];
+/// NFNLGRP_CONNTRACK_DESTROY alone: a flow's last counts, for the metrics.
+const DESTROY_GROUP: [u32; 1] = [3];
 /// A dump datagram is at most a page or two; events come one to a datagram.
 const RECV_BUF: usize = 64 * 1024;
 /// The event socket's kernel buffer: room for a burst of events before an overrun (ENOBUFS),
@@ -100,6 +102,15 @@ impl Ctnl {
     /// An event socket: joins the conntrack groups with a large receive buffer. Receives time
     /// out after `timeout`, so the caller's loop can do its periodic work.
     pub fn subscribe(timeout: Duration) -> Result<Self> {
+        Self::subscribe_to(timeout, &GROUPS)
+    }
+
+    /// An event socket for DESTROY events only (see [`Ctnl::subscribe`]).
+    pub fn subscribe_destroy(timeout: Duration) -> Result<Self> {
+        Self::subscribe_to(timeout, &DESTROY_GROUP)
+    }
+
+    fn subscribe_to(timeout: Duration, groups: &[u32]) -> Result<Self> {
         let what = "subscribing to conntrack events";
         let s = Self::open(timeout)?;
         // As root the forced size ignores rmem_max; otherwise the plain one is capped by it.
@@ -112,7 +123,7 @@ impl Ctnl {
         if forced.is_err() {
             s.sock.set_rx_buf_sz(size).map_err(io_err(what))?;
         }
-        for g in GROUPS {
+        for &g in groups {
             s.sock.add_membership(g).map_err(io_err(what))?;
         }
         Ok(s)
@@ -178,6 +189,62 @@ impl Ctnl {
                 }
             }
         }
+    }
+
+    /// Every source-NATed IPv4 entry's traffic since the previous such dump (or since the
+    /// entry began), zeroing the counters as it reads them; each entry is handed to `each`
+    /// as it arrives, so a large table is never held. Returns the entries that did not decode.
+    pub fn traffic_dump_zero(
+        &mut self,
+        mut each: impl FnMut(ctnetlink::Traffic),
+    ) -> Result<Vec<CodecError>> {
+        let what = "dumping conntrack counters";
+        let seq = self.next_seq();
+        self.send(&ctnetlink::ctrzero_dump_request(seq), what)?;
+        let mut bad = Vec::new();
+        loop {
+            if !self.recv(what)? {
+                return Err(io_err(what)(io::Error::from(io::ErrorKind::TimedOut)));
+            }
+            for m in ctnetlink::split(&self.buf).map_err(codec(what))? {
+                if m.seq != seq {
+                    continue;
+                }
+                match m.kind {
+                    NLMSG_DONE => return Ok(bad),
+                    NLMSG_ERROR => {
+                        let errno = ctnetlink::error_code(m.payload).map_err(codec(what))?;
+                        return Err(CtnlError::Kernel { what, errno });
+                    }
+                    kind => match ctnetlink::parse_traffic(kind, m.payload) {
+                        Ok(Some(t)) => each(t),
+                        Ok(None) => {}
+                        Err(e) => bad.push(e),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The traffic in the events of one datagram (`Ok(false)` when the wait timed out), each
+    /// handed to `each`; malformed messages are pushed to `bad`.
+    pub fn traffic_events(
+        &mut self,
+        bad: &mut Vec<CodecError>,
+        mut each: impl FnMut(ctnetlink::Traffic),
+    ) -> Result<bool> {
+        let what = "reading conntrack events";
+        if !self.recv(what)? {
+            return Ok(false);
+        }
+        for m in ctnetlink::split(&self.buf).map_err(codec(what))? {
+            match ctnetlink::parse_traffic(m.kind, m.payload) {
+                Ok(Some(t)) => each(t),
+                Ok(None) => {}
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok(true)
     }
 
     /// The events of one datagram (an empty list when the wait timed out). Malformed messages

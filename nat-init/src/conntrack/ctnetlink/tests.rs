@@ -221,3 +221,123 @@ fn splits_datagrams() {
     assert_eq!(error_code(&(-17i32).to_ne_bytes()), Ok(17));
     assert!(error_code(&[1]).is_err());
 }
+
+/// A masqueraded flow's message with counters in both directions (`counters` false: none, as
+/// without nf_conntrack_acct), TCP ESTABLISHED unless `offloaded` (then no protoinfo).
+fn traffic_msg(status: u32, counters: bool, offloaded: bool) -> Vec<u8> {
+    let count = |packets: u64, bytes: u64| {
+        [
+            tlv(CTA_COUNTERS_PACKETS, &packets.to_be_bytes()),
+            tlv(CTA_COUNTERS_BYTES, &bytes.to_be_bytes()),
+        ]
+        .concat()
+    };
+    let mut parts = vec![
+        vec![2, 0, 0, 0],
+        tuple_nest(CTA_TUPLE_ORIG, [10, 0, 1, 2], [198, 51, 100, 2], 40000, 80),
+        tuple_nest(
+            CTA_TUPLE_REPLY,
+            [198, 51, 100, 2],
+            [198, 51, 100, 1],
+            80,
+            61000,
+        ),
+        tlv(CTA_STATUS, &status.to_be_bytes()),
+    ];
+    if counters {
+        parts.push(tlv(CTA_COUNTERS_ORIG | NLA_F_NESTED, &count(12, 900)));
+        parts.push(tlv(CTA_COUNTERS_REPLY | NLA_F_NESTED, &count(20, 25_000)));
+    }
+    if !offloaded {
+        parts.push(tlv(
+            CTA_PROTOINFO | NLA_F_NESTED,
+            &tlv(
+                CTA_PROTOINFO_TCP | NLA_F_NESTED,
+                &tlv(CTA_PROTOINFO_TCP_STATE, &[3]),
+            ),
+        ));
+    }
+    parts.concat()
+}
+
+#[test]
+fn traffic_of_a_live_and_a_destroyed_flow() {
+    let t = parse_traffic(NEW, &traffic_msg(MASQUERADED, true, false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t,
+        Traffic {
+            proto: PROTO_TCP,
+            destroyed: false,
+            status: MASQUERADED,
+            tcp_state: Some(3),
+            orig: Count {
+                packets: 12,
+                bytes: 900
+            },
+            reply: Count {
+                packets: 20,
+                bytes: 25_000
+            },
+        }
+    );
+    let d = parse_traffic(DELETE, &traffic_msg(MASQUERADED, true, false))
+        .unwrap()
+        .unwrap();
+    assert!(d.destroyed);
+    assert_eq!(d.reply.bytes, 25_000);
+    // No accounting: zero counts, not an error. Offloaded: no TCP state.
+    let z = parse_traffic(NEW, &traffic_msg(MASQUERADED, false, true))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (z.orig, z.reply, z.tcp_state),
+        (Count::default(), Count::default(), None)
+    );
+    // The 32-bit counters of old kernels.
+    let mut old = traffic_msg(MASQUERADED, false, false);
+    old.extend(tlv(
+        CTA_COUNTERS_ORIG | NLA_F_NESTED,
+        &[
+            tlv(CTA_COUNTERS32_PACKETS, &7u32.to_be_bytes()),
+            tlv(CTA_COUNTERS32_BYTES, &700u32.to_be_bytes()),
+        ]
+        .concat(),
+    ));
+    let o = parse_traffic(NEW, &old).unwrap().unwrap();
+    assert_eq!((o.orig.packets, o.orig.bytes), (7, 700));
+}
+
+#[test]
+fn traffic_skips_the_appliance_s_own_flows_and_names_bad_counters() {
+    // Not source-NATed: the appliance's own calls and probes.
+    assert_eq!(
+        parse_traffic(
+            NEW,
+            &traffic_msg(MASQUERADED & !STATUS_SRC_NAT, true, false)
+        )
+        .unwrap(),
+        None
+    );
+    assert_eq!(
+        parse_traffic(0x0200, &traffic_msg(MASQUERADED, true, false)).unwrap(),
+        None
+    );
+    let mut bad = traffic_msg(MASQUERADED, false, true);
+    bad.extend(tlv(
+        CTA_COUNTERS_REPLY | NLA_F_NESTED,
+        &tlv(CTA_COUNTERS_BYTES, &[1, 2, 3]),
+    ));
+    let e = parse_traffic(NEW, &bad).unwrap_err();
+    assert!(e.to_string().contains("CTA_COUNTERS_REPLY bytes"), "{e}");
+}
+
+#[test]
+fn ctrzero_dump_request_bytes() {
+    let b = ctrzero_dump_request(9);
+    // The message type is ctnetlink's GET_CTRZERO; the rest is the plain dump's.
+    assert_eq!(&b[4..6], &0x0103u16.to_ne_bytes());
+    let plain = dump_request(9);
+    assert_eq!((&b[..4], &b[6..]), (&plain[..4], &plain[6..]));
+}
