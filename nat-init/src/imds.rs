@@ -255,6 +255,8 @@ fn ok_text(what: &str, r: Response) -> Result<String, ImdsError> {
 /// What the AWS side needs from IMDS besides [`ImdsData`]: where it runs and which ENI is its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsIdentity {
+    /// `instance-id`: the metrics' `InstanceId` dimension.
+    pub instance_id: String,
     /// `placement/region`.
     pub region: String,
     /// The primary ENI's id (`network/interfaces/macs/<mac>/interface-id`).
@@ -340,6 +342,10 @@ fn segment(what: &str, text: &str) -> Result<String, ImdsError> {
 pub fn fetch_aws_identity(ep: &Endpoint, mac: &str) -> Result<AwsIdentity, ImdsError> {
     let s = Session::open(ep, ep.budget)?;
     let region = segment("region", &s.text("region", "meta-data/placement/region")?)?;
+    let instance_id = segment(
+        "instance-id",
+        &s.text("instance-id", "meta-data/instance-id")?,
+    )?;
     let base = format!("meta-data/network/interfaces/macs/{mac}");
     let eni = s.text("interface-id", &format!("{base}/interface-id"))?;
     let interface_id = segment("interface-id", &eni)?;
@@ -359,6 +365,7 @@ pub fn fetch_aws_identity(ep: &Endpoint, mac: &str) -> Result<AwsIdentity, ImdsE
         })?);
     }
     Ok(AwsIdentity {
+        instance_id,
         region,
         interface_id,
         vpc_id,
@@ -520,6 +527,7 @@ mod tests {
         assert_eq!(
             id,
             AwsIdentity {
+                instance_id: "i-0123456789abcdef0".into(),
                 region: "eu-west-1".into(),
                 interface_id: "eni-0123456789abcdef0".into(),
                 vpc_id: "vpc-0123456789abcdef0".into(),

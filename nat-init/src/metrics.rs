@@ -14,11 +14,24 @@
 pub mod catalogue;
 pub mod cost;
 pub mod deltas;
+pub mod sample;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 
 use crate::aws::cloudwatch::{Datum, Dimension};
 use catalogue::{CATALOGUE, Kind, Metric};
+
+/// One period's values as the sampler hands them to the publisher, which adds the
+/// instance's dimensions ([`datums`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// When the period closed (Unix seconds); its datums carry [`period_start`] of it.
+    pub unix_s: u64,
+    pub period_s: u64,
+    pub counters: BTreeMap<&'static str, u64>,
+    pub gauges: Vec<Gauge>,
+}
 
 /// Why values cannot become datums (or a cost): each a bug in the caller, named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

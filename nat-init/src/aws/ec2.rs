@@ -183,6 +183,31 @@ pub fn describe_running_instances_by_tag(key: &str, value: &str) -> Call {
         .param("Filter.2.Value.1", "running")
 }
 
+/// One instance by id: this one's own, for its Auto Scaling group's tag.
+pub fn describe_instance(id: &str) -> Call {
+    Call::new(Action::DescribeInstances).param("InstanceId.1", id)
+}
+
+/// The tag Auto Scaling puts on the instances it launches.
+pub const ASG_TAG: &str = "aws:autoscaling:groupName";
+
+/// The value of tag `key` on the first instance of a DescribeInstances answer; `None` when it
+/// has no such tag.
+pub fn parse_instance_tag(body: &str, key: &str) -> Result<Option<String>, ParseError> {
+    let doc = document(body)?;
+    let root = response_root(&doc, Action::DescribeInstances)?;
+    let Some(item) = items(root, "reservationSet")
+        .flat_map(|r| items(r, "instancesSet"))
+        .next()
+    else {
+        return Err(missing("reservationSet", "instancesSet/item"));
+    };
+    Ok(items(item, "tagSet")
+        .find(|t| text(*t, "key") == Some(key))
+        .and_then(|t| text(t, "value"))
+        .map(str::to_string))
+}
+
 /// Subnets by id, for their CIDR blocks.
 pub fn describe_subnets(ids: &[String]) -> Call {
     ids.iter()

@@ -152,7 +152,7 @@ pub const CATALOGUE: [Metric; 25] = [
         "ConntrackDrops",
         Unit::Count,
         Counter,
-        "connections conntrack refused or evicted: insert_failed + drop + early_drop",
+        "new flows conntrack dropped (drop, which includes failed insertions) or evicted to make room (early_drop)",
     ),
     metric(
         "MemAvailableBytes",

@@ -27,6 +27,7 @@ use nat_init::{dns, http, https, imds, ntp};
 use super::console::{error, info, now_ms};
 
 mod group;
+mod publish;
 pub use group::{Command, Facts};
 
 /// How often the clock is checked once it has been found right.
@@ -77,6 +78,22 @@ enum Msg {
     Inputs(Box<Inputs>),
     /// From the failover thread: carried out before anything else.
     Command(Command),
+    /// From the metrics sampler: one period to publish.
+    Metrics(Box<nat_init::metrics::Sample>),
+}
+
+/// Hands the metrics sampler's periods to the worker.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: Sender<Msg>,
+}
+
+impl Publisher {
+    pub fn send(&self, s: nat_init::metrics::Sample) {
+        if self.tx.send(Msg::Metrics(Box::new(s))).is_err() {
+            error("metrics", "the AWS thread is gone; the period is dropped");
+        }
+    }
 }
 
 /// The main loop's end of the worker (and the failover thread's, through [`Aws::commander`]).
@@ -129,6 +146,13 @@ impl Aws {
             status,
             facts,
             sent: None,
+        }
+    }
+
+    /// The metrics sampler's handle on the worker.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            tx: self.inputs.clone(),
         }
     }
 
@@ -187,7 +211,8 @@ fn reset_status(st: &mut AwsStatus, cfg: &AwsConfig) {
         (true, s) => s.clone(),
     };
     st.clock = keep(&st.clock, cfg.ntp);
-    st.credentials = keep(&st.credentials, cfg.uses_ec2());
+    st.credentials = keep(&st.credentials, cfg.uses_aws());
+    st.metrics = keep(&st.metrics, cfg.metrics.is_some());
     st.source_dest_check = keep(&st.source_dest_check, cfg.disable_source_dest_check);
     let old = std::mem::take(&mut st.eips);
     st.eips = cfg
@@ -287,6 +312,17 @@ struct Worker {
     errors: Throttle,
     started_ms: u64,
     complete_said: bool,
+    /// Metrics periods not published yet, oldest first.
+    metrics_queue: std::collections::VecDeque<nat_init::metrics::Sample>,
+    /// Periods dropped from a full queue.
+    metrics_dropped: u64,
+    metrics_failures: u32,
+    /// A new period arrived: publish at this wake.
+    metrics_due: bool,
+    /// The Auto Scaling group's name once looked up (`Some(None)`: in none).
+    asg: Option<Option<String>>,
+    /// CloudWatch's address, when it was resolved, and for which host.
+    metrics_addr: Option<(SocketAddr, Instant, String)>,
 }
 
 impl Worker {
@@ -318,6 +354,12 @@ impl Worker {
             errors: Throttle::default(),
             started_ms: now_ms(),
             complete_said: false,
+            metrics_queue: std::collections::VecDeque::new(),
+            metrics_dropped: 0,
+            metrics_failures: 0,
+            metrics_due: false,
+            asg: None,
+            metrics_addr: None,
         }
     }
 
@@ -358,6 +400,9 @@ impl Worker {
             };
             if !self.commands.is_empty() {
                 self.run_commands(&inputs);
+            }
+            if std::mem::take(&mut self.metrics_due) {
+                self.publish_metrics(&inputs);
             }
             if inputs.cfg.ntp && Instant::now() >= self.next_ntp {
                 self.check_clock(&inputs);
@@ -401,6 +446,11 @@ impl Worker {
                 self.commands.push(c);
                 false
             }
+            Msg::Metrics(s) => {
+                self.queue_sample(*s);
+                self.metrics_due = true;
+                false
+            }
         }
     }
 
@@ -410,6 +460,7 @@ impl Worker {
         if cfg_changed {
             self.session = None;
             self.complete_said = false;
+            self.asg = None;
         }
         if old.as_ref().is_some_and(|o| o.dns != i.dns) {
             self.addr = None;
@@ -648,42 +699,42 @@ impl Worker {
             Some(s) => (s.endpoint.host.clone(), s.endpoint.port),
             None => return Err(CallError::Other("no session".into())),
         };
-        let addr = if let Ok(ip) = host.parse::<Ipv4Addr>() {
-            SocketAddr::from((ip, port))
-        } else {
-            let servers = self
-                .inputs
-                .as_ref()
-                .map(|i| i.dns.clone())
-                .unwrap_or_default();
-            if servers.is_empty() {
-                return Err(CallError::Other(format!(
-                    "no DNS server in the DHCP lease (option 6) to resolve {host}"
-                )));
-            }
-            let mut last = String::new();
-            let mut found = None;
-            for s in servers {
-                let deadline = Instant::now() + Duration::from_secs(3);
-                match dns::resolve_ipv4(
-                    SocketAddr::from((s, 53)),
-                    &host,
-                    deadline,
-                    3,
-                    &mut self.random,
-                ) {
-                    Ok(v) if !v.is_empty() => {
-                        found = Some(v[0]);
-                        break;
-                    }
-                    Ok(_) => last = format!("{host}: no address from {s}"),
-                    Err(e) => last = format!("resolving {host} via {s}: {e}"),
-                }
-            }
-            SocketAddr::from((found.ok_or(CallError::Other(last))?, port))
-        };
+        let addr = self.resolve(&host, port)?;
         self.addr = Some((addr, Instant::now()));
         Ok(addr)
+    }
+
+    /// `host`'s address: itself when it is one, else from the VPC's resolvers (DHCP option 6).
+    fn resolve(&mut self, host: &str, port: u16) -> Result<SocketAddr, CallError> {
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return Ok(SocketAddr::from((ip, port)));
+        }
+        let servers = self
+            .inputs
+            .as_ref()
+            .map(|i| i.dns.clone())
+            .unwrap_or_default();
+        if servers.is_empty() {
+            return Err(CallError::Other(format!(
+                "no DNS server in the DHCP lease (option 6) to resolve {host}"
+            )));
+        }
+        let mut last = String::new();
+        for s in servers {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            match dns::resolve_ipv4(
+                SocketAddr::from((s, 53)),
+                host,
+                deadline,
+                3,
+                &mut self.random,
+            ) {
+                Ok(v) if !v.is_empty() => return Ok(SocketAddr::from((v[0], port))),
+                Ok(_) => last = format!("{host}: no address from {s}"),
+                Err(e) => last = format!("resolving {host} via {s}: {e}"),
+            }
+        }
+        Err(CallError::Other(last))
     }
 
     /// One EC2 call, signed, with retries for throttling, server errors and stale credentials.

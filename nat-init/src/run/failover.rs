@@ -52,13 +52,14 @@ impl Failover {
         aws: Commander,
         primary: Ipv4Addr,
         ct: Arc<CtSync>,
+        metrics: super::metrics::Handle,
     ) -> Failover {
         let status = Arc::new(Mutex::new("failover=starting".to_string()));
         let st = Arc::clone(&status);
         let spawned = std::thread::Builder::new()
             .name("failover".into())
             .spawn(move || {
-                match Member::new(cfg, aws, primary, ct, st) {
+                match Member::new(cfg, aws, primary, ct, st, metrics) {
                     Ok(mut m) => m.run(),
                     Err(e) => error("failover", format_args!("cannot start: {e}")),
                 }
@@ -94,6 +95,10 @@ struct Member {
     healthy_since_ms: Option<u64>,
     egress_said: Option<bool>,
     roles_said: String,
+    /// The roles at the last report, and the changes counted since start (the metrics).
+    roles_last: BTreeMap<String, &'static str>,
+    role_changes: u64,
+    metrics: super::metrics::Handle,
     peers_sent: Vec<Ipv4Addr>,
     stopping_since: Option<Instant>,
     /// Releases sent, so that one is not repeated while the worker carries it out.
@@ -117,6 +122,7 @@ impl Member {
         primary: Ipv4Addr,
         ct: Arc<CtSync>,
         status: Arc<Mutex<String>>,
+        metrics: super::metrics::Handle,
     ) -> std::io::Result<Member> {
         let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, failover::PORT))?;
         socket.set_read_timeout(Some(STEP))?;
@@ -146,6 +152,9 @@ impl Member {
             healthy_since_ms: None,
             egress_said: None,
             roles_said: String::new(),
+            roles_last: BTreeMap::new(),
+            role_changes: 0,
+            metrics,
             peers_sent: Vec::new(),
             stopping_since: None,
             released: BTreeMap::new(),
@@ -388,6 +397,21 @@ impl Member {
     /// The health fields, and a line whenever a table's role changes.
     fn report(&mut self, me: &Me, now: u64) {
         let roles = self.group.roles(me);
+        // A table seen for the first time is no change of role.
+        self.role_changes += roles
+            .iter()
+            .filter(|(t, r)| self.roles_last.get(*t).is_some_and(|old| old != *r))
+            .count() as u64;
+        self.roles_last.clone_from(&roles);
+        if let Ok(mut m) = self.metrics.lock() {
+            let gauges = roles
+                .iter()
+                .filter_map(|(t, r)| {
+                    nat_init::metrics::catalogue::Role::from_name(r).map(|r| (t.clone(), r))
+                })
+                .collect();
+            m.failover = Some((gauges, self.role_changes));
+        }
         let roles_text = roles
             .iter()
             .map(|(t, r)| format!("{t}:{r}"))

@@ -15,7 +15,8 @@
 //! - `watchdog`: the pings that tell init the loop is alive;
 //! - `aws`: the clock, the instance role and the EC2 calls, on a thread of their own;
 //! - `ctsync`: conntrack replication to and from the peers, for failover;
-//! - `failover`: a failover group member's heartbeats, probes, takeovers and handover.
+//! - `failover`: a failover group member's heartbeats, probes, takeovers and handover;
+//! - `metrics`: the CloudWatch metrics' sampler, on a thread of its own.
 
 mod aws;
 mod config;
@@ -26,6 +27,7 @@ mod failover;
 mod health;
 mod lease;
 mod link;
+mod metrics;
 mod primary;
 mod ruleset;
 mod signals;
@@ -76,6 +78,9 @@ pub struct Service {
     aws: aws::Aws,
     /// The failover thread, once started (a group member, after the first `ready`).
     failover: Option<failover::Failover>,
+    /// What the metrics sampler reads from the loop; the sampler runs once metrics are on.
+    metrics: metrics::Handle,
+    metrics_started: bool,
     stages: Stages,
     private: Vec<Ipv4Cidr>,
     private_from: RangesFrom,
@@ -138,6 +143,8 @@ impl Service {
             snat_by_source: Vec::new(),
             aws: aws::Aws::start(),
             failover: None,
+            metrics: metrics::Handle::default(),
+            metrics_started: false,
             stages: Stages::new(),
             private: Vec::new(),
             private_from: RangesFrom::Defaults,
@@ -221,7 +228,16 @@ impl Service {
                 self.aws.commander(),
                 primary,
                 std::sync::Arc::new(ctsync::start()),
+                self.metrics.clone(),
             ));
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            m.iface.clone_from(&self.iface.name);
+            m.period_s = self.cfg.aws.metrics.as_ref().map_or(0, |c| c.period_s);
+        }
+        if self.cfg.aws.metrics.is_some() && !self.metrics_started {
+            metrics::start(self.metrics.clone(), self.aws.publisher());
+            self.metrics_started = true;
         }
     }
 

@@ -36,6 +36,10 @@ impl Service {
                     .with_context(|| format!("installing table ip {}", r.table))?;
                 nft::verify(&mut sock, &r)
                     .with_context(|| format!("verifying table ip {} after install", r.table))?;
+                // A new table's counters start from 0: the metrics take that as a restart.
+                if let Ok(mut m) = self.metrics.lock() {
+                    m.table_generation += 1;
+                }
                 info(format_args!(
                     "nft table ip {} installed and verified",
                     r.table

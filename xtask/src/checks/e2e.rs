@@ -102,6 +102,8 @@ pub const CHECKS: &[&str] = &[
     aws::TWO_EIPS,
     aws::MOVED,
     aws::CREDS,
+    aws::METRICS,
+    aws::METRICS_ERRORS,
 ];
 
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {

@@ -660,3 +660,23 @@ fn classes() {
     };
     assert_eq!(classify_error(403, &wrong), ErrorClass::Fatal);
 }
+
+#[test]
+fn an_instance_s_auto_scaling_group_tag() {
+    let tagged = aws(
+        "DescribeInstancesResponse",
+        "<reservationSet><item><instancesSet><item><instanceId>i-1</instanceId><instanceState><name>running</name></instanceState><tagSet><item><key>Name</key><value>nat-a</value></item><item><key>aws:autoscaling:groupName</key><value>prod-nat-a</value></item></tagSet></item></instancesSet></item></reservationSet>",
+    );
+    assert_eq!(
+        parse_instance_tag(&tagged, ASG_TAG).unwrap().as_deref(),
+        Some("prod-nat-a")
+    );
+    assert_eq!(parse_instance_tag(&tagged, "other").unwrap(), None);
+    let none = aws("DescribeInstancesResponse", "<reservationSet/>");
+    let e = parse_instance_tag(&none, ASG_TAG).unwrap_err();
+    assert!(e.to_string().contains("instancesSet"), "{e}");
+    assert_eq!(
+        describe_instance("i-1").body(),
+        "Action=DescribeInstances&Version=2016-11-15&InstanceId.1=i-1"
+    );
+}

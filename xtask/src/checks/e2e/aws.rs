@@ -31,6 +31,19 @@ pub const ONLINE: &str = "e2e-aws-just-launched-to-private-online-through-the-ei
 pub const TWO_EIPS: &str = "e2e-aws-two-eips-two-public-sources-across-flows";
 pub const MOVED: &str = "e2e-aws-route-moved-behind-its-back-reported";
 pub const CREDS: &str = "e2e-aws-rotated-credentials-taken-up-before-expiry";
+pub const METRICS: &str = "e2e-aws-metrics-in-cloudwatch-match-known-traffic";
+pub const METRICS_ERRORS: &str = "e2e-aws-metrics-port-allocation-errors-and-drops-counted";
+
+/// The metrics keys the user-data adds: a 10 s period so a check sees several within
+/// minutes, a NAT name, and a source-port range small enough for a burst of flows to one
+/// destination to exhaust it (64 ports on each of the two Elastic IPs).
+const METRICS_USER_DATA: &str = "metrics = true\nmetrics_period = 10\nnat_name = \"e2e-nat\"\nnat_port_range = \"40000-40063\"\n";
+const METRICS_NAMESPACE: &str = "NatInstance";
+const METRICS_PERIOD_S: u64 = 10;
+/// The burst of UDP flows to one destination: more than the two addresses' 128 ports.
+const BURST: usize = 200;
+/// Unsolicited datagrams from the internet to the NAT's Elastic IP, which it drops.
+const UNSOLICITED: usize = 25;
 
 /// The guest's clock at boot: a day behind.
 const RTC_OFFSET_S: i64 = -86_400;
@@ -50,6 +63,8 @@ const ALL_ACTIONS: &[&str] = &[
     "ec2:AssociateAddress",
     "ec2:CreateRoute",
     "ec2:ReplaceRoute",
+    "ec2:DescribeInstances",
+    "cloudwatch:PutMetricData",
 ];
 
 fn policy(without: &[&str]) -> Value {
@@ -84,6 +99,76 @@ fn udp_flows(ns: &str, n: usize) -> Result<usize> {
         }
         Ok(ok)
     })?
+}
+
+/// `n` UDP flows to the echo service sent at once (each its own socket), then their echoes
+/// collected for `wait`; returns how many came back.
+fn udp_burst(ns: &str, n: usize, wait: Duration) -> Result<usize> {
+    run_in(ns, move || -> Result<usize> {
+        let dst = SocketAddr::from((vpc::SERVER, vpc::UDP_PORT));
+        let mut socks = Vec::with_capacity(n);
+        for i in 0..n {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_nonblocking(true)?;
+            s.send_to(format!("burst-{i}").as_bytes(), dst)?;
+            socks.push(Some(s));
+        }
+        let end = Instant::now() + wait;
+        let mut ok = 0;
+        let mut buf = [0u8; 64];
+        while Instant::now() < end && ok < n {
+            for (i, slot) in socks.iter_mut().enumerate() {
+                let Some(s) = slot else { continue };
+                if let Ok((len, _)) = s.recv_from(&mut buf)
+                    && buf[..len] == *format!("burst-{i}").as_bytes()
+                {
+                    ok += 1;
+                    *slot = None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(ok)
+    })?
+}
+
+/// The sum of `metric`'s values between `start` and `end` (Unix seconds) with the NAT's
+/// dimensions, from the CloudWatch double (GetMetricData, as a dashboard or alarm reads it).
+fn metric_sum(vpc: &Vpc, instance_id: &str, metric: &str, start: u64, end: u64) -> Result<f64> {
+    let r = vpc.aws()?.call(
+        "cloudwatch",
+        "get_metric_data",
+        json!({
+            "MetricDataQueries": [{
+                "Id": "m0",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": METRICS_NAMESPACE,
+                        "MetricName": metric,
+                        "Dimensions": [
+                            {"Name": "InstanceId", "Value": instance_id},
+                            {"Name": "NatName", "Value": "e2e-nat"}
+                        ]
+                    },
+                    "Period": METRICS_PERIOD_S,
+                    "Stat": "Sum"
+                }
+            }],
+            // Epoch seconds: boto3 takes them for timestamps.
+            "StartTime": start,
+            "EndTime": end,
+        }),
+    )?;
+    let values = r["MetricDataResults"][0]["Values"]
+        .as_array()
+        .with_context(|| format!("GetMetricData for {metric}: no values in {r}"))?;
+    Ok(values.iter().filter_map(Value::as_f64).sum())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Points `table`'s `0.0.0.0/0` at `eni` through the API, as an operator (or a peer) would.
@@ -128,7 +213,7 @@ pub fn run(disk: &Path, root: &Path, vpc: &mut Vpc, report: &mut Report) {
         vpc.aws()?
             .set_role_policy(&policy(&["ec2:CreateRoute", "ec2:ReplaceRoute"]))?;
         vpc.refresh_imds_credentials(FIRST_CREDS)?;
-        vpc.set_user_data(Some(seed.nat_user_data()));
+        vpc.set_user_data(Some(format!("{}{METRICS_USER_DATA}", seed.nat_user_data())));
         let mut cfg = graviton_like(
             disk,
             vpc,
@@ -357,6 +442,114 @@ pub fn run(disk: &Path, root: &Path, vpc: &mut Vpc, report: &mut Report) {
         if let Ok((_, e)) = v.wait_for_from(0, "ExpiredToken", Duration::ZERO) {
             bail!("a call met expired credentials: {e}");
         }
+        Ok(())
+    });
+    // Known traffic, then the figures CloudWatch holds for the periods it fell in.
+    let mut window = (0u64, 0u64);
+    let mut burst_answered = 0usize;
+    ok &= report.check_after(ONLINE, METRICS, || {
+        let v = vm.as_mut().context("the VM did not start")?;
+        let (_, published) = v.wait_for_from(
+            0,
+            "nat-init: metrics published to CloudWatch namespace NatInstance every 10 s",
+            AWS_WAIT,
+        )?;
+        say(&published);
+        // Start on a fresh period: nothing of the earlier checks' traffic in the window.
+        let mark = v.line_count();
+        v.wait_for_from(mark, "nat-init: metrics period ", Duration::from_secs(30))?;
+        let start = unix_now() / METRICS_PERIOD_S * METRICS_PERIOD_S;
+        let size = 2 * 1048576;
+        let got = curl(
+            vpc,
+            "private",
+            &["-o", "/dev/null", "-w", "%{size_download}", &format!("http://{}/bytes/{size}", vpc::SERVER)],
+        )?;
+        if got.trim() != size.to_string() {
+            bail!("the private client got {got} of {size} bytes");
+        }
+        let flows = 20;
+        let echoed = udp_flows(&vpc.ns.name("private"), flows)?;
+        if echoed != flows {
+            bail!("{echoed} of {flows} UDP flows echoed before the port burst");
+        }
+        burst_answered = udp_burst(&vpc.ns.name("private"), BURST, Duration::from_secs(5))?;
+        say(&format!("burst of {BURST} UDP flows to one destination: {burst_answered} answered"));
+        if burst_answered == 0 || burst_answered >= BURST {
+            bail!("{burst_answered} of {BURST} burst flows answered: the port range was not exhausted, or nothing passed");
+        }
+        run_in(&vpc.ns.name("internet"), || -> Result<()> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            for i in 0..UNSOLICITED {
+                s.send_to(format!("unsolicited-{i}").as_bytes(), (aws::ELASTIC_IPS[0], 9))?;
+            }
+            Ok(())
+        })??;
+        // The period holding the last packets closes, then the next, and is published.
+        let mark = v.line_count();
+        v.wait_for_from(mark, "nat-init: metrics period ", Duration::from_secs(60))?;
+        let (r, _) = v.wait_for_from(mark, "nat-init: metrics period ", Duration::from_secs(60))?;
+        v.wait_for_from(r + 1, "nat-init: metrics period ", Duration::from_secs(60))?;
+        std::thread::sleep(Duration::from_secs(3));
+        window = (start, unix_now() + METRICS_PERIOD_S);
+        let seed = vpc.aws()?.seed().clone();
+        let id = seed.instance("nat")?.instance_id.clone();
+        let sum = |m: &str| metric_sum(vpc, &id, m, window.0, window.1);
+        let mut figures = Vec::new();
+        for m in [
+            "BytesInFromDestination",
+            "BytesOutToSource",
+            "BytesInFromSource",
+            "PacketsInFromSource",
+            "PacketsOutToDestination",
+            "ConnectionAttemptCount",
+            "ConnectionEstablishedCount",
+            "ErrorPortAllocation",
+            "PacketsDropCount",
+        ] {
+            figures.push((m, sum(m)?));
+        }
+        say(&format!("CloudWatch double, {}..{}: {figures:?}", window.0, window.1));
+        let get = |m: &str| figures.iter().find(|(n, _)| *n == m).map_or(0.0, |(_, v)| *v);
+        // The download's payload plus its TCP/IP headers (about 3%) and the echoes: within
+        // 6% above the payload, never below it.
+        let down = get("BytesInFromDestination");
+        if down < size as f64 || down > size as f64 * 1.06 + 20_000.0 {
+            bail!("BytesInFromDestination {down}, want {size} bytes plus at most 6% of headers");
+        }
+        if get("BytesOutToSource") != down {
+            bail!("BytesOutToSource {} differs from BytesInFromDestination {down}", get("BytesOutToSource"));
+        }
+        // One TCP connection, 20 flows, the burst: every new flow the NAT translated.
+        let attempts = (1 + flows + BURST) as f64;
+        if get("ConnectionAttemptCount") != attempts {
+            bail!("ConnectionAttemptCount {}, want {attempts}", get("ConnectionAttemptCount"));
+        }
+        let established = (1 + flows + burst_answered) as f64;
+        if get("ConnectionEstablishedCount") != established {
+            bail!("ConnectionEstablishedCount {}, want {established} (the flows that got a reply)", get("ConnectionEstablishedCount"));
+        }
+        // At least each UDP flow's datagram and the TCP handshake's and requests' packets.
+        if get("PacketsOutToDestination") < (flows + burst_answered + 3) as f64 {
+            bail!("PacketsOutToDestination {} is below the flows sent", get("PacketsOutToDestination"));
+        }
+        Ok(())
+    });
+    ok &= report.check_after(METRICS, METRICS_ERRORS, || {
+        let seed = vpc.aws()?.seed().clone();
+        let id = seed.instance("nat")?.instance_id.clone();
+        let errors = metric_sum(vpc, &id, "ErrorPortAllocation", window.0, window.1)?;
+        let failed = (BURST - burst_answered) as f64;
+        // A flow whose translation found no port is dropped at confirmation; an echo lost on
+        // the way would be the only other unanswered flow.
+        if (errors - failed).abs() > 2.0 {
+            bail!("ErrorPortAllocation {errors}, want the {failed} burst flows that found no port");
+        }
+        let drops = metric_sum(vpc, &id, "PacketsDropCount", window.0, window.1)?;
+        if drops < UNSOLICITED as f64 || drops > UNSOLICITED as f64 + 10.0 {
+            bail!("PacketsDropCount {drops}, want the {UNSOLICITED} unsolicited datagrams (+10 at most)");
+        }
+        say(&format!("ErrorPortAllocation {errors} for {failed} flows without a port; PacketsDropCount {drops}"));
         Ok(())
     });
     vpc.set_user_data(None);

@@ -1,0 +1,252 @@
+//! Publishing the metrics sampler's periods to CloudWatch (`PutMetricData`), on the AWS
+//! thread's session and credentials. A period that cannot go out stays queued (the newest
+//! [`QUEUE`] of them; CloudWatch takes data up to two weeks old) and goes with the next one;
+//! why it failed is on the health line. Nothing here touches the NAT.
+
+use std::time::{Duration, Instant};
+
+use nat_init::aws::{cloudwatch, ec2, sigv4};
+use nat_init::config::{MetricDimension, MetricsConfig};
+use nat_init::http;
+use nat_init::metrics::{self, Dimensions, Sample};
+use nat_init::plan::aws::{self as awsplan, ItemState};
+
+use super::{CALL_ATTEMPTS, CALL_TIMEOUT, CallError, Inputs, REPEAT_GAP_MS, Worker};
+use crate::run::console::{error, info, now_ms};
+use nat_init::plan::Backoff;
+
+/// Periods kept while publishing fails: an hour at the default period.
+pub(super) const QUEUE: usize = 60;
+
+impl Worker {
+    /// Queues a period (dropping the oldest beyond [`QUEUE`]).
+    pub(super) fn queue_sample(&mut self, s: Sample) {
+        self.metrics_queue.push_back(s);
+        while self.metrics_queue.len() > QUEUE {
+            self.metrics_queue.pop_front();
+            self.metrics_dropped += 1;
+        }
+    }
+
+    /// Sends what is queued; on failure it stays queued and the status says why.
+    pub(super) fn publish_metrics(&mut self, inputs: &Inputs) {
+        let Some(cfg) = inputs.cfg.metrics.clone() else {
+            self.metrics_queue.clear();
+            return;
+        };
+        match self.try_publish(inputs, &cfg) {
+            Ok(sent) => {
+                self.metrics_failures = 0;
+                let first = self
+                    .status
+                    .lock()
+                    .map(|st| st.metrics_periods == 0)
+                    .unwrap_or(false);
+                self.with_status(|st| {
+                    st.metrics = ItemState::Done;
+                    st.metrics_periods += sent as u64;
+                });
+                if first {
+                    info(format_args!(
+                        "metrics published to CloudWatch namespace {} every {} s",
+                        cfg.namespace, cfg.period_s
+                    ));
+                }
+            }
+            Err(e) => {
+                self.metrics_failures += 1;
+                let short = e.short();
+                self.with_status(|st| st.metrics = ItemState::Pending(short));
+                let line = format!(
+                    "publishing metrics: {e}; {} period(s) queued, sent again with the next",
+                    self.metrics_queue.len()
+                );
+                if self.errors.should_print(&line, now_ms(), REPEAT_GAP_MS) {
+                    error("metrics", line);
+                }
+            }
+        }
+    }
+
+    /// The instance's dimensions, as `metrics_dimensions` asks.
+    fn dimensions(&mut self, cfg: &MetricsConfig) -> Result<Dimensions, CallError> {
+        let instance_id = self
+            .session
+            .as_ref()
+            .map(|s| s.identity.instance_id.clone())
+            .ok_or_else(|| CallError::Other("no session".into()))?;
+        let asg = if cfg
+            .dimensions
+            .contains(&MetricDimension::AutoScalingGroupName)
+        {
+            if self.asg.is_none() {
+                let body = self.call(&ec2::describe_instance(&instance_id))?;
+                let tag = ec2::parse_instance_tag(&body, ec2::ASG_TAG)
+                    .map_err(|e| CallError::Other(format!("DescribeInstances: {e}")))?;
+                info(format_args!(
+                    "metrics dimension AutoScalingGroupName={}",
+                    tag.as_deref().unwrap_or("- (not in an Auto Scaling group)")
+                ));
+                self.asg = Some(tag);
+            }
+            self.asg.clone().flatten()
+        } else {
+            None
+        };
+        Ok(Dimensions {
+            // InstanceId is always known; a configuration without it leaves it out below.
+            instance_id,
+            nat_name: cfg
+                .nat_name
+                .clone()
+                .filter(|_| cfg.dimensions.contains(&MetricDimension::NatName)),
+            asg,
+        })
+    }
+
+    fn try_publish(&mut self, inputs: &Inputs, cfg: &MetricsConfig) -> Result<usize, CallError> {
+        if !inputs.imds {
+            return Err(CallError::Other(
+                "metrics need IMDS (region, instance id, credentials), and imds = false".into(),
+            ));
+        }
+        self.ensure_session(inputs)?;
+        self.ensure_credentials()?;
+        let dims = self.dimensions(cfg)?;
+        let with_id = cfg.dimensions.contains(&MetricDimension::InstanceId);
+        let mut data = Vec::new();
+        for s in &self.metrics_queue {
+            let mut d = metrics::datums(s.unix_s, s.period_s, &s.counters, &s.gauges, &dims)
+                .map_err(|e| CallError::Other(format!("metrics: {e}")))?;
+            if !with_id {
+                for datum in &mut d {
+                    datum.dimensions.retain(|x| x.name != "InstanceId");
+                }
+            }
+            data.extend(d);
+        }
+        let periods = self.metrics_queue.len();
+        if data.is_empty() {
+            // Baselines only (the first period of a counter): nothing to send yet.
+            self.metrics_queue.clear();
+            return Ok(periods);
+        }
+        let requests = cloudwatch::batches(&cfg.namespace, &data)
+            .map_err(|e| CallError::Other(format!("metrics: {e}")))?;
+        let region = self
+            .session
+            .as_ref()
+            .map(|s| s.region.clone())
+            .unwrap_or_default();
+        let endpoint = match &cfg.endpoint {
+            Some(url) => awsplan::parse_endpoint(url).map_err(CallError::Other)?,
+            None => awsplan::regional_endpoint(cloudwatch::SERVICE, &region),
+        };
+        for r in &requests {
+            let body = r
+                .gzip()
+                .map_err(|e| CallError::Other(format!("metrics: {e}")))?;
+            self.put(&endpoint, &region, &body)?;
+        }
+        self.metrics_queue.clear();
+        Ok(periods)
+    }
+
+    /// One signed PutMetricData, with retries for throttling, server errors and stale
+    /// credentials; `body` is the gzip-compressed form.
+    fn put(
+        &mut self,
+        endpoint: &awsplan::Endpoint,
+        region: &str,
+        body: &[u8],
+    ) -> Result<(), CallError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut refreshed = false;
+        let mut last = String::new();
+        for _ in 0..CALL_ATTEMPTS {
+            let addr = match self.metrics_addr.clone() {
+                Some((a, at, host))
+                    if host == endpoint.host && at.elapsed() < super::RESOLVE_PERIOD =>
+                {
+                    a
+                }
+                _ => {
+                    let a = self.resolve(&endpoint.host, endpoint.port)?;
+                    self.metrics_addr = Some((a, Instant::now(), endpoint.host.clone()));
+                    a
+                }
+            };
+            let (Some(session), Some(creds)) = (&self.session, &self.creds) else {
+                return Err(CallError::Other("no session or credentials".into()));
+            };
+            let headers = [
+                ("Content-Encoding", cloudwatch::CONTENT_ENCODING_GZIP),
+                ("Content-Type", cloudwatch::CONTENT_TYPE),
+            ];
+            let signed = sigv4::sign(
+                &sigv4::Request {
+                    method: "POST",
+                    host: &endpoint.host,
+                    path: "/",
+                    query: &[],
+                    headers: &headers,
+                    body,
+                },
+                creds,
+                region,
+                cloudwatch::SERVICE,
+                Self::unix_now(),
+            );
+            let mut req = http::Request::new("POST", "/");
+            for (k, v) in &signed {
+                req = req.header(k, v);
+            }
+            let req = req.body(cloudwatch::CONTENT_TYPE, body.to_vec());
+            match session
+                .client
+                .send(&endpoint.host, addr, &req, Instant::now() + CALL_TIMEOUT)
+            {
+                Err(e) => {
+                    last = format!("PutMetricData to {endpoint}: {e}");
+                    self.metrics_addr = None;
+                }
+                Ok(resp) if resp.status == 200 => return Ok(()),
+                Ok(resp) => {
+                    let text = String::from_utf8_lossy(&resp.body).into_owned();
+                    let err = cloudwatch::parse_error(&text).ok();
+                    let class = match &err {
+                        Some(e) => cloudwatch::classify_error(resp.status, e),
+                        None => cloudwatch::classify(resp.status),
+                    };
+                    let (code, message) = err
+                        .map(|e| (e.code, e.message))
+                        .unwrap_or_else(|| (format!("HTTP {}", resp.status), String::new()));
+                    last = format!("PutMetricData: {code}: {message}");
+                    match class {
+                        ec2::ErrorClass::Retry => {}
+                        ec2::ErrorClass::Credentials if !refreshed => {
+                            refreshed = true;
+                            self.creds_refresh_unix_s = 0;
+                            self.ensure_credentials()?;
+                        }
+                        ec2::ErrorClass::Clock => {
+                            if let Some(i) = self.inputs.clone() {
+                                self.check_clock(&i);
+                            }
+                        }
+                        ec2::ErrorClass::Denied => {
+                            return Err(CallError::Denied {
+                                permission: cloudwatch::PERMISSION.to_string(),
+                                resource: "*".into(),
+                                message: format!("{code}: {message}"),
+                            });
+                        }
+                        _ => return Err(CallError::Other(last)),
+                    }
+                }
+            }
+            std::thread::sleep(backoff.failure());
+        }
+        Err(CallError::Other(last))
+    }
+}
