@@ -10,7 +10,8 @@ use netlink_packet_core::{NLA_TYPE_MASK, NetlinkDeserializable, NetlinkHeader, N
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::{
     MSG_NEWCHAIN, MSG_NEWFLOWTABLE, MSG_NEWRULE, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE,
-    NAT_SNAT, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_IPV4, REG_VERDICT, SET_ELEM_INTERVAL_END,
+    NAT_SNAT, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_IPV4, NFTA_FLOWTABLE_FLAGS, REG_VERDICT,
+    SET_ELEM_INTERVAL_END,
 };
 
 /// A read-back or encoding that does not fit the model.
@@ -397,6 +398,11 @@ pub fn decode(table: &str, msgs: &[Reply]) -> Result<Ruleset, DecodeError> {
                     hook,
                     priority,
                     devices,
+                    // Absent on kernels before flowtable flags (5.7): none.
+                    flags: get(&l, NFTA_FLOWTABLE_FLAGS)
+                        .map(|v| be32(v, "flowtable flags"))
+                        .transpose()?
+                        .unwrap_or(0),
                 });
             }
             MSG_NEWCHAIN => {

@@ -13,8 +13,8 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 
 use super::model::{ChainType, Expr, Rule, Ruleset, Set};
 use super::uapi::{
-    MSG_NEWCHAIN, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE, NAT_SNAT, NFPROTO_IPV4, REG_VERDICT,
-    SET_ELEM_INTERVAL_END,
+    MSG_NEWCHAIN, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE, NAT_SNAT, NFPROTO_IPV4,
+    NFTA_FLOWTABLE_FLAGS, REG_VERDICT, SET_ELEM_INTERVAL_END,
 };
 
 fn nla(kind: u16, value: Vec<u8>) -> DefaultNla {
@@ -274,6 +274,10 @@ fn set_elem_attrs(table: &str, s: &Set, id: u32) -> Vec<DefaultNla> {
     ]
 }
 
+pub(super) fn flowtable_flags(flags: u32) -> DefaultNla {
+    nla_u32(NFTA_FLOWTABLE_FLAGS, flags)
+}
+
 pub(super) fn hook_attrs(kind: u16, hook: u32, priority: i32, devices: &[String]) -> DefaultNla {
     let mut h = vec![nla_u32(1, hook), nla_u32(2, priority as u32)];
     if !devices.is_empty() {
@@ -347,6 +351,8 @@ pub fn encode(r: &Ruleset) -> Vec<(NetfilterMessage, u16, String)> {
                 nla_str(1, t),
                 nla_str(2, &ft.name),
                 hook_attrs(3, ft.hook, ft.priority, &ft.devices),
+                // Always sent, as nft does; the kernel dumps it always.
+                flowtable_flags(ft.flags),
             ])),
             NLM_F_CREATE,
             format!("add {ft}"),
@@ -406,10 +412,10 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    /// The flowtable cannot be installed on the CI host, so its wire format is pinned here to
-    /// what `nft --debug=mnl` sends for `flowtable ft { hook ingress priority 0; devices = { lo } }`
-    /// in table `t` and for `flow add @ft` (nft also sends NFTA_FLOWTABLE_FLAGS 0, which is
-    /// optional).
+    /// The flowtable cannot be installed on the CI host (its kernel has no NF_FLOW_TABLE), so
+    /// its wire format is pinned here to what `nft --debug=mnl` (1.0.6) sends on that host for
+    /// `flowtable ft { hook ingress priority 0; devices = { lo }; counter; }` in table `t`
+    /// (NFTA_FLOWTABLE_FLAGS is attribute 7, NFT_FLOWTABLE_COUNTER 0x2), and for `flow add @ft`.
     #[test]
     fn flowtable_wire_format_matches_nft() {
         let mut sp = spec(&["10.0.0.0/8"], true, false);
@@ -430,6 +436,7 @@ mod tests {
             &[8, 0, 1, 0, 0, 0, 0, 0],
             &[8, 0, 2, 0, 0, 0, 0, 0],
             &[12, 0, 3, 0x80, 7, 0, 1, 0, b'l', b'o', 0, 0],
+            &[8, 0, 7, 0, 0, 0, 0, 2],
         ]
         .concat();
         assert_eq!(body(ft), want);

@@ -41,6 +41,9 @@ pub struct Flowtable {
     pub hook: u32,
     pub priority: i32,
     pub devices: Vec<String>,
+    /// NFT_FLOWTABLE_* flags: the appliance's has `counter`, so conntrack keeps counting the
+    /// bytes and packets of offloaded flows (the metrics' source for them).
+    pub flags: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +104,7 @@ pub enum Expr {
         key: u32,
         dreg: u32,
     },
+
     Counter {
         packets: u64,
         bytes: u64,
@@ -362,6 +366,23 @@ mod tests {
         assert!(
             d.iter()
                 .any(|x| x.contains("chain input") && x.contains("policy accept"))
+        );
+    }
+
+    /// A flowtable without the counter flag leaves offloaded traffic uncounted: verify says so.
+    #[test]
+    fn a_flowtable_without_its_counter_flag_differs() {
+        let want = build(&spec(&["10.0.0.0/16"], true, false));
+        let mut got = want.clone();
+        if let Some(ft) = &mut got.flowtable {
+            ft.flags = 0;
+        }
+        let d = want.differences(&got);
+        assert_eq!(
+            d,
+            [
+                "flowtable: want flowtable ft { hook ingress priority 0; devices = { ens5 }; counter; }, got flowtable ft { hook ingress priority 0; devices = { ens5 }; }"
+            ]
         );
     }
 

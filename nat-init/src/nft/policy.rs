@@ -616,6 +616,9 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             hook: HOOK_NETDEV_INGRESS,
             priority: 0,
             devices: vec![spec.iface.clone()],
+            // Offloaded packets skip every chain: only conntrack's own counters (with
+            // nf_conntrack_acct on) see them, and only when the flowtable feeds them.
+            flags: FLOWTABLE_COUNTER,
         }),
         chains: vec![
             postrouting,
@@ -730,8 +733,12 @@ pub(super) mod tests {
         let ft = on.flowtable.as_ref().unwrap();
         assert_eq!(ft.devices, ["ens5"]);
         assert_eq!(ft.hook, HOOK_NETDEV_INGRESS);
+        assert_eq!(ft.flags, FLOWTABLE_COUNTER);
         let text = on.to_string();
-        assert!(text.contains("flowtable ft { hook ingress priority 0; devices = { ens5 }; }"));
+        assert!(
+            text.contains("flowtable ft { hook ingress priority 0; devices = { ens5 }; counter; }"),
+            "{text}"
+        );
         assert!(
             text.contains("ct state established,related counter packets 0 bytes 0 flow add @ft comment \"fwd_offload\""),
             "{text}"

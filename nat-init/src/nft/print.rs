@@ -82,12 +82,24 @@ impl fmt::Display for Flowtable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flowtable {} {{ hook {} priority {}; devices = {{ {} }}; }}",
+            "flowtable {} {{ hook {} priority {}; devices = {{ {} }}; ",
             self.name,
             hook_name(false, self.hook),
             self.priority,
             self.devices.join(", ")
-        )
+        )?;
+        // As nft lists them: `flags offload;`, `counter;`, and any other bits in hex.
+        if self.flags & FLOWTABLE_HW_OFFLOAD != 0 {
+            write!(f, "flags offload; ")?;
+        }
+        if self.flags & FLOWTABLE_COUNTER != 0 {
+            write!(f, "counter; ")?;
+        }
+        let rest = self.flags & !(FLOWTABLE_HW_OFFLOAD | FLOWTABLE_COUNTER);
+        if rest != 0 {
+            write!(f, "flags {rest:#x}; ")?;
+        }
+        write!(f, "}}")
     }
 }
 

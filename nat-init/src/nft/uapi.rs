@@ -33,6 +33,13 @@ pub(super) const BYTEORDER_HTON: u32 = 1;
 pub(super) const EXTHDR_OP_TCPOPT: u32 = 1;
 pub(super) const TCPOPT_MAXSEG: u8 = 2;
 pub(super) const RT_TCPMSS: u32 = 3;
+/// NFT_FLOWTABLE_HW_OFFLOAD: the flowtable is pushed down to the NIC.
+pub(super) const FLOWTABLE_HW_OFFLOAD: u32 = 0x1;
+/// NFT_FLOWTABLE_COUNTER: the flowtable updates conntrack's byte and packet counters of the
+/// flows it carries (`counter;`); without it offloaded packets are not counted anywhere.
+pub(super) const FLOWTABLE_COUNTER: u32 = 0x2;
+/// NFTA_FLOWTABLE_FLAGS. 7, after NFTA_FLOWTABLE_PAD (6), as `nft --debug=mnl` sends it.
+pub(super) const NFTA_FLOWTABLE_FLAGS: u16 = 7;
 pub(super) const SET_INTERVAL: u32 = 0x4;
 /// NFT_SET_EVAL: a set rules add to (`flags dynamic`).
 pub(super) const SET_EVAL: u32 = 0x20;
