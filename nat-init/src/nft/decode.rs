@@ -110,9 +110,20 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
                 & 1
                 != 0,
         },
-        "ct" => Expr::Ct {
-            dreg: u(1, "dreg")?,
-            key: u(2, "key")?,
+        // A load has NFTA_CT_DREG, a set NFTA_CT_SREG (4); one with both or neither is not ours.
+        "ct" => match (get(&l, 1), get(&l, 4)) {
+            (Some(_), None) => Expr::Ct {
+                dreg: u(1, "dreg")?,
+                key: u(2, "key")?,
+            },
+            (None, Some(_)) => Expr::CtSet {
+                sreg: u(4, "sreg")?,
+                key: u(2, "key")?,
+            },
+            _ => Expr::Raw {
+                name: name.into(),
+                data: data.to_vec(),
+            },
         },
         "counter" => Expr::Counter {
             bytes: be64(need(&l, 1, "counter bytes")?, "counter bytes")?,
@@ -670,6 +681,28 @@ mod tests {
             decode_expr("immediate", &imm).unwrap(),
             Expr::Raw { .. }
         ));
+    }
+
+    /// A ct expression is a load (DREG) or a set (SREG); both or neither is not ours.
+    #[test]
+    fn ct_load_and_set_decode() {
+        let u = |k: u16, v: u32| tlv(k, &v.to_be_bytes());
+        assert_eq!(
+            decode_expr("ct", &[u(1, 1), u(2, 3)].concat()).unwrap(),
+            Expr::Ct { key: 3, dreg: 1 }
+        );
+        // The kernel dumps a set's SREG before its KEY.
+        assert_eq!(
+            decode_expr("ct", &[u(4, 1), u(2, 3)].concat()).unwrap(),
+            Expr::CtSet { key: 3, sreg: 1 }
+        );
+        for other in [[u(1, 1), u(4, 1), u(2, 3)].concat(), u(2, 3)] {
+            assert!(
+                matches!(decode_expr("ct", &other).unwrap(), Expr::Raw { .. }),
+                "{other:?}"
+            );
+        }
+        assert!(decode_expr("ct", &[u(4, 1)].concat()).is_err());
     }
 
     /// One netlink attribute, padded, as the kernel lays them out.

@@ -96,6 +96,8 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             ],
         ),
         Expr::Ct { key, dreg } => ("ct", vec![nla_u32(1, *dreg), nla_u32(2, *key)]),
+        // NFTA_CT_KEY, then NFTA_CT_SREG (4), as nft sends them.
+        Expr::CtSet { key, sreg } => ("ct", vec![nla_u32(2, *key), nla_u32(4, *sreg)]),
         Expr::Counter { packets, bytes } => {
             ("counter", vec![nla_u64(1, *bytes), nla_u64(2, *packets)])
         }
@@ -445,6 +447,62 @@ mod tests {
         let (name, attrs) = expr_attrs(&flow);
         assert_eq!(name, "flow_offload");
         assert_eq!(emit_all(&attrs), [7, 0, 1, 0, b'f', b't', 0, 0]);
+    }
+
+    /// `ct direction reply ct mark 0 ct mark set 1 counter` as `nft --debug=mnl` (1.0.6) sends
+    /// it, expression by expression: direction one byte, the mark four in host order, the set
+    /// NFTA_CT_KEY then NFTA_CT_SREG (4).
+    #[test]
+    fn first_reply_wire_format_matches_nft() {
+        let r = build(&spec(&["10.0.0.0/8"], false, false));
+        let fwd = r.chains.iter().find(|c| c.name == "forward").unwrap();
+        let rule = fwd
+            .rules
+            .iter()
+            .find(|r| r.name == crate::nft::RULE_FWD_FIRST_REPLY)
+            .unwrap();
+        let u = |k: u8, v: u8| [8u8, 0, k, 0, 0, 0, 0, v];
+        let wire: Vec<(&str, Vec<u8>)> = rule
+            .exprs
+            .iter()
+            .map(|e| {
+                let (n, a) = expr_attrs(e);
+                (n, emit_all(&a))
+            })
+            .collect();
+        let one = 1u32.to_ne_bytes();
+        let want: Vec<(&str, Vec<u8>)> = vec![
+            ("ct", [u(1, 1), u(2, 4)].concat()),
+            (
+                "cmp",
+                [
+                    &u(1, 1)[..],
+                    &u(2, 0),
+                    &[12, 0, 3, 0x80, 5, 0, 1, 0, 1, 0, 0, 0],
+                ]
+                .concat(),
+            ),
+            ("ct", [u(1, 1), u(2, 3)].concat()),
+            (
+                "cmp",
+                [
+                    &u(1, 1)[..],
+                    &u(2, 0),
+                    &[12, 0, 3, 0x80, 8, 0, 1, 0, 0, 0, 0, 0],
+                ]
+                .concat(),
+            ),
+            (
+                "immediate",
+                [&u(1, 1)[..], &[12, 0, 2, 0x80, 8, 0, 1, 0], &one].concat(),
+            ),
+            ("ct", [u(2, 3), u(4, 1)].concat()),
+            (
+                "counter",
+                [&[12u8, 0, 1, 0][..], &[0; 8], &[12, 0, 2, 0], &[0; 8]].concat(),
+            ),
+        ];
+        assert_eq!(wire, want);
     }
 
     /// `numgen random mod 2` and the immediate load of 198.51.100.1 as `nft --debug=mnl`

@@ -101,6 +101,9 @@ pub const RULE_SNAT_PREFIX: &str = "snat ";
 /// private hosts leave by the same ENI), in its own chain after source NAT.
 pub const RULE_MASQ_TRAFFIC: &str = "masq_traffic";
 pub const RULE_FWD_MSS: &str = "fwd_mss_clamp";
+/// Counts each forwarded flow once, at its first reply (NAT Gateway's
+/// ConnectionEstablishedCount): see the rule in [`build`].
+pub const RULE_FWD_FIRST_REPLY: &str = "fwd_first_reply";
 pub const RULE_FWD_OFFLOAD: &str = "fwd_offload";
 pub const RULE_FWD_ESTABLISHED: &str = "fwd_established";
 pub const RULE_FWD_INVALID: &str = "fwd_invalid";
@@ -117,6 +120,9 @@ pub const RULE_IN_HEARTBEAT: &str = "in_failover_heartbeat";
 pub const RULE_IN_CTSYNC: &str = "in_failover_ctsync";
 pub const RULE_RAW_DHCP: &str = "raw_dhcp_notrack";
 pub const RULE_IN_DROP: &str = "in_drop";
+
+/// The conntrack mark of a flow whose first reply [`RULE_FWD_FIRST_REPLY`] counted.
+const FIRST_REPLY_MARK: u32 = 1;
 
 /// nft's default packet burst for `limit rate`.
 const LIMIT_BURST: u32 = 5;
@@ -411,6 +417,45 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             ],
         ));
     }
+    // A flow's first reply marks it (ct mark 1) and is counted; later replies see the mark.
+    // Before the offload rule: the flowtable takes a flow only once conntrack has seen a reply
+    // (established), so the first reply of any UDP or TCP flow (for TCP the SYN-ACK, and the
+    // flowtable waits for the handshake anyway) always passes here, and each flow counts once
+    // whatever the flowtable does. No verdict: the packet goes on to the rules below. The mark
+    // is the appliance's alone (nothing else sets one); conntrack replication does not carry
+    // it, so a flow taken over from a peer counts again at its next reply here.
+    fwd.push(rule(
+        RULE_FWD_FIRST_REPLY,
+        &[&[
+            Expr::Ct {
+                key: CT_DIRECTION,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                sreg: REG_1,
+                op: CMP_EQ,
+                data: vec![CT_DIR_REPLY],
+            },
+            Expr::Ct {
+                key: CT_MARK,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                sreg: REG_1,
+                op: CMP_EQ,
+                data: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Immediate {
+                dreg: REG_1,
+                data: FIRST_REPLY_MARK.to_ne_bytes().to_vec(),
+            },
+            Expr::CtSet {
+                key: CT_MARK,
+                sreg: REG_1,
+            },
+            c.clone(),
+        ]],
+    ));
     // `flow add` ends its rule (NFT_BREAK) for whatever it cannot offload: ICMP, and TCP until
     // the handshake completes. So it has a rule of its own, without a verdict, and the accept
     // follows in the next one; `... flow add @ft accept` in one rule would drop those packets.

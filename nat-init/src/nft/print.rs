@@ -374,6 +374,48 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                 ("ct status snat".into(), 3)
             }
             (
+                Expr::Ct {
+                    key: CT_DIRECTION,
+                    dreg,
+                },
+                Some(Expr::Cmp { sreg, op, data }),
+                _,
+            ) if dreg == sreg && data.len() == 1 => (
+                format!(
+                    "ct direction {}{}",
+                    op_text(*op),
+                    match data[0] {
+                        0 => "original".to_string(),
+                        CT_DIR_REPLY => "reply".to_string(),
+                        d => d.to_string(),
+                    }
+                ),
+                2,
+            ),
+            (Expr::Ct { key: CT_MARK, dreg }, Some(Expr::Cmp { sreg, op, data }), _)
+                if dreg == sreg && u32_ne(data).is_some() =>
+            {
+                (
+                    format!(
+                        "ct mark {}{}",
+                        op_text(*op),
+                        ct_mark_text(u32_ne(data).unwrap_or_default())
+                    ),
+                    2,
+                )
+            }
+            (Expr::Immediate { dreg, data }, Some(Expr::CtSet { key: CT_MARK, sreg }), _)
+                if dreg == sreg && u32_ne(data).is_some() =>
+            {
+                (
+                    format!(
+                        "ct mark set {}",
+                        ct_mark_text(u32_ne(data).unwrap_or_default())
+                    ),
+                    2,
+                )
+            }
+            (
                 Expr::Rt { key: RT_TCPMSS, .. },
                 Some(Expr::Byteorder { .. }),
                 Some(Expr::Exthdr {
@@ -421,6 +463,12 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
         i += used;
     }
     out
+}
+
+/// A conntrack mark in decimal, as the rule is written (`ct mark set 1`, which nft reads);
+/// `nft list` (1.0.6) shows it in hex, `0x00000001`.
+fn ct_mark_text(mark: u32) -> String {
+    mark.to_string()
 }
 
 /// How masquerade or snat picks ports, as nft writes it after the statement.
@@ -541,6 +589,7 @@ mod tests {
 	chain forward {
 		type filter hook forward priority 0; policy drop;
 		meta l4proto tcp tcp flags syn tcp option maxseg size set rt mtu comment "fwd_mss_clamp"
+		ct direction reply ct mark 0 ct mark set 1 counter packets 0 bytes 0 comment "fwd_first_reply"
 		ct state established,related counter packets 0 bytes 0 accept comment "fwd_established"
 		ct state invalid counter packets 0 bytes 0 drop comment "fwd_invalid"
 		ip saddr @private ip daddr != @private ct state new counter packets 0 bytes 0 accept comment "fwd_new_private"
