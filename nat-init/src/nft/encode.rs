@@ -118,8 +118,16 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             ],
         ),
         // The kernel dumps NFTA_MASQ_FLAGS only when not zero; so is it sent.
-        Expr::Masq { flags } if *flags == 0 => ("masq", vec![]),
-        Expr::Masq { flags } => ("masq", vec![nla_u32(1, *flags)]),
+        Expr::Masq { flags, proto } => {
+            let mut v = Vec::new();
+            if *flags != 0 {
+                v.push(nla_u32(1, *flags));
+            }
+            if let Some((min, max)) = proto {
+                v.extend([nla_u32(2, *min), nla_u32(3, *max)]);
+            }
+            ("masq", v)
+        }
         Expr::Verdict(code) => (
             "immediate",
             vec![
@@ -143,13 +151,16 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             ],
         ),
         // One address: the same register for both ends of the range, as the kernel dumps it.
-        Expr::Snat { addr, flags } => {
+        Expr::Snat { addr, flags, proto } => {
             let mut v = vec![
                 nla_u32(1, NAT_SNAT),
                 nla_u32(2, NFPROTO_IPV4),
                 nla_u32(3, *addr),
                 nla_u32(4, *addr),
             ];
+            if let Some((min, max)) = proto {
+                v.extend([nla_u32(5, *min), nla_u32(6, *max)]);
+            }
             if *flags != 0 {
                 v.push(nla_u32(7, *flags));
             }
@@ -505,6 +516,75 @@ mod tests {
         assert_eq!(wire, want);
     }
 
+    /// `meta l4proto tcp masquerade to :2000-2010 fully-random` and `... snat to
+    /// 1.2.3.4:2000-2010 fully-random` as `nft --debug=mnl` (1.0.6) sends them, past the
+    /// protocol match nft insists on: the ports in two-byte immediates (network order), then
+    /// the expression naming their registers with PROTO_SPECIFIED; snat's range end address
+    /// and MAP_IPS as in `snat_wire_format_matches_nft`.
+    #[test]
+    fn nat_port_range_wire_format_matches_nft() {
+        let mut sp = spec(&["10.0.0.0/8"], false, false);
+        sp.nat_port_range = Some((2000, 2010));
+        let wire = |r: &Ruleset| -> Vec<(String, Vec<u8>)> {
+            let post = &r.chains[0].rules[0].exprs;
+            post[post.len() - 4..]
+                .iter()
+                .map(|e| {
+                    let (n, a) = expr_attrs(e);
+                    (n.to_string(), emit_all(&a))
+                })
+                .collect()
+        };
+        let u = |k: u8, v: u8| [8u8, 0, k, 0, 0, 0, 0, v];
+        let imm = |reg: u8, port: [u8; 2]| {
+            (
+                "immediate".to_string(),
+                [
+                    &u(1, reg)[..],
+                    &[12, 0, 2, 0x80, 6, 0, 1, 0],
+                    &port,
+                    &[0, 0],
+                ]
+                .concat(),
+            )
+        };
+        let masq = wire(&build(&sp));
+        assert_eq!(
+            masq[1..],
+            [
+                imm(1, [0x07, 0xd0]),
+                imm(2, [0x07, 0xda]),
+                ("masq".to_string(), [u(1, 0x12), u(2, 1), u(3, 2)].concat()),
+            ]
+        );
+        sp.snat_addresses = vec![Ipv4Addr::new(1, 2, 3, 4)];
+        let snat = wire(&build(&sp));
+        assert_eq!(
+            snat,
+            [
+                (
+                    "immediate".to_string(),
+                    [&u(1, 1)[..], &[12, 0, 2, 0x80, 8, 0, 1, 0, 1, 2, 3, 4]].concat()
+                ),
+                imm(2, [0x07, 0xd0]),
+                imm(3, [0x07, 0xda]),
+                (
+                    "nat".to_string(),
+                    [
+                        u(1, 0),
+                        u(2, 2),
+                        u(3, 1),
+                        u(4, 1),
+                        u(5, 2),
+                        u(6, 3),
+                        u(7, 0x13)
+                    ]
+                    .concat()
+                ),
+            ]
+        );
+    }
+
     /// `numgen random mod 2` and the immediate load of 198.51.100.1 as `nft --debug=mnl`
     /// sends them; its `nat` has the same attributes but for the range's end (the kernel sets
     /// it to the start and dumps it back, so it is sent here) and MAP_IPS (added likewise).
@@ -536,6 +616,7 @@ mod tests {
         let nat = Expr::Snat {
             addr: 1,
             flags: 0x11,
+            proto: None,
         };
         let (name, attrs) = expr_attrs(&nat);
         assert_eq!(name, "nat");

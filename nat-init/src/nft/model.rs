@@ -121,9 +121,12 @@ pub enum Expr {
         kind: u32,
         flags: u32,
     },
-    /// NF_NAT_RANGE_* flags: how the source port is chosen (see `MasqueradePorts`).
+    /// NF_NAT_RANGE_* flags: how the source port is chosen (see `MasqueradePorts`), with
+    /// PROTO_SPECIFIED when `proto` names the registers holding the port range's ends (min, max;
+    /// NFTA_MASQ_REG_PROTO_MIN and _MAX).
     Masq {
         flags: u32,
+        proto: Option<(u32, u32)>,
     },
     Verdict(i32),
     /// A constant loaded into a data register (`immediate` other than a verdict).
@@ -140,10 +143,13 @@ pub enum Expr {
     },
     /// Source NAT to the IPv4 address in register `addr` (the `nat` expression, type snat,
     /// family ip, one address). `flags` are NF_NAT_RANGE_* as the kernel holds them:
-    /// MAP_IPS, which it adds for an address register, and the port flags.
+    /// MAP_IPS, which it adds for an address register, and the port flags; PROTO_SPECIFIED
+    /// when `proto` names the registers holding the port range's ends (min, max;
+    /// NFTA_NAT_REG_PROTO_MIN and _MAX).
     Snat {
         addr: u32,
         flags: u32,
+        proto: Option<(u32, u32)>,
     },
     Byteorder {
         sreg: u32,

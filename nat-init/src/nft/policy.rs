@@ -40,6 +40,10 @@ pub struct RulesetSpec {
     /// A failover group member's ports, accepted from anyone (the security group decides who):
     /// the heartbeats' UDP port and connection replication's TCP port.
     pub failover_ports: Option<(u16, u16)>,
+    /// The outside source ports (first, last) masquerade and source NAT take flows to;
+    /// `None`: the kernel's choice (1024-65535 for a port it must change), and the rules are
+    /// exactly those without a range.
+    pub nat_port_range: Option<(u16, u16)>,
 }
 
 /// How masquerade (or source NAT to several addresses) picks a flow's source port on the
@@ -241,18 +245,45 @@ fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
         addr_in_set(true, true).to_vec(),
     ]
     .concat();
+    // A port range: its ends loaded into registers as nft does (`to :MIN-MAX`, two bytes in
+    // network order each), and PROTO_SPECIFIED so the kernel takes it.
+    let ports = |first: u32| -> (Vec<Expr>, u32, Option<(u32, u32)>) {
+        match spec.nat_port_range {
+            None => (Vec::new(), 0, None),
+            Some((min, max)) => (
+                vec![
+                    Expr::Immediate {
+                        dreg: first,
+                        data: min.to_be_bytes().to_vec(),
+                    },
+                    Expr::Immediate {
+                        dreg: first + 1,
+                        data: max.to_be_bytes().to_vec(),
+                    },
+                ],
+                NAT_RANGE_PROTO_SPECIFIED,
+                Some((first, first + 1)),
+            ),
+        }
+    };
     let snat_to = |a: Ipv4Addr| {
-        vec![
-            counter(),
-            Expr::Immediate {
-                dreg: REG_1,
-                data: a.octets().to_vec(),
-            },
-            Expr::Snat {
+        let (load, specified, proto) = ports(REG_2);
+        [
+            vec![
+                counter(),
+                Expr::Immediate {
+                    dreg: REG_1,
+                    data: a.octets().to_vec(),
+                },
+            ],
+            load,
+            vec![Expr::Snat {
                 addr: REG_1,
-                flags: NAT_RANGE_MAP_IPS | spec.masquerade_ports.flags(),
-            },
+                flags: NAT_RANGE_MAP_IPS | specified | spec.masquerade_ports.flags(),
+                proto,
+            }],
         ]
+        .concat()
     };
     let by_source: Vec<Rule> = spec
         .snat_by_source
@@ -288,18 +319,19 @@ fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
         })
         .collect();
     if spec.snat_addresses.is_empty() {
+        let (load, specified, proto) = ports(REG_1);
         return by_source
             .into_iter()
             .chain([rule(
                 RULE_MASQ,
                 &[
                     &matches,
-                    &[
-                        counter(),
-                        Expr::Masq {
-                            flags: spec.masquerade_ports.flags(),
-                        },
-                    ],
+                    &[counter()],
+                    &load,
+                    &[Expr::Masq {
+                        flags: specified | spec.masquerade_ports.flags(),
+                        proto,
+                    }],
                 ],
             )])
             .collect();
@@ -709,6 +741,7 @@ pub(super) mod tests {
             snat_addresses: Vec::new(),
             snat_by_source: Vec::new(),
             failover_ports: None,
+            nat_port_range: None,
         }
     }
 
@@ -855,7 +888,8 @@ pub(super) mod tests {
                     },
                     Expr::Snat {
                         addr: REG_1,
-                        flags: NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_RANDOM
+                        flags: NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_RANDOM,
+                        proto: None,
                     }
                 ]
             );
@@ -895,6 +929,72 @@ pub(super) mod tests {
                 reach -= p;
             }
             assert!(reach.abs() < 1e-12, "{n}: {reach} of the flows left");
+        }
+    }
+
+    /// Unset, the rules are exactly those without a range; set, masquerade and every snat rule
+    /// load the range's ends (network order) and say PROTO_SPECIFIED.
+    #[test]
+    fn nat_port_range_in_masquerade_and_snat() {
+        let plain = build(&spec(&["10.0.0.0/16"], false, false));
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.nat_port_range = Some((2000, 2010));
+        let r = build(&sp);
+        let masq = &r.chains[0].rules[0];
+        let n = masq.exprs.len();
+        assert_eq!(
+            masq.exprs[n - 3..],
+            [
+                Expr::Immediate {
+                    dreg: REG_1,
+                    data: vec![0x07, 0xd0]
+                },
+                Expr::Immediate {
+                    dreg: REG_2,
+                    data: vec![0x07, 0xda]
+                },
+                Expr::Masq {
+                    flags: NAT_RANGE_PROTO_SPECIFIED | NAT_RANGE_PROTO_RANDOM_FULLY,
+                    proto: Some((REG_1, REG_2)),
+                }
+            ]
+        );
+        // Everything else as without a range.
+        assert_eq!(masq.exprs[..n - 3], plain.chains[0].rules[0].exprs[..n - 3]);
+        assert_eq!(r.chains[1..], plain.chains[1..]);
+        sp.snat_addresses = vec![
+            Ipv4Addr::new(198, 51, 100, 1),
+            Ipv4Addr::new(198, 51, 100, 3),
+        ];
+        sp.snat_by_source = vec![(
+            "10.0.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(198, 51, 100, 5),
+        )];
+        sp.masquerade_ports = MasqueradePorts::Preserve;
+        let r = build(&sp);
+        assert_eq!(r.chains[0].rules.len(), 3);
+        for rule in &r.chains[0].rules {
+            let n = rule.exprs.len();
+            assert_eq!(
+                rule.exprs[n - 3..],
+                [
+                    Expr::Immediate {
+                        dreg: REG_2,
+                        data: vec![0x07, 0xd0]
+                    },
+                    Expr::Immediate {
+                        dreg: REG_2 + 1,
+                        data: vec![0x07, 0xda]
+                    },
+                    Expr::Snat {
+                        addr: REG_1,
+                        flags: NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_SPECIFIED,
+                        proto: Some((REG_2, REG_2 + 1)),
+                    }
+                ],
+                "{}",
+                rule.name
+            );
         }
     }
 

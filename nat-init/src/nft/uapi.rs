@@ -5,6 +5,7 @@
 
 pub(super) const REG_VERDICT: u32 = 0;
 pub(super) const REG_1: u32 = 1;
+pub(super) const REG_2: u32 = 2;
 pub(super) const NF_DROP: i32 = 0;
 pub(super) const NF_ACCEPT: i32 = 1;
 pub(super) const HOOK_PRE_ROUTING: u32 = 0;
@@ -66,6 +67,8 @@ pub(super) const IFNAMSIZ: usize = 16;
 /// and NFTA_NAT_FLAGS.
 pub(super) const NAT_RANGE_PROTO_RANDOM: u32 = 1 << 2;
 pub(super) const NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
+/// NF_NAT_RANGE_PROTO_SPECIFIED: the source port comes from the range in the proto registers.
+pub(super) const NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
 /// NF_NAT_RANGE_MAP_IPS: the kernel adds it to a nat expression given an address register, and
 /// dumps it back.
 pub(super) const NAT_RANGE_MAP_IPS: u32 = 1;
