@@ -101,6 +101,13 @@ pub struct Config {
     /// share, and it is above what a normal host opens (Linux's whole ephemeral port range,
     /// 28232 ports, to one destination). Set it lower with a small `conntrack_max`.
     pub per_source_conntrack_limit: u32,
+    /// `nat_port_range` (default unset, the kernel's choice: 1024-65535 for a port it must
+    /// change; or `"MIN-MAX"`, ports 1..=65535, MIN <= MAX): the outside source ports
+    /// masquerade and source NAT give flows, whatever `masquerade_ports` says about picking
+    /// among them. NAT Gateway limits ports per destination too; a small range means fewer
+    /// flows at once to one destination address and port (a new one beyond it is dropped,
+    /// counted in conntrack's `insert_failed`). ICMP echo ids are taken from it as well.
+    pub nat_port_range: Option<(u16, u16)>,
     /// `imds` (default `true`): ask IMDSv2 for the VPC ranges and user-data at boot. Only the
     /// baked file can turn it off (user-data comes from IMDS).
     pub imds: bool,
@@ -304,6 +311,7 @@ impl Default for Config {
             icmp_rate: 10,
             masquerade_ports: MasqueradePorts::default(),
             per_source_conntrack_limit: 32768,
+            nat_port_range: None,
             imds: true,
             dhcp_timeout: 30,
             aws: AwsConfig::default(),
@@ -367,6 +375,7 @@ struct RawConfig {
     icmp_rate: Option<u32>,
     masquerade_ports: Option<String>,
     per_source_conntrack_limit: Option<u32>,
+    nat_port_range: Option<String>,
     imds: Option<bool>,
     dhcp_timeout: Option<u32>,
     disable_source_dest_check: Option<bool>,
@@ -420,6 +429,7 @@ impl RawConfig {
             per_source_conntrack_limit: over
                 .per_source_conntrack_limit
                 .or(self.per_source_conntrack_limit),
+            nat_port_range: over.nat_port_range.or(self.nat_port_range),
             imds: over.imds.or(self.imds),
             dhcp_timeout: over.dhcp_timeout.or(self.dhcp_timeout),
             disable_source_dest_check: over
@@ -489,6 +499,12 @@ impl RawConfig {
             per_source_conntrack_limit: self
                 .per_source_conntrack_limit
                 .unwrap_or(d.per_source_conntrack_limit),
+            // Validated when parsed.
+            nat_port_range: self
+                .nat_port_range
+                .as_deref()
+                .and_then(|t| nat_port_range(t).ok())
+                .or(d.nat_port_range),
             imds: self.imds.unwrap_or(d.imds),
             dhcp_timeout: self.dhcp_timeout.unwrap_or(d.dhcp_timeout),
             aws,
@@ -690,7 +706,24 @@ fn masquerade_ports(name: &str) -> Option<MasqueradePorts> {
         .map(|(_, m)| *m)
 }
 
+/// `"MIN-MAX"`: two ports from 1 to 65535, the first not above the second.
+fn nat_port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad =
+        || format!("{text:?} is not MIN-MAX with 1 <= MIN <= MAX <= 65535 (e.g. \"1024-65535\")");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(a), port(b)) {
+        (Some(a), Some(b)) if a <= b => Ok((a, b)),
+        _ => Err(bad()),
+    }
+}
+
 fn validate(raw: &RawConfig, doc: &Document<'_>) -> Result<(), ConfigError> {
+    if let Some(r) = &raw.nat_port_range
+        && let Err(message) = nat_port_range(r)
+    {
+        return Err(doc.key_error("nat_port_range", message));
+    }
     if let Some(m) = &raw.masquerade_ports
         && masquerade_ports(m).is_none()
     {
@@ -1168,6 +1201,7 @@ dhcp_timeout = 10
                 icmp_rate: 100,
                 masquerade_ports: MasqueradePorts::Preserve,
                 per_source_conntrack_limit: 0,
+                nat_port_range: None,
                 imds: false,
                 dhcp_timeout: 10,
                 aws: AwsConfig::default(),
@@ -1605,6 +1639,49 @@ ntp_server = "10.0.0.2"
             (Some(2), Some("masquerade_ports"))
         );
         assert!(e.message.contains("\"sequential\" is not one of"), "{e}");
+    }
+
+    #[test]
+    fn nat_port_range_parses() {
+        assert_eq!(Config::default().nat_port_range, None);
+        for (text, want) in [
+            ("\"1024-65535\"", (1024, 65535)),
+            ("\"2000-2003\"", (2000, 2003)),
+            ("\"1-1\"", (1, 1)),
+        ] {
+            let c = Config::from_toml(&format!("nat_port_range = {text}"), "x").unwrap();
+            assert_eq!(c.nat_port_range, Some(want), "{text}");
+        }
+        for bad in ["2003-2000", "0-10", "1-65536", "2000", "a-b", "-5", "2000-"] {
+            let e = err(&format!("\nnat_port_range = \"{bad}\"\n"));
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(2), Some("nat_port_range")),
+                "{bad}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "user-data line 2, key nat_port_range: \"{bad}\" is not MIN-MAX with 1 <= MIN <= MAX <= 65535 (e.g. \"1024-65535\")"
+                )
+            );
+        }
+        let e = err("nat_port_range = 2000");
+        assert_eq!(e.key.as_deref(), Some("nat_port_range"), "{e}");
+        // User-data sets it; a bad value there keeps the baked one.
+        let baked = "nat_port_range = \"2000-2999\"\n";
+        let l = Config::layered(
+            Some((baked, "baked")),
+            Some("nat_port_range = \"3000-3001\""),
+        );
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.config.nat_port_range, Some((3000, 3001)));
+        let l = Config::layered(
+            Some((baked, "baked")),
+            Some("nat_port_range = \"3001-3000\""),
+        );
+        assert_eq!(l.errors.len(), 1);
+        assert_eq!(l.config.nat_port_range, Some((2000, 2999)));
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //! - sequence adjustment: only NAT helpers (FTP, SIP) rewrite payloads; the appliance loads
 //!   no helpers, so no flow of ours has one.
 //! - helpers and expectations: none loaded (above), so none to carry.
-//! - marks, labels, zones: the appliance's table sets none; every entry is in zone 0.
+//! - marks, labels, zones: the table sets one mark only (`fwd_first_reply` marks a flow at its
+//!   first reply, to count it once), and it is not replicated: a flow taken over from a peer
+//!   counts as established again at its next reply on the new instance. No labels; every
+//!   entry is in zone 0.
 //! - counters: the new instance counts from zero; the health line's figures are per instance.
 //! - ICMP and other protocols: not replicated; a ping in flight at the failover is retried by
 //!   its sender, and a new echo creates a new entry.

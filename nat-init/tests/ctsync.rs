@@ -136,6 +136,7 @@ fn install_table(ns: &str) {
         snat_addresses: vec![P],
         snat_by_source: Vec::new(),
         failover_ports: Some((nat_init::failover::PORT, nat_init::failover::CTSYNC_PORT)),
+        nat_port_range: None,
     });
     in_ns(ns, || {
         let mut s = Nfnl::open().unwrap();

@@ -150,6 +150,7 @@ impl Topology {
             snat_addresses: Vec::new(),
             snat_by_source: Vec::new(),
             failover_ports: None,
+            nat_port_range: None,
         }
     }
 }

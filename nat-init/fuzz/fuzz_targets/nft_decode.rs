@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             std::net::Ipv4Addr::new(198, 51, 100, 5),
         )],
         failover_ports: Some((7471, 7472)),
+        nat_port_range: Some((2000, 2999)),
     })
     .differences(&r);
     let _ = nft::Counters::of(&r);

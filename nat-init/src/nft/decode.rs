@@ -10,7 +10,8 @@ use netlink_packet_core::{NLA_TYPE_MASK, NetlinkDeserializable, NetlinkHeader, N
 use super::model::{Chain, ChainType, Expr, Flowtable, Rule, Ruleset, Set};
 use super::uapi::{
     MSG_NEWCHAIN, MSG_NEWFLOWTABLE, MSG_NEWRULE, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE,
-    NAT_SNAT, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_IPV4, REG_VERDICT, SET_ELEM_INTERVAL_END,
+    NAT_SNAT, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_IPV4, NFTA_FLOWTABLE_FLAGS, REG_VERDICT,
+    SET_ELEM_INTERVAL_END,
 };
 
 /// A read-back or encoding that does not fit the model.
@@ -72,6 +73,21 @@ fn data_value(v: &[u8], what: &str) -> Result<Vec<u8>, DecodeError> {
     Ok(need(&attrs(v)?, 1, what)?.to_vec())
 }
 
+/// The registers of a port range's ends (attributes `min` and `max`): `Some(None)` without a
+/// range, `None` when only one end is there (not a layout the kernel dumps).
+fn proto_regs(
+    l: &[(u16, &[u8])],
+    min: u16,
+    max: u16,
+    what: &str,
+) -> Result<Option<Option<(u32, u32)>>, DecodeError> {
+    Ok(match (get(l, min), get(l, max)) {
+        (None, None) => Some(None),
+        (Some(a), Some(b)) => Some(Some((be32(a, what)?, be32(b, what)?))),
+        _ => None,
+    })
+}
+
 fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
     let l = attrs(data)?;
     let w = |field: &str| format!("{name} {field}");
@@ -109,9 +125,20 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
                 & 1
                 != 0,
         },
-        "ct" => Expr::Ct {
-            dreg: u(1, "dreg")?,
-            key: u(2, "key")?,
+        // A load has NFTA_CT_DREG, a set NFTA_CT_SREG (4); one with both or neither is not ours.
+        "ct" => match (get(&l, 1), get(&l, 4)) {
+            (Some(_), None) => Expr::Ct {
+                dreg: u(1, "dreg")?,
+                key: u(2, "key")?,
+            },
+            (None, Some(_)) => Expr::CtSet {
+                sreg: u(4, "sreg")?,
+                key: u(2, "key")?,
+            },
+            _ => Expr::Raw {
+                name: name.into(),
+                data: data.to_vec(),
+            },
         },
         "counter" => Expr::Counter {
             bytes: be64(need(&l, 1, "counter bytes")?, "counter bytes")?,
@@ -133,22 +160,20 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
                 .transpose()?
                 .unwrap_or(0),
         },
-        "masq" => {
-            // A port range (registers) is not ours to model: kept raw so it shows as foreign.
-            if get(&l, 2).is_some() {
-                Expr::Raw {
-                    name: name.into(),
-                    data: data.to_vec(),
-                }
-            } else {
-                Expr::Masq {
-                    flags: get(&l, 1)
-                        .map(|v| be32(v, "masq flags"))
-                        .transpose()?
-                        .unwrap_or(0),
-                }
-            }
-        }
+        "masq" => match proto_regs(&l, 2, 3, &w("proto"))? {
+            // A range with one end only (the kernel dumps both) is not ours: kept raw.
+            None => Expr::Raw {
+                name: name.into(),
+                data: data.to_vec(),
+            },
+            Some(proto) => Expr::Masq {
+                flags: get(&l, 1)
+                    .map(|v| be32(v, "masq flags"))
+                    .transpose()?
+                    .unwrap_or(0),
+                proto,
+            },
+        },
         "immediate" => {
             let dreg = u(1, "dreg")?;
             let d = attrs(need(&l, 2, "immediate data")?)?;
@@ -178,17 +203,15 @@ fn decode_expr(name: &str, data: &[u8]) -> Result<Expr, DecodeError> {
         "nat" => {
             let opt = |k: u16, f: &str| get(&l, k).map(|v| be32(v, &w(f))).transpose();
             let (min, max) = (opt(3, "addr min")?, opt(4, "addr max")?);
-            // Source NAT to one IPv4 address with no port range is ours; any other is kept raw
-            // so it shows as foreign.
-            match (u(1, "type")?, u(2, "family")?, min, max) {
-                (NAT_SNAT, NFPROTO_IPV4, Some(a), Some(b))
-                    if a == b && get(&l, 5).is_none() && get(&l, 6).is_none() =>
-                {
-                    Expr::Snat {
-                        addr: a,
-                        flags: opt(7, "flags")?.unwrap_or(0),
-                    }
-                }
+            let proto = proto_regs(&l, 5, 6, &w("proto"))?;
+            // Source NAT to one IPv4 address, with or without a port range, is ours; any other
+            // is kept raw so it shows as foreign.
+            match (u(1, "type")?, u(2, "family")?, min, max, proto) {
+                (NAT_SNAT, NFPROTO_IPV4, Some(a), Some(b), Some(proto)) if a == b => Expr::Snat {
+                    addr: a,
+                    flags: opt(7, "flags")?.unwrap_or(0),
+                    proto,
+                },
                 _ => Expr::Raw {
                     name: name.into(),
                     data: data.to_vec(),
@@ -397,6 +420,11 @@ pub fn decode(table: &str, msgs: &[Reply]) -> Result<Ruleset, DecodeError> {
                     hook,
                     priority,
                     devices,
+                    // Absent on kernels before flowtable flags (5.7): none.
+                    flags: get(&l, NFTA_FLOWTABLE_FLAGS)
+                        .map(|v| be32(v, "flowtable flags"))
+                        .transpose()?
+                        .unwrap_or(0),
                 });
             }
             MSG_NEWCHAIN => {
@@ -541,12 +569,14 @@ mod tests {
             (vec!["0.0.0.0/0"], false, false),
             (vec![], false, false),
         ] {
-            for (((_, ports), limit), snat) in crate::nft::MasqueradePorts::NAMES
+            for ((((_, ports), limit), snat), range) in crate::nft::MasqueradePorts::NAMES
                 .into_iter()
                 .zip([0, 5, 32768])
                 .zip([0, 1, 3])
+                .zip([None, Some((2000, 2003)), Some((1, 65535))])
             {
                 let mut sp = spec(&private, ft, mss);
+                sp.nat_port_range = range;
                 sp.masquerade_ports = ports;
                 sp.per_source_limit = limit;
                 sp.dhcp_server = (limit == 5).then(|| std::net::Ipv4Addr::new(10, 0, 0, 2));
@@ -617,6 +647,15 @@ mod tests {
                 sp.per_source_limit = 32768;
                 build(&sp)
             }),
+            ("ports.bin", {
+                let mut sp = spec(&all, true, true);
+                sp.nat_port_range = Some((2000, 2003));
+                sp.snat_by_source = vec![(
+                    "10.0.2.0/24".parse().unwrap(),
+                    std::net::Ipv4Addr::new(198, 51, 100, 5),
+                )];
+                build(&sp)
+            }),
             ("snat.bin", {
                 let mut sp = spec(&all, false, true);
                 sp.snat_addresses = (1..=3)
@@ -634,8 +673,8 @@ mod tests {
         }
     }
 
-    /// A `nat` expression other than source NAT to one address (a port range, a dnat, an
-    /// address range) is not ours: it reads back raw, so verify reports it.
+    /// A `nat` expression other than source NAT to one address (a dnat, an address range, half
+    /// a port range) is not ours: it reads back raw, so verify reports it.
     #[test]
     fn foreign_nat_stays_raw() {
         let u = |k: u16, v: u32| tlv(k, &v.to_be_bytes());
@@ -644,11 +683,43 @@ mod tests {
             decode_expr("nat", &ours).unwrap(),
             Expr::Snat {
                 addr: 1,
-                flags: 0x11
+                flags: 0x11,
+                proto: None,
             }
         );
+        let ranged = [
+            u(1, 0),
+            u(2, 2),
+            u(3, 1),
+            u(4, 1),
+            u(5, 2),
+            u(6, 3),
+            u(7, 0x13),
+        ]
+        .concat();
+        assert_eq!(
+            decode_expr("nat", &ranged).unwrap(),
+            Expr::Snat {
+                addr: 1,
+                flags: 0x13,
+                proto: Some((2, 3)),
+            }
+        );
+        let masq = [u(1, 0x12), u(2, 1), u(3, 2)].concat();
+        assert_eq!(
+            decode_expr("masq", &masq).unwrap(),
+            Expr::Masq {
+                flags: 0x12,
+                proto: Some((1, 2)),
+            }
+        );
+        // One end of a range only: not a layout the kernel dumps.
+        assert!(matches!(
+            decode_expr("masq", &[u(1, 2), u(2, 1)].concat()).unwrap(),
+            Expr::Raw { .. }
+        ));
         for other in [
-            [u(1, 0), u(2, 2), u(3, 1), u(4, 1), u(5, 2), u(6, 2)].concat(),
+            [u(1, 0), u(2, 2), u(3, 1), u(4, 1), u(5, 2)].concat(),
             [u(1, 1), u(2, 2), u(3, 1), u(4, 1)].concat(),
             [u(1, 0), u(2, 2), u(3, 1), u(4, 2)].concat(),
             [u(1, 0), u(2, 10), u(3, 1), u(4, 1)].concat(),
@@ -664,6 +735,28 @@ mod tests {
             decode_expr("immediate", &imm).unwrap(),
             Expr::Raw { .. }
         ));
+    }
+
+    /// A ct expression is a load (DREG) or a set (SREG); both or neither is not ours.
+    #[test]
+    fn ct_load_and_set_decode() {
+        let u = |k: u16, v: u32| tlv(k, &v.to_be_bytes());
+        assert_eq!(
+            decode_expr("ct", &[u(1, 1), u(2, 3)].concat()).unwrap(),
+            Expr::Ct { key: 3, dreg: 1 }
+        );
+        // The kernel dumps a set's SREG before its KEY.
+        assert_eq!(
+            decode_expr("ct", &[u(4, 1), u(2, 3)].concat()).unwrap(),
+            Expr::CtSet { key: 3, sreg: 1 }
+        );
+        for other in [[u(1, 1), u(4, 1), u(2, 3)].concat(), u(2, 3)] {
+            assert!(
+                matches!(decode_expr("ct", &other).unwrap(), Expr::Raw { .. }),
+                "{other:?}"
+            );
+        }
+        assert!(decode_expr("ct", &[u(4, 1)].concat()).is_err());
     }
 
     /// One netlink attribute, padded, as the kernel lays them out.

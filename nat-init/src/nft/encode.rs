@@ -13,8 +13,8 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 
 use super::model::{ChainType, Expr, Rule, Ruleset, Set};
 use super::uapi::{
-    MSG_NEWCHAIN, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE, NAT_SNAT, NFPROTO_IPV4, REG_VERDICT,
-    SET_ELEM_INTERVAL_END,
+    MSG_NEWCHAIN, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE, NAT_SNAT, NFPROTO_IPV4,
+    NFTA_FLOWTABLE_FLAGS, REG_VERDICT, SET_ELEM_INTERVAL_END,
 };
 
 fn nla(kind: u16, value: Vec<u8>) -> DefaultNla {
@@ -96,6 +96,8 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             ],
         ),
         Expr::Ct { key, dreg } => ("ct", vec![nla_u32(1, *dreg), nla_u32(2, *key)]),
+        // NFTA_CT_KEY, then NFTA_CT_SREG (4), as nft sends them.
+        Expr::CtSet { key, sreg } => ("ct", vec![nla_u32(2, *key), nla_u32(4, *sreg)]),
         Expr::Counter { packets, bytes } => {
             ("counter", vec![nla_u64(1, *bytes), nla_u64(2, *packets)])
         }
@@ -116,8 +118,16 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             ],
         ),
         // The kernel dumps NFTA_MASQ_FLAGS only when not zero; so is it sent.
-        Expr::Masq { flags } if *flags == 0 => ("masq", vec![]),
-        Expr::Masq { flags } => ("masq", vec![nla_u32(1, *flags)]),
+        Expr::Masq { flags, proto } => {
+            let mut v = Vec::new();
+            if *flags != 0 {
+                v.push(nla_u32(1, *flags));
+            }
+            if let Some((min, max)) = proto {
+                v.extend([nla_u32(2, *min), nla_u32(3, *max)]);
+            }
+            ("masq", v)
+        }
         Expr::Verdict(code) => (
             "immediate",
             vec![
@@ -141,13 +151,16 @@ fn expr_attrs(e: &Expr) -> (&str, Vec<DefaultNla>) {
             ],
         ),
         // One address: the same register for both ends of the range, as the kernel dumps it.
-        Expr::Snat { addr, flags } => {
+        Expr::Snat { addr, flags, proto } => {
             let mut v = vec![
                 nla_u32(1, NAT_SNAT),
                 nla_u32(2, NFPROTO_IPV4),
                 nla_u32(3, *addr),
                 nla_u32(4, *addr),
             ];
+            if let Some((min, max)) = proto {
+                v.extend([nla_u32(5, *min), nla_u32(6, *max)]);
+            }
             if *flags != 0 {
                 v.push(nla_u32(7, *flags));
             }
@@ -274,6 +287,10 @@ fn set_elem_attrs(table: &str, s: &Set, id: u32) -> Vec<DefaultNla> {
     ]
 }
 
+pub(super) fn flowtable_flags(flags: u32) -> DefaultNla {
+    nla_u32(NFTA_FLOWTABLE_FLAGS, flags)
+}
+
 pub(super) fn hook_attrs(kind: u16, hook: u32, priority: i32, devices: &[String]) -> DefaultNla {
     let mut h = vec![nla_u32(1, hook), nla_u32(2, priority as u32)];
     if !devices.is_empty() {
@@ -347,6 +364,8 @@ pub fn encode(r: &Ruleset) -> Vec<(NetfilterMessage, u16, String)> {
                 nla_str(1, t),
                 nla_str(2, &ft.name),
                 hook_attrs(3, ft.hook, ft.priority, &ft.devices),
+                // Always sent, as nft does; the kernel dumps it always.
+                flowtable_flags(ft.flags),
             ])),
             NLM_F_CREATE,
             format!("add {ft}"),
@@ -406,10 +425,10 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    /// The flowtable cannot be installed on the CI host, so its wire format is pinned here to
-    /// what `nft --debug=mnl` sends for `flowtable ft { hook ingress priority 0; devices = { lo } }`
-    /// in table `t` and for `flow add @ft` (nft also sends NFTA_FLOWTABLE_FLAGS 0, which is
-    /// optional).
+    /// The flowtable cannot be installed on the CI host (its kernel has no NF_FLOW_TABLE), so
+    /// its wire format is pinned here to what `nft --debug=mnl` (1.0.6) sends on that host for
+    /// `flowtable ft { hook ingress priority 0; devices = { lo }; counter; }` in table `t`
+    /// (NFTA_FLOWTABLE_FLAGS is attribute 7, NFT_FLOWTABLE_COUNTER 0x2), and for `flow add @ft`.
     #[test]
     fn flowtable_wire_format_matches_nft() {
         let mut sp = spec(&["10.0.0.0/8"], true, false);
@@ -430,6 +449,7 @@ mod tests {
             &[8, 0, 1, 0, 0, 0, 0, 0],
             &[8, 0, 2, 0, 0, 0, 0, 0],
             &[12, 0, 3, 0x80, 7, 0, 1, 0, b'l', b'o', 0, 0],
+            &[8, 0, 7, 0, 0, 0, 0, 2],
         ]
         .concat();
         assert_eq!(body(ft), want);
@@ -438,6 +458,131 @@ mod tests {
         let (name, attrs) = expr_attrs(&flow);
         assert_eq!(name, "flow_offload");
         assert_eq!(emit_all(&attrs), [7, 0, 1, 0, b'f', b't', 0, 0]);
+    }
+
+    /// `ct direction reply ct mark 0 ct mark set 1 counter` as `nft --debug=mnl` (1.0.6) sends
+    /// it, expression by expression: direction one byte, the mark four in host order, the set
+    /// NFTA_CT_KEY then NFTA_CT_SREG (4).
+    #[test]
+    fn first_reply_wire_format_matches_nft() {
+        let r = build(&spec(&["10.0.0.0/8"], false, false));
+        let fwd = r.chains.iter().find(|c| c.name == "forward").unwrap();
+        let rule = fwd
+            .rules
+            .iter()
+            .find(|r| r.name == crate::nft::RULE_FWD_FIRST_REPLY)
+            .unwrap();
+        let u = |k: u8, v: u8| [8u8, 0, k, 0, 0, 0, 0, v];
+        let wire: Vec<(&str, Vec<u8>)> = rule
+            .exprs
+            .iter()
+            .map(|e| {
+                let (n, a) = expr_attrs(e);
+                (n, emit_all(&a))
+            })
+            .collect();
+        let one = 1u32.to_ne_bytes();
+        let want: Vec<(&str, Vec<u8>)> = vec![
+            ("ct", [u(1, 1), u(2, 4)].concat()),
+            (
+                "cmp",
+                [
+                    &u(1, 1)[..],
+                    &u(2, 0),
+                    &[12, 0, 3, 0x80, 5, 0, 1, 0, 1, 0, 0, 0],
+                ]
+                .concat(),
+            ),
+            ("ct", [u(1, 1), u(2, 3)].concat()),
+            (
+                "cmp",
+                [
+                    &u(1, 1)[..],
+                    &u(2, 0),
+                    &[12, 0, 3, 0x80, 8, 0, 1, 0, 0, 0, 0, 0],
+                ]
+                .concat(),
+            ),
+            (
+                "immediate",
+                [&u(1, 1)[..], &[12, 0, 2, 0x80, 8, 0, 1, 0], &one].concat(),
+            ),
+            ("ct", [u(2, 3), u(4, 1)].concat()),
+            (
+                "counter",
+                [&[12u8, 0, 1, 0][..], &[0; 8], &[12, 0, 2, 0], &[0; 8]].concat(),
+            ),
+        ];
+        assert_eq!(wire, want);
+    }
+
+    /// `meta l4proto tcp masquerade to :2000-2010 fully-random` and `... snat to
+    /// 1.2.3.4:2000-2010 fully-random` as `nft --debug=mnl` (1.0.6) sends them, past the
+    /// protocol match nft insists on: the ports in two-byte immediates (network order), then
+    /// the expression naming their registers with PROTO_SPECIFIED; snat's range end address
+    /// and MAP_IPS as in `snat_wire_format_matches_nft`.
+    #[test]
+    fn nat_port_range_wire_format_matches_nft() {
+        let mut sp = spec(&["10.0.0.0/8"], false, false);
+        sp.nat_port_range = Some((2000, 2010));
+        let wire = |r: &Ruleset| -> Vec<(String, Vec<u8>)> {
+            let post = &r.chains[0].rules[0].exprs;
+            post[post.len() - 4..]
+                .iter()
+                .map(|e| {
+                    let (n, a) = expr_attrs(e);
+                    (n.to_string(), emit_all(&a))
+                })
+                .collect()
+        };
+        let u = |k: u8, v: u8| [8u8, 0, k, 0, 0, 0, 0, v];
+        let imm = |reg: u8, port: [u8; 2]| {
+            (
+                "immediate".to_string(),
+                [
+                    &u(1, reg)[..],
+                    &[12, 0, 2, 0x80, 6, 0, 1, 0],
+                    &port,
+                    &[0, 0],
+                ]
+                .concat(),
+            )
+        };
+        let masq = wire(&build(&sp));
+        assert_eq!(
+            masq[1..],
+            [
+                imm(1, [0x07, 0xd0]),
+                imm(2, [0x07, 0xda]),
+                ("masq".to_string(), [u(1, 0x12), u(2, 1), u(3, 2)].concat()),
+            ]
+        );
+        sp.snat_addresses = vec![Ipv4Addr::new(1, 2, 3, 4)];
+        let snat = wire(&build(&sp));
+        assert_eq!(
+            snat,
+            [
+                (
+                    "immediate".to_string(),
+                    [&u(1, 1)[..], &[12, 0, 2, 0x80, 8, 0, 1, 0, 1, 2, 3, 4]].concat()
+                ),
+                imm(2, [0x07, 0xd0]),
+                imm(3, [0x07, 0xda]),
+                (
+                    "nat".to_string(),
+                    [
+                        u(1, 0),
+                        u(2, 2),
+                        u(3, 1),
+                        u(4, 1),
+                        u(5, 2),
+                        u(6, 3),
+                        u(7, 0x13)
+                    ]
+                    .concat()
+                ),
+            ]
+        );
     }
 
     /// `numgen random mod 2` and the immediate load of 198.51.100.1 as `nft --debug=mnl`
@@ -471,6 +616,7 @@ mod tests {
         let nat = Expr::Snat {
             addr: 1,
             flags: 0x11,
+            proto: None,
         };
         let (name, attrs) = expr_attrs(&nat);
         assert_eq!(name, "nat");

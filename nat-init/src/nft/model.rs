@@ -41,6 +41,9 @@ pub struct Flowtable {
     pub hook: u32,
     pub priority: i32,
     pub devices: Vec<String>,
+    /// NFT_FLOWTABLE_* flags: the appliance's has `counter`, so conntrack keeps counting the
+    /// bytes and packets of offloaded flows (the metrics' source for them).
+    pub flags: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +104,12 @@ pub enum Expr {
         key: u32,
         dreg: u32,
     },
+    /// Writes register `sreg` into conntrack's `key` (`ct mark set ...`).
+    CtSet {
+        key: u32,
+        sreg: u32,
+    },
+
     Counter {
         packets: u64,
         bytes: u64,
@@ -112,9 +121,12 @@ pub enum Expr {
         kind: u32,
         flags: u32,
     },
-    /// NF_NAT_RANGE_* flags: how the source port is chosen (see `MasqueradePorts`).
+    /// NF_NAT_RANGE_* flags: how the source port is chosen (see `MasqueradePorts`), with
+    /// PROTO_SPECIFIED when `proto` names the registers holding the port range's ends (min, max;
+    /// NFTA_MASQ_REG_PROTO_MIN and _MAX).
     Masq {
         flags: u32,
+        proto: Option<(u32, u32)>,
     },
     Verdict(i32),
     /// A constant loaded into a data register (`immediate` other than a verdict).
@@ -131,10 +143,13 @@ pub enum Expr {
     },
     /// Source NAT to the IPv4 address in register `addr` (the `nat` expression, type snat,
     /// family ip, one address). `flags` are NF_NAT_RANGE_* as the kernel holds them:
-    /// MAP_IPS, which it adds for an address register, and the port flags.
+    /// MAP_IPS, which it adds for an address register, and the port flags; PROTO_SPECIFIED
+    /// when `proto` names the registers holding the port range's ends (min, max;
+    /// NFTA_NAT_REG_PROTO_MIN and _MAX).
     Snat {
         addr: u32,
         flags: u32,
+        proto: Option<(u32, u32)>,
     },
     Byteorder {
         sreg: u32,
@@ -357,11 +372,43 @@ mod tests {
         assert!(d[0].starts_with("sets:"));
         assert!(
             d.iter()
-                .any(|x| x.contains("chain forward rule 4") && x.contains("got `nothing`"))
+                .any(|x| x.contains("chain forward rule 5") && x.contains("got `nothing`"))
         );
         assert!(
             d.iter()
                 .any(|x| x.contains("chain input") && x.contains("policy accept"))
+        );
+    }
+
+    /// A table whose forward chain lacks the first-reply rule (an older table) differs.
+    #[test]
+    fn a_missing_first_reply_rule_differs() {
+        let want = build(&spec(&["10.0.0.0/16"], true, false));
+        let mut got = want.clone();
+        let fwd = got.chains.iter_mut().find(|c| c.name == "forward").unwrap();
+        fwd.rules
+            .retain(|r| r.name != crate::nft::RULE_FWD_FIRST_REPLY);
+        let d = want.differences(&got);
+        assert!(
+            d.iter().any(|x| x.starts_with("chain forward rule 1: want `ct direction reply ct mark 0 ct mark set 1 counter packets 0 bytes 0 comment \"fwd_first_reply\"`")),
+            "{d:#?}"
+        );
+    }
+
+    /// A flowtable without the counter flag leaves offloaded traffic uncounted: verify says so.
+    #[test]
+    fn a_flowtable_without_its_counter_flag_differs() {
+        let want = build(&spec(&["10.0.0.0/16"], true, false));
+        let mut got = want.clone();
+        if let Some(ft) = &mut got.flowtable {
+            ft.flags = 0;
+        }
+        let d = want.differences(&got);
+        assert_eq!(
+            d,
+            [
+                "flowtable: want flowtable ft { hook ingress priority 0; devices = { ens5 }; counter; }, got flowtable ft { hook ingress priority 0; devices = { ens5 }; }"
+            ]
         );
     }
 
@@ -380,17 +427,19 @@ mod tests {
             }
         }
         let c = Counters::of(&r);
-        // postrouting: masquerade 1; forward: established 2, invalid 3 (drop), new 4, drop 5;
-        // input: over limit 6 (drop), established 7, invalid 8 (drop), echo 9, dhcp 10, drop 11.
-        // The loopback accept has no counter.
+        // postrouting: masquerade 1; forward: first reply 2 (no verdict: neither forwarded nor
+        // dropped), established 3, invalid 4 (drop), new 5, drop 6; input: over limit 7
+        // (drop), established 8, invalid 9 (drop), echo 10, dhcp 11, drop 12. The loopback
+        // accept has no counter.
         assert_eq!(c.masqueraded_flows, 1);
-        assert_eq!((c.forwarded_packets, c.forwarded_bytes), (2 + 4, 600));
-        assert_eq!(c.dropped_packets, 3 + 5 + 6 + 8 + 11);
+        assert_eq!(c.rule(crate::nft::RULE_FWD_FIRST_REPLY), Some((2, 200)));
+        assert_eq!((c.forwarded_packets, c.forwarded_bytes), (3 + 5, 800));
+        assert_eq!(c.dropped_packets, 4 + 6 + 7 + 9 + 12);
         assert_eq!(c.dropped_bytes, 100 * c.dropped_packets);
-        // postrouting_count: masqueraded traffic 12; prerouting_raw: DHCP notrack 13 (neither).
-        assert_eq!(c.masqueraded_bytes, 1200);
-        assert_eq!(c.rules.len(), 13);
-        assert_eq!(c.rule(crate::nft::RULE_IN_DHCP), Some((10, 1000)));
+        // postrouting_count: masqueraded traffic 13; prerouting_raw: DHCP notrack 14 (neither).
+        assert_eq!(c.masqueraded_bytes, 1300);
+        assert_eq!(c.rules.len(), 14);
+        assert_eq!(c.rule(crate::nft::RULE_IN_DHCP), Some((11, 1100)));
         assert_eq!(c.rule(crate::nft::RULE_IN_LO), None);
     }
 

@@ -40,6 +40,10 @@ pub struct RulesetSpec {
     /// A failover group member's ports, accepted from anyone (the security group decides who):
     /// the heartbeats' UDP port and connection replication's TCP port.
     pub failover_ports: Option<(u16, u16)>,
+    /// The outside source ports (first, last) masquerade and source NAT take flows to;
+    /// `None`: the kernel's choice (1024-65535 for a port it must change), and the rules are
+    /// exactly those without a range.
+    pub nat_port_range: Option<(u16, u16)>,
 }
 
 /// How masquerade (or source NAT to several addresses) picks a flow's source port on the
@@ -101,6 +105,9 @@ pub const RULE_SNAT_PREFIX: &str = "snat ";
 /// private hosts leave by the same ENI), in its own chain after source NAT.
 pub const RULE_MASQ_TRAFFIC: &str = "masq_traffic";
 pub const RULE_FWD_MSS: &str = "fwd_mss_clamp";
+/// Counts each forwarded flow once, at its first reply (NAT Gateway's
+/// ConnectionEstablishedCount): see the rule in [`build`].
+pub const RULE_FWD_FIRST_REPLY: &str = "fwd_first_reply";
 pub const RULE_FWD_OFFLOAD: &str = "fwd_offload";
 pub const RULE_FWD_ESTABLISHED: &str = "fwd_established";
 pub const RULE_FWD_INVALID: &str = "fwd_invalid";
@@ -117,6 +124,9 @@ pub const RULE_IN_HEARTBEAT: &str = "in_failover_heartbeat";
 pub const RULE_IN_CTSYNC: &str = "in_failover_ctsync";
 pub const RULE_RAW_DHCP: &str = "raw_dhcp_notrack";
 pub const RULE_IN_DROP: &str = "in_drop";
+
+/// The conntrack mark of a flow whose first reply [`RULE_FWD_FIRST_REPLY`] counted.
+const FIRST_REPLY_MARK: u32 = 1;
 
 /// nft's default packet burst for `limit rate`.
 const LIMIT_BURST: u32 = 5;
@@ -235,18 +245,45 @@ fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
         addr_in_set(true, true).to_vec(),
     ]
     .concat();
+    // A port range: its ends loaded into registers as nft does (`to :MIN-MAX`, two bytes in
+    // network order each), and PROTO_SPECIFIED so the kernel takes it.
+    let ports = |first: u32| -> (Vec<Expr>, u32, Option<(u32, u32)>) {
+        match spec.nat_port_range {
+            None => (Vec::new(), 0, None),
+            Some((min, max)) => (
+                vec![
+                    Expr::Immediate {
+                        dreg: first,
+                        data: min.to_be_bytes().to_vec(),
+                    },
+                    Expr::Immediate {
+                        dreg: first + 1,
+                        data: max.to_be_bytes().to_vec(),
+                    },
+                ],
+                NAT_RANGE_PROTO_SPECIFIED,
+                Some((first, first + 1)),
+            ),
+        }
+    };
     let snat_to = |a: Ipv4Addr| {
-        vec![
-            counter(),
-            Expr::Immediate {
-                dreg: REG_1,
-                data: a.octets().to_vec(),
-            },
-            Expr::Snat {
+        let (load, specified, proto) = ports(REG_2);
+        [
+            vec![
+                counter(),
+                Expr::Immediate {
+                    dreg: REG_1,
+                    data: a.octets().to_vec(),
+                },
+            ],
+            load,
+            vec![Expr::Snat {
                 addr: REG_1,
-                flags: NAT_RANGE_MAP_IPS | spec.masquerade_ports.flags(),
-            },
+                flags: NAT_RANGE_MAP_IPS | specified | spec.masquerade_ports.flags(),
+                proto,
+            }],
         ]
+        .concat()
     };
     let by_source: Vec<Rule> = spec
         .snat_by_source
@@ -282,18 +319,19 @@ fn nat_rules(spec: &RulesetSpec) -> Vec<Rule> {
         })
         .collect();
     if spec.snat_addresses.is_empty() {
+        let (load, specified, proto) = ports(REG_1);
         return by_source
             .into_iter()
             .chain([rule(
                 RULE_MASQ,
                 &[
                     &matches,
-                    &[
-                        counter(),
-                        Expr::Masq {
-                            flags: spec.masquerade_ports.flags(),
-                        },
-                    ],
+                    &[counter()],
+                    &load,
+                    &[Expr::Masq {
+                        flags: specified | spec.masquerade_ports.flags(),
+                        proto,
+                    }],
                 ],
             )])
             .collect();
@@ -411,6 +449,45 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             ],
         ));
     }
+    // A flow's first reply marks it (ct mark 1) and is counted; later replies see the mark.
+    // Before the offload rule: the flowtable takes a flow only once conntrack has seen a reply
+    // (established), so the first reply of any UDP or TCP flow (for TCP the SYN-ACK, and the
+    // flowtable waits for the handshake anyway) always passes here, and each flow counts once
+    // whatever the flowtable does. No verdict: the packet goes on to the rules below. The mark
+    // is the appliance's alone (nothing else sets one); conntrack replication does not carry
+    // it, so a flow taken over from a peer counts again at its next reply here.
+    fwd.push(rule(
+        RULE_FWD_FIRST_REPLY,
+        &[&[
+            Expr::Ct {
+                key: CT_DIRECTION,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                sreg: REG_1,
+                op: CMP_EQ,
+                data: vec![CT_DIR_REPLY],
+            },
+            Expr::Ct {
+                key: CT_MARK,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                sreg: REG_1,
+                op: CMP_EQ,
+                data: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Immediate {
+                dreg: REG_1,
+                data: FIRST_REPLY_MARK.to_ne_bytes().to_vec(),
+            },
+            Expr::CtSet {
+                key: CT_MARK,
+                sreg: REG_1,
+            },
+            c.clone(),
+        ]],
+    ));
     // `flow add` ends its rule (NFT_BREAK) for whatever it cannot offload: ICMP, and TCP until
     // the handshake completes. So it has a rule of its own, without a verdict, and the accept
     // follows in the next one; `... flow add @ft accept` in one rule would drop those packets.
@@ -616,6 +693,9 @@ pub fn build(spec: &RulesetSpec) -> Ruleset {
             hook: HOOK_NETDEV_INGRESS,
             priority: 0,
             devices: vec![spec.iface.clone()],
+            // Offloaded packets skip every chain: only conntrack's own counters (with
+            // nf_conntrack_acct on) see them, and only when the flowtable feeds them.
+            flags: FLOWTABLE_COUNTER,
         }),
         chains: vec![
             postrouting,
@@ -661,6 +741,7 @@ pub(super) mod tests {
             snat_addresses: Vec::new(),
             snat_by_source: Vec::new(),
             failover_ports: None,
+            nat_port_range: None,
         }
     }
 
@@ -730,8 +811,12 @@ pub(super) mod tests {
         let ft = on.flowtable.as_ref().unwrap();
         assert_eq!(ft.devices, ["ens5"]);
         assert_eq!(ft.hook, HOOK_NETDEV_INGRESS);
+        assert_eq!(ft.flags, FLOWTABLE_COUNTER);
         let text = on.to_string();
-        assert!(text.contains("flowtable ft { hook ingress priority 0; devices = { ens5 }; }"));
+        assert!(
+            text.contains("flowtable ft { hook ingress priority 0; devices = { ens5 }; counter; }"),
+            "{text}"
+        );
         assert!(
             text.contains("ct state established,related counter packets 0 bytes 0 flow add @ft comment \"fwd_offload\""),
             "{text}"
@@ -803,7 +888,8 @@ pub(super) mod tests {
                     },
                     Expr::Snat {
                         addr: REG_1,
-                        flags: NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_RANDOM
+                        flags: NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_RANDOM,
+                        proto: None,
                     }
                 ]
             );
@@ -843,6 +929,72 @@ pub(super) mod tests {
                 reach -= p;
             }
             assert!(reach.abs() < 1e-12, "{n}: {reach} of the flows left");
+        }
+    }
+
+    /// Unset, the rules are exactly those without a range; set, masquerade and every snat rule
+    /// load the range's ends (network order) and say PROTO_SPECIFIED.
+    #[test]
+    fn nat_port_range_in_masquerade_and_snat() {
+        let plain = build(&spec(&["10.0.0.0/16"], false, false));
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.nat_port_range = Some((2000, 2010));
+        let r = build(&sp);
+        let masq = &r.chains[0].rules[0];
+        let n = masq.exprs.len();
+        assert_eq!(
+            masq.exprs[n - 3..],
+            [
+                Expr::Immediate {
+                    dreg: REG_1,
+                    data: vec![0x07, 0xd0]
+                },
+                Expr::Immediate {
+                    dreg: REG_2,
+                    data: vec![0x07, 0xda]
+                },
+                Expr::Masq {
+                    flags: NAT_RANGE_PROTO_SPECIFIED | NAT_RANGE_PROTO_RANDOM_FULLY,
+                    proto: Some((REG_1, REG_2)),
+                }
+            ]
+        );
+        // Everything else as without a range.
+        assert_eq!(masq.exprs[..n - 3], plain.chains[0].rules[0].exprs[..n - 3]);
+        assert_eq!(r.chains[1..], plain.chains[1..]);
+        sp.snat_addresses = vec![
+            Ipv4Addr::new(198, 51, 100, 1),
+            Ipv4Addr::new(198, 51, 100, 3),
+        ];
+        sp.snat_by_source = vec![(
+            "10.0.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(198, 51, 100, 5),
+        )];
+        sp.masquerade_ports = MasqueradePorts::Preserve;
+        let r = build(&sp);
+        assert_eq!(r.chains[0].rules.len(), 3);
+        for rule in &r.chains[0].rules {
+            let n = rule.exprs.len();
+            assert_eq!(
+                rule.exprs[n - 3..],
+                [
+                    Expr::Immediate {
+                        dreg: REG_2,
+                        data: vec![0x07, 0xd0]
+                    },
+                    Expr::Immediate {
+                        dreg: REG_2 + 1,
+                        data: vec![0x07, 0xda]
+                    },
+                    Expr::Snat {
+                        addr: REG_1,
+                        flags: NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_SPECIFIED,
+                        proto: Some((REG_2, REG_2 + 1)),
+                    }
+                ],
+                "{}",
+                rule.name
+            );
         }
     }
 

@@ -82,12 +82,24 @@ impl fmt::Display for Flowtable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flowtable {} {{ hook {} priority {}; devices = {{ {} }}; }}",
+            "flowtable {} {{ hook {} priority {}; devices = {{ {} }}; ",
             self.name,
             hook_name(false, self.hook),
             self.priority,
             self.devices.join(", ")
-        )
+        )?;
+        // As nft lists them: `flags offload;`, `counter;`, and any other bits in hex.
+        if self.flags & FLOWTABLE_HW_OFFLOAD != 0 {
+            write!(f, "flags offload; ")?;
+        }
+        if self.flags & FLOWTABLE_COUNTER != 0 {
+            write!(f, "counter; ")?;
+        }
+        let rest = self.flags & !(FLOWTABLE_HW_OFFLOAD | FLOWTABLE_COUNTER);
+        if rest != 0 {
+            write!(f, "flags {rest:#x}; ")?;
+        }
+        write!(f, "}}")
     }
 }
 
@@ -163,6 +175,11 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
     while i < exprs.len() {
         let next = exprs.get(i + 1);
         let third = exprs.get(i + 2);
+        if let Some((text, used)) = nat_with_ports(&exprs[i..]) {
+            out.push(text);
+            i += used;
+            continue;
+        }
         let (text, used) = match (&exprs[i], next, third) {
             (Expr::Meta { key, dreg }, Some(Expr::Cmp { sreg, op, data }), _) if dreg == sreg => {
                 let name = match *key {
@@ -362,6 +379,48 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                 ("ct status snat".into(), 3)
             }
             (
+                Expr::Ct {
+                    key: CT_DIRECTION,
+                    dreg,
+                },
+                Some(Expr::Cmp { sreg, op, data }),
+                _,
+            ) if dreg == sreg && data.len() == 1 => (
+                format!(
+                    "ct direction {}{}",
+                    op_text(*op),
+                    match data[0] {
+                        0 => "original".to_string(),
+                        CT_DIR_REPLY => "reply".to_string(),
+                        d => d.to_string(),
+                    }
+                ),
+                2,
+            ),
+            (Expr::Ct { key: CT_MARK, dreg }, Some(Expr::Cmp { sreg, op, data }), _)
+                if dreg == sreg && u32_ne(data).is_some() =>
+            {
+                (
+                    format!(
+                        "ct mark {}{}",
+                        op_text(*op),
+                        ct_mark_text(u32_ne(data).unwrap_or_default())
+                    ),
+                    2,
+                )
+            }
+            (Expr::Immediate { dreg, data }, Some(Expr::CtSet { key: CT_MARK, sreg }), _)
+                if dreg == sreg && u32_ne(data).is_some() =>
+            {
+                (
+                    format!(
+                        "ct mark set {}",
+                        ct_mark_text(u32_ne(data).unwrap_or_default())
+                    ),
+                    2,
+                )
+            }
+            (
                 Expr::Rt { key: RT_TCPMSS, .. },
                 Some(Expr::Byteorder { .. }),
                 Some(Expr::Exthdr {
@@ -391,24 +450,95 @@ fn statements(exprs: &[Expr]) -> Vec<String> {
                 ),
                 2,
             ),
-            (Expr::Immediate { dreg, data }, Some(Expr::Snat { addr, flags }), _)
-                if dreg == addr && data.len() == 4 && flags & NAT_RANGE_MAP_IPS != 0 =>
-            {
-                (
-                    format!(
-                        "snat to {}{}",
-                        Ipv4Addr::new(data[0], data[1], data[2], data[3]),
-                        ports_text(flags & !NAT_RANGE_MAP_IPS)
-                    ),
-                    2,
-                )
-            }
+            (
+                Expr::Immediate { dreg, data },
+                Some(Expr::Snat {
+                    addr,
+                    flags,
+                    proto: None,
+                }),
+                _,
+            ) if dreg == addr && data.len() == 4 && flags & NAT_RANGE_MAP_IPS != 0 => (
+                format!(
+                    "snat to {}{}",
+                    Ipv4Addr::new(data[0], data[1], data[2], data[3]),
+                    ports_text(flags & !NAT_RANGE_MAP_IPS)
+                ),
+                2,
+            ),
             (e, _, _) => (single(e), 1),
         };
         out.push(text);
         i += used;
     }
     out
+}
+
+/// A conntrack mark in decimal, as the rule is written (`ct mark set 1`, which nft reads);
+/// `nft list` (1.0.6) shows it in hex, `0x00000001`.
+fn ct_mark_text(mark: u32) -> String {
+    mark.to_string()
+}
+
+/// A two-byte port loaded into register `reg`, as `build` loads a range's ends.
+fn port_load(e: &Expr, reg: u32) -> Option<u16> {
+    match e {
+        Expr::Immediate { dreg, data } if *dreg == reg => {
+            Some(u16::from_be_bytes(data.as_slice().try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// `masquerade to :MIN-MAX` and `snat to ADDR:MIN-MAX` (with how they pick ports) from the
+/// loads and the expression `build` emits for a port range, and how many expressions that is.
+fn nat_with_ports(exprs: &[Expr]) -> Option<(String, usize)> {
+    match exprs {
+        [
+            lo,
+            hi,
+            Expr::Masq {
+                flags,
+                proto: Some((a, b)),
+            },
+            ..,
+        ] if flags & NAT_RANGE_PROTO_SPECIFIED != 0 => Some((
+            format!(
+                "masquerade to :{}-{}{}",
+                port_load(lo, *a)?,
+                port_load(hi, *b)?,
+                ports_text(flags & !NAT_RANGE_PROTO_SPECIFIED)
+            ),
+            3,
+        )),
+        [
+            Expr::Immediate { dreg, data },
+            lo,
+            hi,
+            Expr::Snat {
+                addr,
+                flags,
+                proto: Some((a, b)),
+            },
+            ..,
+        ] if dreg == addr
+            && flags & NAT_RANGE_MAP_IPS != 0
+            && flags & NAT_RANGE_PROTO_SPECIFIED != 0 =>
+        {
+            let ip: [u8; 4] = data.as_slice().try_into().ok()?;
+            Some((
+                format!(
+                    "snat to {}:{}-{}{}",
+                    Ipv4Addr::from(ip),
+                    port_load(lo, *a)?,
+                    port_load(hi, *b)?,
+                    ports_text(flags & !(NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_SPECIFIED))
+                ),
+                4,
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// How masquerade or snat picks ports, as nft writes it after the statement.
@@ -440,7 +570,7 @@ fn numgen_text(kind: u32, modulus: u32, offset: u32) -> String {
 fn single(e: &Expr) -> String {
     match e {
         Expr::Counter { packets, bytes } => format!("counter packets {packets} bytes {bytes}"),
-        Expr::Masq { flags } => format!("masquerade{}", ports_text(*flags)),
+        Expr::Masq { flags, proto: None } => format!("masquerade{}", ports_text(*flags)),
         Expr::Numgen {
             modulus,
             kind,
@@ -529,6 +659,7 @@ mod tests {
 	chain forward {
 		type filter hook forward priority 0; policy drop;
 		meta l4proto tcp tcp flags syn tcp option maxseg size set rt mtu comment "fwd_mss_clamp"
+		ct direction reply ct mark 0 ct mark set 1 counter packets 0 bytes 0 comment "fwd_first_reply"
 		ct state established,related counter packets 0 bytes 0 accept comment "fwd_established"
 		ct state invalid counter packets 0 bytes 0 drop comment "fwd_invalid"
 		ip saddr @private ip daddr != @private ct state new counter packets 0 bytes 0 accept comment "fwd_new_private"
@@ -618,12 +749,54 @@ mod tests {
             Expr::Snat {
                 addr: REG_1,
                 flags: 0,
+                proto: None,
             },
         ];
         assert_eq!(
             statements(&odd),
-            ["numgen inc mod 4 offset 2", "[Snat { addr: 1, flags: 0 }]"]
+            [
+                "numgen inc mod 4 offset 2",
+                "[Snat { addr: 1, flags: 0, proto: None }]"
+            ]
         );
+    }
+
+    /// As `nft list ruleset` (1.0.6) prints `masquerade to :2000-2010 fully-random` and
+    /// `snat to 1.2.3.4:2000-2010` that nft installed.
+    #[test]
+    fn nat_port_range_prints_as_nft_does() {
+        let mut sp = spec(&["10.0.0.0/16"], false, false);
+        sp.nat_port_range = Some((2000, 2010));
+        let text = build(&sp).to_string();
+        assert!(
+            text.contains("counter packets 0 bytes 0 masquerade to :2000-2010 fully-random comment \"masquerade\"\n"),
+            "{text}"
+        );
+        sp.snat_addresses = vec![Ipv4Addr::new(1, 2, 3, 4)];
+        sp.masquerade_ports = MasqueradePorts::Preserve;
+        let text = build(&sp).to_string();
+        assert!(
+            text.contains(
+                "counter packets 0 bytes 0 snat to 1.2.3.4:2000-2010 comment \"snat 0\"\n"
+            ),
+            "{text}"
+        );
+        // A range whose loads are not where the expression says: the low-level form.
+        let odd = [
+            Expr::Immediate {
+                dreg: REG_1,
+                data: vec![0x07, 0xd0],
+            },
+            Expr::Immediate {
+                dreg: REG_1,
+                data: vec![0x07, 0xda],
+            },
+            Expr::Masq {
+                flags: NAT_RANGE_PROTO_SPECIFIED,
+                proto: Some((REG_1, REG_2)),
+            },
+        ];
+        assert_eq!(statements(&odd).len(), 3, "{:?}", statements(&odd));
     }
 
     #[test]

@@ -13,12 +13,12 @@ use netlink_packet_netfilter::{
 use netlink_sys::protocols;
 
 use super::decode::{DecodeError, Reply, attrs, decode, get, string};
-use super::encode::{encode, hook_attrs, ipv4, nla_str, other, table_msg};
+use super::encode::{encode, flowtable_flags, hook_attrs, ipv4, nla_str, other, table_msg};
 use super::model::{Counters, Ruleset};
 use super::policy::FLOWTABLE;
 use super::uapi::{
-    HOOK_NETDEV_INGRESS, MSG_DELTABLE, MSG_GETCHAIN, MSG_GETFLOWTABLE, MSG_GETRULE, MSG_GETSET,
-    MSG_GETSETELEM, MSG_GETTABLE, MSG_NEWTABLE,
+    FLOWTABLE_COUNTER, HOOK_NETDEV_INGRESS, MSG_DELTABLE, MSG_GETCHAIN, MSG_GETFLOWTABLE,
+    MSG_GETRULE, MSG_GETSET, MSG_GETSETELEM, MSG_GETTABLE, MSG_NEWTABLE,
 };
 use crate::netlink::{NetlinkError, Transport};
 
@@ -226,9 +226,10 @@ pub fn counters(sock: &mut Nfnl, table: &str) -> Result<Counters> {
     Ok(Counters::of(&read_back(sock, table)?))
 }
 
-/// Whether the kernel can add a flowtable to an ip table (nf_flow_table and its ip type). Probes
-/// with one batch that adds a scratch table with a flowtable on `lo` and deletes it again: the
-/// kernel either applies both or neither, so nothing is left behind either way.
+/// Whether the kernel can add a flowtable to an ip table (nf_flow_table and its ip type), with
+/// the `counter` flag the appliance's has (5.7 on). Probes with one batch that adds a scratch
+/// table with a flowtable on `lo` and deletes it again: the kernel either applies both or
+/// neither, so nothing is left behind either way.
 pub fn flowtable_supported(sock: &mut Nfnl) -> bool {
     let t = format!("nat_init_probe_{}", std::process::id());
     let msgs = vec![
@@ -242,6 +243,7 @@ pub fn flowtable_supported(sock: &mut Nfnl) -> bool {
                 nla_str(1, &t),
                 nla_str(2, FLOWTABLE),
                 hook_attrs(3, HOOK_NETDEV_INGRESS, 0, &["lo".to_string()]),
+                flowtable_flags(FLOWTABLE_COUNTER),
             ])),
             NLM_F_CREATE,
             "add probe flowtable".into(),

@@ -5,6 +5,7 @@
 
 pub(super) const REG_VERDICT: u32 = 0;
 pub(super) const REG_1: u32 = 1;
+pub(super) const REG_2: u32 = 2;
 pub(super) const NF_DROP: i32 = 0;
 pub(super) const NF_ACCEPT: i32 = 1;
 pub(super) const HOOK_PRE_ROUTING: u32 = 0;
@@ -21,6 +22,12 @@ pub(super) const CMP_EQ: u32 = 0;
 pub(super) const CMP_NEQ: u32 = 1;
 pub(super) const CT_STATE: u32 = 0;
 pub(super) const CT_STATUS: u32 = 2;
+/// NFT_CT_MARK: the flow's 32-bit mark, host byte order in a register.
+pub(super) const CT_MARK: u32 = 3;
+/// NFT_CT_DIRECTION: the packet's direction in its flow, one byte (IP_CT_DIR_*).
+pub(super) const CT_DIRECTION: u32 = 4;
+/// IP_CT_DIR_REPLY: a packet going back to the flow's originator.
+pub(super) const CT_DIR_REPLY: u8 = 1;
 /// IPS_SRC_NAT in the ct status bits: the flow's source was translated.
 pub(super) const CT_STATUS_SRC_NAT: u32 = 1 << 4;
 pub(super) const CT_INVALID: u32 = 1;
@@ -33,6 +40,13 @@ pub(super) const BYTEORDER_HTON: u32 = 1;
 pub(super) const EXTHDR_OP_TCPOPT: u32 = 1;
 pub(super) const TCPOPT_MAXSEG: u8 = 2;
 pub(super) const RT_TCPMSS: u32 = 3;
+/// NFT_FLOWTABLE_HW_OFFLOAD: the flowtable is pushed down to the NIC.
+pub(super) const FLOWTABLE_HW_OFFLOAD: u32 = 0x1;
+/// NFT_FLOWTABLE_COUNTER: the flowtable updates conntrack's byte and packet counters of the
+/// flows it carries (`counter;`); without it offloaded packets are not counted anywhere.
+pub(super) const FLOWTABLE_COUNTER: u32 = 0x2;
+/// NFTA_FLOWTABLE_FLAGS. 7, after NFTA_FLOWTABLE_PAD (6), as `nft --debug=mnl` sends it.
+pub(super) const NFTA_FLOWTABLE_FLAGS: u16 = 7;
 pub(super) const SET_INTERVAL: u32 = 0x4;
 /// NFT_SET_EVAL: a set rules add to (`flags dynamic`).
 pub(super) const SET_EVAL: u32 = 0x20;
@@ -53,6 +67,8 @@ pub(super) const IFNAMSIZ: usize = 16;
 /// and NFTA_NAT_FLAGS.
 pub(super) const NAT_RANGE_PROTO_RANDOM: u32 = 1 << 2;
 pub(super) const NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 1 << 4;
+/// NF_NAT_RANGE_PROTO_SPECIFIED: the source port comes from the range in the proto registers.
+pub(super) const NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
 /// NF_NAT_RANGE_MAP_IPS: the kernel adds it to a nat expression given an address register, and
 /// dumps it back.
 pub(super) const NAT_RANGE_MAP_IPS: u32 = 1;

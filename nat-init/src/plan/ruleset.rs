@@ -38,6 +38,7 @@ pub fn ruleset_spec(
             .failover
             .as_ref()
             .map(|_| (crate::failover::PORT, crate::failover::CTSYNC_PORT)),
+        nat_port_range: cfg.nat_port_range,
     }
 }
 
@@ -85,7 +86,16 @@ mod tests {
                 snat_addresses: Vec::new(),
                 snat_by_source: Vec::new(),
                 failover_ports: None,
+                nat_port_range: None,
             }
+        );
+        let ranged = Config {
+            nat_port_range: Some((2000, 2003)),
+            ..cfg.clone()
+        };
+        assert_eq!(
+            ruleset_spec(&ranged, "ens5", &private, true, server, &[], &[]).nat_port_range,
+            Some((2000, 2003))
         );
         assert!(!ruleset_spec(&cfg, "ens5", &private, false, None, &[], &[]).flowtable);
         let eips = [Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 40)];
