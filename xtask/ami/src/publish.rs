@@ -225,8 +225,8 @@ pub async fn run(args: &Args, image: &Image, identity: &Identity) -> Result<()> 
         home: true,
         error: home.err().map(|e| format!("{e:#}")),
     }];
-    let timeout =
-        Duration::from_secs(60 * u64::try_from(args.copy_timeout).unwrap_or(u64::MAX / 60));
+    let minutes = u64::try_from(args.copy_timeout).unwrap_or(u64::MAX);
+    let timeout = Duration::from_secs(minutes.saturating_mul(60));
     let copied = copies::copy_all(&c.config, &c.region, &ami, &plan.copies, &finish, timeout);
     results.extend(tokio::select! {
         r = copied => r,
