@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 use argh::{FromArgValue, FromArgs};
 
+use crate::deprecation::{self, Deprecation};
+use crate::outputs;
+use crate::regions::{self, Regions};
+
 /// What `usage:` lines and `--help` call this program: `cargo xtask ami` runs it.
 const PROGRAM: &str = "cargo xtask ami";
 
@@ -69,9 +73,26 @@ pub struct Args {
     /// disk uploaded by --via s3 (default vmdk)
     #[argh(option, arg_name = "vmdk|raw", default = "Format::Vmdk")]
     pub format: Format,
-    /// make the AMI public after it is available
+    /// also copy the AMI to these regions (R1,R2,...), or to every region enabled for the
+    /// account (all); it is registered in --region, else in the first listed
+    #[argh(option, arg_name = "R1,R2,...|all", from_str_fn(parse_regions))]
+    pub regions: Option<Regions>,
+    /// make the AMI (and every copy) public after it is available
     #[argh(switch)]
     pub public: bool,
+    /// deprecate the AMI (and every copy) DAYS days from now, or at an RFC 3339 TIME
+    #[argh(option, arg_name = "DAYS|TIME", from_str_fn(parse_deprecation))]
+    pub deprecate_in: Option<Deprecation>,
+    /// store each region's AMI id in this SSM parameter there (e.g.
+    /// /nat-appliance/nat-t4g/latest/arm64; String, data type aws:ec2:image)
+    #[argh(option, arg_name = "NAME", from_str_fn(parse_parameter))]
+    pub ssm_parameter: Option<String>,
+    /// where to write the region -> AMI map (default <image dir>/amis.json)
+    #[argh(option, arg_name = "FILE")]
+    pub amis_json: Option<PathBuf>,
+    /// minutes to wait for each copy to become available (default 60)
+    #[argh(option, arg_name = "MIN", default = "60", from_str_fn(at_least_one))]
+    pub copy_timeout: usize,
     /// parallel PutSnapshotBlock requests (default 16)
     #[argh(option, arg_name = "N", default = "16", from_str_fn(at_least_one))]
     pub jobs: usize,
@@ -92,7 +113,8 @@ pub struct Args {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    Run(Args),
+    /// Boxed: the flags outweigh the usage text many times.
+    Run(Box<Args>),
     /// `--help`: print this generated usage and stop.
     Usage(String),
 }
@@ -119,10 +141,23 @@ pub fn parse<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Result<Parsed> {
         (Via::EbsDirect, Some(_)) => bail!("--bucket is for --via s3 only"),
         _ => {}
     }
-    Ok(Parsed::Run(a))
+    Ok(Parsed::Run(Box::new(a)))
 }
 
-/// `--jobs`: argh prefixes the error with the flag and the value.
+// argh's from_str_fn wants these exact signatures; the logic lives in the pure modules.
+fn parse_regions(s: &str) -> Result<Regions, String> {
+    regions::parse_regions(s)
+}
+
+fn parse_deprecation(s: &str) -> Result<Deprecation, String> {
+    deprecation::parse(s)
+}
+
+fn parse_parameter(s: &str) -> Result<String, String> {
+    outputs::parse_parameter_name(s)
+}
+
+/// `--jobs`, `--copy-timeout`: argh prefixes the error with the flag and the value.
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -137,7 +172,7 @@ mod tests {
 
     fn args(s: &str) -> Result<Args> {
         match parse(&s.split_whitespace().collect::<Vec<_>>())? {
-            Parsed::Run(a) => Ok(a),
+            Parsed::Run(a) => Ok(*a),
             Parsed::Usage(u) => bail!("usage: {u}"),
         }
     }
@@ -155,7 +190,12 @@ mod tests {
                 via: Via::EbsDirect,
                 bucket: None,
                 format: Format::Vmdk,
+                regions: None,
                 public: false,
+                deprecate_in: None,
+                ssm_parameter: None,
+                amis_json: None,
+                copy_timeout: 60,
                 jobs: 16,
                 dry_run: false,
                 print_policy: false,
@@ -203,6 +243,33 @@ mod tests {
     }
 
     #[test]
+    fn multi_region_flags() {
+        let a = args(
+            "--regions us-east-1,eu-west-1 --deprecate-in 90 --ssm-parameter /nat-appliance/p/latest/arm64 \
+             --amis-json /o/amis.json --copy-timeout 5",
+        )
+        .unwrap();
+        assert_eq!(
+            a.regions,
+            Some(Regions::List(vec!["us-east-1".into(), "eu-west-1".into()]))
+        );
+        assert_eq!(a.deprecate_in, Some(Deprecation::Days(90)));
+        assert_eq!(
+            a.ssm_parameter.as_deref(),
+            Some("/nat-appliance/p/latest/arm64")
+        );
+        assert_eq!(a.amis_json, Some(PathBuf::from("/o/amis.json")));
+        assert_eq!(a.copy_timeout, 5);
+        assert_eq!(args("--regions all").unwrap().regions, Some(Regions::All));
+        assert_eq!(
+            args("--deprecate-in 2030-01-01T00:00:00Z")
+                .unwrap()
+                .deprecate_in,
+            Some(Deprecation::At(1_893_456_000))
+        );
+    }
+
+    #[test]
     fn bad_combinations_are_refused() {
         assert!(
             args("--via s3")
@@ -217,6 +284,17 @@ mod tests {
         assert!(e.contains("--format") && e.contains("qcow2"), "{e}");
         let e = args("--jobs 0").unwrap_err().to_string();
         assert!(e.contains("--jobs") && e.contains("at least 1"), "{e}");
+        let e = args("--regions eu-west-1,all").unwrap_err().to_string();
+        assert!(e.contains("--regions") && e.contains("all"), "{e}");
+        let e = args("--deprecate-in later").unwrap_err().to_string();
+        assert!(
+            e.contains("--deprecate-in") && e.contains("RFC 3339"),
+            "{e}"
+        );
+        let e = args("--ssm-parameter aws/x").unwrap_err().to_string();
+        assert!(e.contains("--ssm-parameter"), "{e}");
+        let e = args("--copy-timeout 0").unwrap_err().to_string();
+        assert!(e.contains("--copy-timeout"), "{e}");
         let e = args("--frobnicate").unwrap_err().to_string();
         assert!(e.contains("--frobnicate"), "{e}");
     }

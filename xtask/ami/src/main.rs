@@ -1,20 +1,27 @@
 //! xtask-ami: publishes the disk image `cargo xtask image` built as a registered arm64 AMI
 //! (`cargo xtask ami`). `aws ec2 import-image` refuses arm64, so the disk becomes an EBS
 //! snapshot (EBS direct APIs, or S3 + ImportSnapshot) and RegisterImage makes it an AMI.
+//! `--regions` copies it to more regions, and the results go to a table, a region → AMI map
+//! for the deploy templates and, optionally, an SSM parameter per region.
 //! A crate of its own so the AWS SDK never slows down `cargo xtask image`.
 
 mod awscli;
 mod blocks;
 mod checksum;
 mod cli;
+mod copies;
+mod deprecation;
 mod diagnose;
 mod launch;
 mod manifest;
+mod outputs;
 mod plan;
 mod policy;
 mod publish;
+mod regions;
 mod register;
 mod retry;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,7 +87,20 @@ fn dry_run(args: &Args, image: &Image, identity: &Identity) -> Result<()> {
     let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
         .iter()
         .find_map(|k| std::env::var(k).ok());
-    let region = args.region.clone().or(env_region);
+    let region = regions::home_region(args.region.as_deref(), args.regions.as_ref()).or(env_region);
+    let deprecate_at = match args.deprecate_in {
+        Some(d) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the system clock is before 1970")?
+                .as_secs();
+            let now = i64::try_from(now).context("the system clock is out of range")?;
+            let at = deprecation::deprecate_at(d, now, args.public)
+                .map_err(|e| anyhow::anyhow!("--deprecate-in: {e}"))?;
+            Some(deprecation::format(at))
+        }
+        None => None,
+    };
     let raw = image.raw_path();
     let mut out = format!(
         "dry run: no AWS call is made and no credentials are needed.\n\
@@ -143,8 +163,19 @@ fn dry_run(args: &Args, image: &Image, identity: &Identity) -> Result<()> {
         region: region.as_deref(),
         route,
         public: args.public,
+        regions: args.regions.as_ref(),
+        deprecate_at,
+        ssm_parameter: args.ssm_parameter.as_deref(),
     };
     out.push_str(&plan::render(&input));
+    out.push_str(&format!(
+        "\nThe region -> AMI map goes to {}; the SSM parameter name README suggests: {}\n",
+        args.amis_json
+            .clone()
+            .unwrap_or_else(|| image.dir.join("amis.json"))
+            .display(),
+        outputs::suggested_parameter(&image.profile)
+    ));
     out.push_str("\nThen:\n");
     out.push_str(&launch::render("$AMI", region.as_deref()).replace("AMI: $AMI\n\n", ""));
     print!("{out}");

@@ -1,10 +1,12 @@
 //! The sequence of AWS calls a publication makes, with their parameters and the equivalent
 //! `aws` CLI commands: what `--dry-run` prints. Pure: built from the manifest and a local scan.
 
-use crate::awscli::{Command, expand, lit};
+use crate::awscli::{Command, Word, expand, lit};
 use crate::blocks::Scan;
 use crate::cli::Format;
-use crate::register::{Identity, RegisterParams, tag_words};
+use crate::copies::{COPY_PARALLEL, SSM_DATA_TYPE};
+use crate::regions::Regions;
+use crate::register::{Identity, RegisterParams, tag_spec, tag_words};
 
 /// StartSnapshot's Timeout, minutes: a snapshot left pending this long goes to `error`, so an
 /// interrupted upload cannot linger forever.
@@ -27,9 +29,15 @@ pub enum Route<'a> {
 
 pub struct Input<'a> {
     pub identity: &'a Identity,
+    /// The home region, when known.
     pub region: Option<&'a str>,
     pub route: Route<'a>,
     pub public: bool,
+    /// `--regions`.
+    pub regions: Option<&'a Regions>,
+    /// `--deprecate-in`, already turned into the RFC 3339 time.
+    pub deprecate_at: Option<String>,
+    pub ssm_parameter: Option<&'a str>,
 }
 
 /// One AWS API call (or a poll loop over one).
@@ -66,10 +74,140 @@ pub fn s3_key(identity: &Identity, format: Format) -> String {
     format!("{}/{}", identity.name, format.file())
 }
 
+/// A shell word for an id or a region that may still be a `$VAR`.
+fn word(s: &str) -> Word {
+    if s.starts_with('$') {
+        expand(s)
+    } else {
+        lit(s)
+    }
+}
+
+/// `aws <service> <operation> --region R`, where R may be `$REGION`.
+fn aws_in(service: &str, operation: &str, region: Option<&str>) -> Command {
+    let mut c = Command::aws(service, operation, None);
+    if let Some(r) = region {
+        c = c.arg("--region", word(r));
+    }
+    c
+}
+
+/// What every region's available AMI gets (`ami` is `$AMI` or `$COPY`): public, deprecation,
+/// SSM parameter.
+fn finish_calls(input: &Input, region: Option<&str>, ami: &str) -> Vec<Call> {
+    let mut out = Vec::new();
+    if input.public {
+        let modify = aws_in("ec2", "modify-image-attribute", region)
+            .arg("--image-id", word(ami))
+            .arg("--launch-permission", lit("Add=[{Group=all}]"));
+        let mut c = call(
+            "ec2:ModifyImageAttribute",
+            &[
+                ("ImageId", ami.into()),
+                ("LaunchPermission.Add.1.Group", "all".into()),
+            ],
+            vec![modify.render()],
+        );
+        c.note = Some("the account's block public access for AMIs must allow it".into());
+        out.push(c);
+    }
+    if let Some(at) = &input.deprecate_at {
+        let dep = aws_in("ec2", "enable-image-deprecation", region)
+            .arg("--image-id", word(ami))
+            .arg("--deprecate-at", lit(at.clone()));
+        out.push(call(
+            "ec2:EnableImageDeprecation",
+            &[("ImageId", ami.into()), ("DeprecateAt", at.clone())],
+            vec![dep.render()],
+        ));
+    }
+    if let Some(name) = input.ssm_parameter {
+        let put = aws_in("ssm", "put-parameter", region)
+            .arg("--name", lit(name))
+            .arg("--value", word(ami))
+            .arg("--type", lit("String"))
+            .arg("--data-type", lit(SSM_DATA_TYPE))
+            .flag("--overwrite");
+        out.push(call(
+            "ssm:PutParameter",
+            &[
+                ("Name", name.into()),
+                ("Value", ami.into()),
+                ("Type", "String".into()),
+                ("DataType", SSM_DATA_TYPE.into()),
+                ("Overwrite", "true".into()),
+            ],
+            vec![put.render()],
+        ));
+    }
+    out
+}
+
+/// CopyImage from the home region into `region`, the wait, the tags and the finish.
+fn copy_calls(input: &Input, region: &str) -> Vec<Call> {
+    let home = input.region.unwrap_or("$HOME_REGION");
+    let id = input.identity;
+    let mut copy = aws_in("ec2", "copy-image", Some(region))
+        .arg("--source-region", word(home))
+        .arg("--source-image-id", expand("$AMI"))
+        .arg("--name", lit(id.name.clone()))
+        .arg("--description", lit(id.description.clone()))
+        .arg("--tag-specifications", lit(tag_spec("image", &id.tags)));
+    copy.words.push(lit(tag_spec("snapshot", &id.tags)));
+    let copy = copy.capture("COPY", "ImageId");
+    let mut copy = call(
+        "ec2:CopyImage",
+        &[
+            ("SourceRegion", home.into()),
+            ("SourceImageId", "$AMI".into()),
+            ("Name", id.name.clone()),
+            ("Description", id.description.clone()),
+            ("TagSpecification.1", tag_spec("image", &id.tags)),
+            ("TagSpecification.2", tag_spec("snapshot", &id.tags)),
+            ("ClientToken", "<random, per copy>".into()),
+        ],
+        vec![copy.render()],
+    );
+    copy.note = Some(format!(
+        "in {region}, up to {COPY_PARALLEL} regions at a time"
+    ));
+    let mut c = Command::ec2_wait("image-available", None);
+    c = c
+        .arg("--region", word(region))
+        .arg("--image-ids", expand("$COPY"));
+    let mut wait = call(
+        "ec2:DescribeImages",
+        &[("ImageIds", "$COPY".into())],
+        vec![c.render()],
+    );
+    wait.note = Some(
+        "polled until State is available (--copy-timeout); then ec2:CreateTags if the copy \
+         lacks any of the tags"
+            .into(),
+    );
+    let mut out = vec![copy, wait];
+    out.extend(finish_calls(input, Some(region), "$COPY"));
+    out
+}
+
 pub fn calls(input: &Input) -> Vec<Call> {
     let region = input.region;
     let snap = "$SNAP".to_string();
     let mut out = Vec::new();
+    if input.regions.is_some() {
+        let list = Command::aws("ec2", "describe-regions", region).flag("--all-regions");
+        let mut c = call(
+            "ec2:DescribeRegions",
+            &[("AllRegions", "true".into())],
+            vec![list.render()],
+        );
+        c.note = Some(
+            "enabled regions: opt-in-not-required or opted-in; any other region named is \
+             skipped and reported as failed"
+                .into(),
+        );
+        out.push(c);
+    }
     match &input.route {
         Route::EbsDirect {
             scan,
@@ -246,21 +384,20 @@ pub fn calls(input: &Input) -> Vec<Call> {
         &[("ImageIds", "$AMI".into())],
         vec![wait_ami.render()],
     );
-    c.note = Some("polled until State is available".into());
+    c.note = Some(
+        "polled until State is available; then ec2:CreateTags if it lacks any of the tags".into(),
+    );
     out.push(c);
 
-    if input.public {
-        let modify = Command::aws("ec2", "modify-image-attribute", region)
-            .arg("--image-id", expand("$AMI"))
-            .arg("--launch-permission", lit("Add=[{Group=all}]"));
-        out.push(call(
-            "ec2:ModifyImageAttribute",
-            &[
-                ("ImageId", "$AMI".into()),
-                ("LaunchPermission.Add.1.Group", "all".into()),
-            ],
-            vec![modify.render()],
-        ));
+    out.extend(finish_calls(input, region, "$AMI"));
+    match input.regions {
+        None => {}
+        Some(Regions::All) => out.extend(copy_calls(input, "$REGION")),
+        Some(Regions::List(list)) => {
+            for r in list.iter().filter(|r| Some(r.as_str()) != input.region) {
+                out.extend(copy_calls(input, r));
+            }
+        }
     }
     out
 }
@@ -329,6 +466,9 @@ mod tests {
                 jobs: 16,
             },
             public: true,
+            regions: None,
+            deprecate_at: None,
+            ssm_parameter: None,
         };
         let apis: Vec<String> = calls(&input).into_iter().map(|c| c.api).collect();
         assert_eq!(
@@ -384,6 +524,9 @@ mod tests {
                 size: 10,
             },
             public: false,
+            regions: None,
+            deprecate_at: None,
+            ssm_parameter: None,
         };
         let apis: Vec<String> = calls(&input).into_iter().map(|c| c.api).collect();
         assert_eq!(
@@ -404,5 +547,73 @@ mod tests {
              --role-name vmimport"
         ));
         assert!(!text.contains("--region"));
+    }
+
+    #[test]
+    fn regions_plan_copies_and_finishes_everywhere() {
+        let id = identity();
+        let s = scan();
+        let regions = Regions::List(vec!["us-east-1".into(), "eu-west-1".into()]);
+        let input = Input {
+            identity: &id,
+            region: Some("us-east-1"),
+            route: Route::EbsDirect {
+                scan: &s,
+                raw_file: "disk.raw",
+                jobs: 16,
+            },
+            public: true,
+            regions: Some(&regions),
+            deprecate_at: Some("2027-01-01T00:00:00Z".into()),
+            ssm_parameter: Some("/nat-appliance/nat-t4g/latest/arm64"),
+        };
+        let apis: Vec<String> = calls(&input).into_iter().map(|c| c.api).collect();
+        let finish = [
+            "ec2:ModifyImageAttribute",
+            "ec2:EnableImageDeprecation",
+            "ssm:PutParameter",
+        ];
+        assert_eq!(apis[0], "ec2:DescribeRegions");
+        let at = apis.iter().position(|a| a == "ec2:RegisterImage").unwrap();
+        assert_eq!(apis[at + 1], "ec2:DescribeImages");
+        assert_eq!(apis[at + 2..at + 5], finish);
+        assert_eq!(
+            apis[at + 5..at + 7],
+            ["ec2:CopyImage", "ec2:DescribeImages"]
+        );
+        assert_eq!(apis[at + 7..], finish);
+        let text = render(&input);
+        assert!(
+            text.contains(
+                "$ COPY=$(aws ec2 copy-image --region eu-west-1 --source-region us-east-1 \
+             --source-image-id \"$AMI\" --name nat-t4g-0.1.0-abc-def"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "$ aws ssm put-parameter --region eu-west-1 --name /nat-appliance/nat-t4g/latest/arm64 \
+             --value \"$COPY\" --type String --data-type aws:ec2:image --overwrite"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "$ aws ec2 enable-image-deprecation --region us-east-1 --image-id \"$AMI\" \
+             --deprecate-at 2027-01-01T00:00:00Z"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("$ aws ec2 describe-regions --region us-east-1 --all-regions"));
+
+        // `all`: one generic copy for $REGION.
+        let input = Input {
+            regions: Some(&Regions::All),
+            public: false,
+            deprecate_at: None,
+            ssm_parameter: None,
+            ..input
+        };
+        let text = render(&input);
+        assert_eq!(text.matches(". ec2:CopyImage\n").count(), 1, "{text}");
+        assert!(text.contains("copy-image --region \"$REGION\""), "{text}");
+        assert!(!text.contains("put-parameter") && !text.contains("modify-image-attribute"));
     }
 }

@@ -21,9 +21,18 @@ pub const CALLER_EBS_DIRECT: &str = r#"{
         "ec2:RegisterImage",
         "ec2:DescribeImages",
         "ec2:CreateTags",
-        "ec2:ModifyImageAttribute"
+        "ec2:ModifyImageAttribute",
+        "ec2:EnableImageDeprecation",
+        "ec2:DescribeRegions",
+        "ec2:CopyImage"
       ],
       "Resource": "*"
+    },
+    {
+      "Sid": "SsmParameterPerRegion",
+      "Effect": "Allow",
+      "Action": ["ssm:PutParameter"],
+      "Resource": "arn:aws:ssm:*:*:parameter/*"
     }
   ]
 }"#;
@@ -50,9 +59,18 @@ pub const CALLER_S3: &str = r#"{
         "ec2:RegisterImage",
         "ec2:DescribeImages",
         "ec2:CreateTags",
-        "ec2:ModifyImageAttribute"
+        "ec2:ModifyImageAttribute",
+        "ec2:EnableImageDeprecation",
+        "ec2:DescribeRegions",
+        "ec2:CopyImage"
       ],
       "Resource": "*"
+    },
+    {
+      "Sid": "SsmParameterPerRegion",
+      "Effect": "Allow",
+      "Action": ["ssm:PutParameter"],
+      "Resource": "arn:aws:ssm:*:*:parameter/*"
     },
     {
       "Sid": "LetVmImportUseItsRole",
@@ -103,6 +121,7 @@ pub fn action_for(operation: &str) -> String {
     let service = match operation {
         "StartSnapshot" | "PutSnapshotBlock" | "CompleteSnapshot" => "ebs",
         "PutObject" => "s3",
+        "PutParameter" => "ssm",
         _ => "ec2",
     };
     format!("{service}:{operation}")
@@ -142,6 +161,18 @@ mod tests {
             "DescribeImages",
         ] {
             assert!(CALLER_EBS_DIRECT.contains(&action_for(op)), "{op}");
+        }
+        // --regions, --public, --deprecate-in, --ssm-parameter: either route.
+        for op in [
+            "DescribeRegions",
+            "CopyImage",
+            "CreateTags",
+            "ModifyImageAttribute",
+            "EnableImageDeprecation",
+            "PutParameter",
+        ] {
+            assert!(CALLER_EBS_DIRECT.contains(&action_for(op)), "{op}");
+            assert!(CALLER_S3.contains(&action_for(op)), "{op}");
         }
         for op in [
             "PutObject",

@@ -1,9 +1,12 @@
-//! The AWS side of `cargo xtask ami`: snapshot (EBS direct APIs or S3 + ImportSnapshot),
-//! RegisterImage, and the waits between them. Everything here talks to AWS; the decisions it
-//! follows (blocks, checksums, retries, parameters, messages) live in the pure modules.
+//! The AWS side of `cargo xtask ami`: the region plan (DescribeRegions), snapshot (EBS direct
+//! APIs or S3 + ImportSnapshot), RegisterImage, the waits between them, then the copies to the
+//! other regions (`copies`), the table and the map. Everything here talks to AWS; the decisions
+//! it follows (regions, blocks, checksums, retries, parameters, messages, outputs) live in the
+//! pure modules.
 
 use std::fs::File;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,8 +20,7 @@ use aws_sdk_ebs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm};
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, ImageState,
-    ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, PermissionGroup,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, ImdsSupportValues,
     ResourceType, SnapshotDiskContainer, SnapshotState, Tag, TagSpecification, UserBucket,
     VolumeType,
 };
@@ -27,14 +29,18 @@ use aws_smithy_http_client::tls;
 use crate::blocks::{self, Scan, human_bytes};
 use crate::checksum;
 use crate::cli::{Args, Format, Via};
+use crate::copies::{self, Finish, Regional};
+use crate::deprecation;
 use crate::diagnose::{self, Failure};
 use crate::manifest::Image;
+use crate::outputs::{self, MapInfo, RegionResult};
 use crate::plan::{self, SNAPSHOT_TIMEOUT_MINUTES};
+use crate::regions::{self, Described, Plan};
 use crate::register::{self, Identity, RegisterParams};
 use crate::retry::{self, Policy};
 
 /// How often the waits poll, and for how long at most.
-const POLL: Duration = Duration::from_secs(5);
+pub const POLL: Duration = Duration::from_secs(5);
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60 * 60);
 const IMAGE_WAIT: Duration = Duration::from_secs(30 * 60);
 const IMPORT_WAIT: Duration = Duration::from_secs(3 * 60 * 60);
@@ -43,6 +49,8 @@ struct Clients {
     ebs: aws_sdk_ebs::Client,
     ec2: aws_sdk_ec2::Client,
     s3: aws_sdk_s3::Client,
+    /// The home region's; the copies derive theirs from it.
+    config: aws_config::SdkConfig,
     region: String,
 }
 
@@ -64,8 +72,8 @@ async fn clients(args: &Args) -> Result<Clients> {
                 .operation_attempt_timeout(Duration::from_secs(120))
                 .build(),
         );
-    if let Some(r) = &args.region {
-        loader = loader.region(aws_config::Region::new(r.clone()));
+    if let Some(r) = regions::home_region(args.region.as_deref(), args.regions.as_ref()) {
+        loader = loader.region(aws_config::Region::new(r));
     }
     if let Some(p) = &args.aws_profile {
         loader = loader.profile_name(p);
@@ -102,12 +110,23 @@ async fn clients(args: &Args) -> Result<Clients> {
         ebs: aws_sdk_ebs::Client::new(&config),
         ec2: aws_sdk_ec2::Client::new(&config),
         s3: aws_sdk_s3::Client::from_conf(s3_conf),
+        config,
         region,
     })
 }
 
 /// Runs one API call under the retry policy; a final failure becomes the explained message.
-async fn call<T, E, F, Fut>(op: &str, mut f: F) -> Result<T>
+pub async fn call<T, E, F, Fut>(op: &str, f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    call_failure(op, f).await.map_err(|f| anyhow!(f.explain()))
+}
+
+/// [`call`], with the final failure as data, for callers that treat some codes as answers.
+pub async fn call_failure<T, E, F, Fut>(op: &str, mut f: F) -> Result<T, Failure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SdkError<E>>>,
@@ -131,13 +150,60 @@ where
         },
     )
     .await
-    .map_err(|e| anyhow!(Failure::of(op, &e).explain()))
+    .map_err(|e| Failure::of(op, &e))
 }
 
-/// Publishes the image; prints the AMI id and the next steps on stdout.
+/// Which regions to publish to: asks DescribeRegions only when `--regions` is given.
+async fn region_plan(c: &Clients, args: &Args) -> Result<Plan> {
+    let described = match &args.regions {
+        None => Vec::new(),
+        Some(_) => {
+            let out = call("DescribeRegions", || {
+                c.ec2.describe_regions().all_regions(true).send()
+            })
+            .await
+            .context("listing the account's regions for --regions")?;
+            out.regions()
+                .iter()
+                .filter_map(|r| {
+                    Some(Described {
+                        name: r.region_name()?.to_string(),
+                        opt_in: r.opt_in_status().unwrap_or_default().to_string(),
+                    })
+                })
+                .collect()
+        }
+    };
+    regions::plan(&c.region, args.regions.as_ref(), &described).map_err(|e| anyhow!(e))
+}
+
+fn unix_now() -> Result<i64> {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    i64::try_from(d.as_secs()).context("the system clock is out of range")
+}
+
+/// Publishes the image to every region of the plan; prints the region table, writes the map,
+/// prints the home AMI's next steps, and fails naming the regions that failed.
 pub async fn run(args: &Args, image: &Image, identity: &Identity) -> Result<()> {
     let c = clients(args).await?;
+    let plan = region_plan(&c, args).await?;
+    // One time for every region, fixed before the upload so a bad value costs nothing.
+    let deprecate_at = match args.deprecate_in {
+        Some(d) => Some(
+            deprecation::deprecate_at(d, unix_now()?, args.public)
+                .map_err(|e| anyhow!("--deprecate-in: {e}"))?,
+        ),
+        None => None,
+    };
     eprintln!("region {}, AMI name {}", c.region, identity.name);
+    if !plan.copies.is_empty() {
+        eprintln!("then copied to {}", plan.copies.join(", "));
+    }
+    for (r, why) in &plan.refused {
+        eprintln!("skipping {r}: it {why}");
+    }
     let snapshot_id = match args.via {
         Via::EbsDirect => snapshot_ebs_direct(&c, args, image, identity).await?,
         Via::S3 => {
@@ -146,27 +212,78 @@ pub async fn run(args: &Args, image: &Image, identity: &Identity) -> Result<()> 
         }
     };
     let ami = register(&c, identity, &snapshot_id).await?;
-    if args.public {
-        call("ModifyImageAttribute", || {
-            c.ec2
-                .modify_image_attribute()
-                .image_id(&ami)
-                .launch_permission(
-                    LaunchPermissionModifications::builder()
-                        .add(LaunchPermission::builder().group(PermissionGroup::All).build())
-                        .build(),
-                )
-                .send()
-        })
-        .await
-        .context(
-            "making the AMI public (the account's \"block public access for AMIs\" setting may forbid it: \
-             `aws ec2 disable-image-block-public-access`)",
-        )?;
-        eprintln!("{ami} is public");
-    }
+    let finish = Finish {
+        identity: identity.clone(),
+        public: args.public,
+        deprecate_at,
+        ssm_parameter: args.ssm_parameter.clone(),
+    };
+    let home = copies::finish(&Regional::new(&c.config, &c.region), &ami, &finish).await;
+    let mut results = vec![RegionResult {
+        region: c.region.clone(),
+        ami: Some(ami.clone()),
+        home: true,
+        error: home.err().map(|e| format!("{e:#}")),
+    }];
+    let minutes = u64::try_from(args.copy_timeout).unwrap_or(u64::MAX);
+    let timeout = Duration::from_secs(minutes.saturating_mul(60));
+    let copied = copies::copy_all(&c.config, &c.region, &ami, &plan.copies, &finish, timeout);
+    results.extend(tokio::select! {
+        r = copied => r,
+        _ = tokio::signal::ctrl_c() => bail!(
+            "interrupted: the copies started above go on in AWS; deregister unwanted ones with \
+             `aws ec2 deregister-image --region R --image-id ID`"
+        ),
+    });
+    results.extend(
+        plan.refused
+            .iter()
+            .map(|(r, why)| RegionResult::failed(r, format!("{r} {why}"))),
+    );
+
+    print!("{}", outputs::table(&results));
+    let map_path = args
+        .amis_json
+        .clone()
+        .unwrap_or_else(|| image.dir.join("amis.json"));
+    let info = MapInfo {
+        name: &identity.name,
+        profile: &image.profile,
+        version: &image.version,
+        commit: &image.commit,
+        home_region: &c.region,
+        public: args.public,
+        deprecation_time: deprecate_at.map(deprecation::format),
+        ssm_parameter: args.ssm_parameter.as_deref(),
+    };
+    write_atomically(&map_path, &outputs::map_json(&info, &results))?;
+    println!("map: {}", map_path.display());
+    println!();
     print!("{}", crate::launch::render(&ami, Some(&c.region)));
-    Ok(())
+    let failed = outputs::failed_regions(&results);
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for r in results.iter().filter(|r| !r.ok()) {
+        eprintln!("{}: {}", r.region, r.error.as_deref().unwrap_or("no AMI"));
+    }
+    bail!(
+        "{} of {} regions failed: {} (the others are in the table and in {})",
+        failed.len(),
+        results.len(),
+        failed.join(", "),
+        map_path.display()
+    )
+}
+
+/// Writes through a temporary file beside `path`, so a reader never sees half a map.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Scans the image at `block_size` and checks it against the manifest's sha256.
@@ -192,7 +309,7 @@ fn ebs_tags(identity: &Identity) -> Vec<aws_sdk_ebs::types::Tag> {
         .collect()
 }
 
-fn ec2_tags(identity: &Identity) -> Vec<Tag> {
+pub fn ec2_tags(identity: &Identity) -> Vec<Tag> {
     identity
         .tags
         .iter()
@@ -201,7 +318,7 @@ fn ec2_tags(identity: &Identity) -> Vec<Tag> {
 }
 
 /// A fresh idempotency token for StartSnapshot, so our own retries cannot start two snapshots.
-fn client_token() -> String {
+pub fn client_token() -> String {
     let nonce = (retry::jitter() * (1u64 << 53) as f64) as u64;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -607,35 +724,7 @@ async fn register(c: &Clients, identity: &Identity, snap: &str) -> Result<String
         .context("RegisterImage answered without an image id")?
         .to_string();
     eprintln!("registered {ami}; waiting until it is available");
-    let deadline = Instant::now() + IMAGE_WAIT;
-    loop {
-        let out = call("DescribeImages", || {
-            c.ec2.describe_images().image_ids(&ami).send()
-        })
-        .await?;
-        let img = out.images().first();
-        match img.and_then(|i| i.state()) {
-            Some(ImageState::Available) => return Ok(ami),
-            Some(
-                s @ (ImageState::Failed
-                | ImageState::Error
-                | ImageState::Invalid
-                | ImageState::Deregistered),
-            ) => {
-                let reason = img
-                    .and_then(|i| i.state_reason())
-                    .and_then(|r| r.message())
-                    .unwrap_or("no reason given");
-                bail!("AMI {ami} is {}: {reason}", s.as_str());
-            }
-            _ => {}
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "AMI {ami} not available after {} minutes",
-                IMAGE_WAIT.as_secs() / 60
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let image = copies::wait_available(&c.ec2, &c.region, &ami, IMAGE_WAIT).await?;
+    copies::retag(&c.ec2, &ami, &image, identity).await?;
+    Ok(ami)
 }

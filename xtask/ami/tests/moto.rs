@@ -6,6 +6,15 @@
 //! through its recorder, `/moto-api/recorder/*`, which keeps every request verbatim), it does
 //! not verify checksums, and its EBS block size is 512 bytes where AWS's is 512 KiB. The
 //! uploader takes the block size from StartSnapshot's answer, so here it sends 512-byte blocks.
+//!
+//! For `--regions`, moto 5.2.5 does CopyImage (into the request's region, from SourceRegion),
+//! CreateTags, ModifyImageAttribute, DescribeRegions and SSM PutParameter with DataType, but it
+//! ignores RegisterImage's and CopyImage's TagSpecifications (the tool then tags with
+//! CreateTags), does not filter DescribeRegions by opt-in status (the
+//! tool filters itself) and does not implement EnableImageDeprecation (HTTP 500). Those tests
+//! run moto through [`SHIM`], which adds a stand-in EnableImageDeprecation that checks the image
+//! exists and stores the time for DescribeImages, and can make copies into one region end
+//! `failed`; what moto lacks is also checked as the raw request in its recorder.
 
 // The helpers below (moto's lifecycle, HTTP to it) are not #[test]s, so allow-unwrap-in-tests
 // does not reach them: a panic in them is the failure report.
@@ -89,21 +98,69 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// moto_server with what the multi-region tests need and moto 5.2.5 lacks (see the module doc).
+/// `XTASK_TEST_COPY_FAILS_IN=R` makes every CopyImage into region R produce a `failed` image.
+const SHIM: &str = r#"
+import os, sys
+from moto.core.responses import ActionResult
+from moto.ec2.models.amis import AmiBackend
+from moto.ec2.responses import EC2Response
+
+def enable_image_deprecation(self):
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    ami.deprecation_time = self._get_param("DeprecateAt")
+    return ActionResult({"Return": True})
+
+EC2Response.enable_image_deprecation = enable_image_deprecation
+copy_image = AmiBackend.copy_image
+
+def failing_copy_image(self, *args, **kwargs):
+    ami = copy_image(self, *args, **kwargs)
+    if self.region_name == os.environ.get("XTASK_TEST_COPY_FAILS_IN"):
+        ami.state = "failed"
+    return ami
+
+AmiBackend.copy_image = failing_copy_image
+from moto.server import main
+main(sys.argv[1:])
+"#;
+
+/// The python of moto's virtual environment (beside its moto_server), else python3.
+fn moto_python() -> PathBuf {
+    moto_server()
+        .parent()
+        .map(|d| d.join("python3"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
 impl Moto {
     fn start(name: &str) -> Moto {
         Moto::start_with_env(name, &[])
     }
 
     fn start_with_env(name: &str, env: &[(&str, &str)]) -> Moto {
+        let mut c = Command::new(moto_server());
+        c.envs(env.iter().copied());
+        Moto::spawn(name, c)
+    }
+
+    /// moto through [`SHIM`].
+    fn start_shimmed(name: &str, env: &[(&str, &str)]) -> Moto {
+        let mut c = Command::new(moto_python());
+        c.args(["-c", SHIM]).envs(env.iter().copied());
+        Moto::spawn(name, c)
+    }
+
+    fn spawn(name: &str, mut command: Command) -> Moto {
         let dir = std::env::temp_dir().join(format!("xtask-ami-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-        let child = Command::new(moto_server())
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_RECORDER_FILEPATH", dir.join("recording.jsonl"))
-            .envs(env.iter().copied())
             .current_dir(&dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -812,4 +869,413 @@ fn missing_permission_is_named_and_not_retried() {
     assert!(err.contains("--print-policy"), "{err}");
     // A denial is final: no retries.
     assert!(!err.contains("retrying"), "{err}");
+}
+
+/// The region a recorded request was signed for (SigV4's credential scope).
+fn signed_region(r: &Recorded) -> String {
+    r.headers
+        .get("authorization")
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The EC2 Query requests of one action, with the region each was sent to.
+fn ec2_actions(rec: &[Recorded], action: &str) -> Vec<(String, BTreeMap<String, String>)> {
+    rec.iter()
+        .filter(|r| {
+            r.headers
+                .get("content-type")
+                .is_some_and(|c| c.contains("x-www-form-urlencoded"))
+        })
+        .map(|r| (signed_region(r), form(&r.body)))
+        .filter(|(_, f)| f.get("Action").map(String::as_str) == Some(action))
+        .collect()
+}
+
+/// The table's rows: region → (AMI, state).
+fn table_rows(stdout: &str) -> BTreeMap<String, (String, String)> {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("REGION "));
+    assert!(lines.next().is_some(), "no table in\n{stdout}");
+    lines
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("map: "))
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let region = w.next().unwrap().to_string();
+            let ami = w.next().unwrap().to_string();
+            (region, (ami, w.collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
+}
+
+fn sdk_conf(moto: &Moto, region: &str) -> aws_config::SdkConfig {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http_client())
+            .region(aws_config::Region::new(region.to_string()))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(aws_sdk_ebs::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load(),
+    )
+}
+
+/// Runs xtask-ami against `moto` with `extra` flags, recording every request.
+fn publish(moto: &Moto, img: &TestImage, extra: &[&str]) -> (Output, Vec<Recorded>) {
+    moto.recorder("reset-recording");
+    moto.recorder("start-recording");
+    let mut args = vec![
+        "--image-dir",
+        img.dir.to_str().unwrap(),
+        "--profile",
+        "t1",
+        "--endpoint-url",
+    ];
+    let endpoint = moto.endpoint();
+    args.push(&endpoint);
+    args.extend_from_slice(extra);
+    let out = xtask_ami(&args, Some(TEST_CREDS), &moto.dir);
+    moto.recorder("stop-recording");
+    let rec = parse_recording(&moto.recorder("download-recording"));
+    (out, rec)
+}
+
+const PARAM: &str = "/nat-appliance/t1/latest/arm64";
+
+#[test]
+fn regions_get_tagged_public_deprecated_copies_and_ssm_parameters() {
+    let moto = Moto::start_shimmed("regions", &[]);
+    let img = test_image(&moto.dir);
+    let map_path = moto.dir.join("out").join("amis.json");
+    let (out, rec) = publish(
+        &moto,
+        &img,
+        &[
+            "--region",
+            "us-east-1",
+            "--regions",
+            "eu-west-1,us-east-1,ap-southeast-2,us-west-2",
+            "--public",
+            "--deprecate-in",
+            "30",
+            "--ssm-parameter",
+            PARAM,
+            "--amis-json",
+            map_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\nmoto log:\n{}",
+        text(&out),
+        moto.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+
+    // The table: home first, then the copies, each available.
+    let rows = table_rows(&stdout);
+    let regions = ["us-east-1", "eu-west-1", "ap-southeast-2", "us-west-2"];
+    assert_eq!(
+        rows.keys().collect::<BTreeSet<_>>(),
+        regions
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .collect(),
+        "{stdout}"
+    );
+    assert_eq!(rows["us-east-1"].1, "available (registered)", "{stdout}");
+    for r in &regions[1..] {
+        assert_eq!(rows[*r].1, "available (copied)", "{stdout}");
+    }
+    let home_ami = rows["us-east-1"].0.clone();
+    let ids: BTreeSet<&String> = rows.values().map(|(a, _)| a).collect();
+    assert_eq!(ids.len(), 4, "four distinct AMIs: {stdout}");
+    assert!(stdout.contains(&format!("AMI: {home_ami}")), "{stdout}");
+
+    // The map: every region with its id, nothing failed.
+    let map: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&map_path).unwrap()).unwrap();
+    assert!(
+        stdout.contains(&format!("map: {}", map_path.display())),
+        "{stdout}"
+    );
+    for r in regions {
+        assert_eq!(map["regions"][r]["ImageId"], rows[r].0.as_str(), "{map}");
+    }
+    assert_eq!(map["regions"].as_object().unwrap().len(), 4, "{map}");
+    assert_eq!(map["failed"].as_object().unwrap().len(), 0, "{map}");
+    assert_eq!(map["home_region"], "us-east-1");
+    assert_eq!(map["ssm_parameter"], PARAM);
+    assert_eq!(map["public"], true);
+    let deprecate = map["deprecation_time"].as_str().unwrap().to_string();
+    // Whole minutes, UTC.
+    assert!(
+        deprecate.ends_with(":00Z") && deprecate.len() == 20,
+        "{deprecate}"
+    );
+
+    // The requests: one DescribeRegions; one CopyImage into each other region, from the home
+    // AMI, asking for the source's tags (moto ignores TagSpecifications, so only the recording
+    // shows them).
+    assert_eq!(ec2_actions(&rec, "DescribeRegions").len(), 1);
+    let copies = ec2_actions(&rec, "CopyImage");
+    assert_eq!(
+        copies
+            .iter()
+            .map(|(r, _)| r.as_str())
+            .collect::<BTreeSet<_>>(),
+        regions[1..].iter().copied().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(copies.len(), 3);
+    let name = format!("t1-0.1.0-0123456789ab-{}", &img.sha256[..12]);
+    for (_, c) in &copies {
+        assert_eq!(c["SourceRegion"], "us-east-1");
+        assert_eq!(c["SourceImageId"], home_ami);
+        assert_eq!(c["Name"], name);
+        assert!(c.contains_key("ClientToken"), "{c:?}");
+        assert_eq!(c["TagSpecification.1.ResourceType"], "image");
+        assert_eq!(c["TagSpecification.1.Tag.3.Key"], "appliance:version");
+        assert_eq!(c["TagSpecification.2.ResourceType"], "snapshot");
+    }
+    // EnableImageDeprecation, which moto lacks: one per region, each the map's time.
+    let deps = ec2_actions(&rec, "EnableImageDeprecation");
+    assert_eq!(deps.len(), 4, "{deps:?}");
+    for r in regions {
+        let (_, d) = deps.iter().find(|(reg, _)| reg == r).unwrap();
+        assert_eq!(d["ImageId"], rows[r].0);
+        assert_eq!(d["DeprecateAt"], deprecate);
+    }
+
+    // moto's state in each region: the image, its tags, public, deprecation, the parameter.
+    let tags = [
+        ("Name", name.as_str()),
+        ("appliance:profile", "t1"),
+        ("appliance:version", "0.1.0"),
+        (
+            "appliance:commit",
+            "0123456789abcdef0123456789abcdef01234567",
+        ),
+        ("appliance:disk-sha256", img.sha256.as_str()),
+    ];
+    for r in regions {
+        let conf = sdk_conf(&moto, r);
+        let ami = rows[r].0.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ec2 = aws_sdk_ec2::Client::new(&conf);
+            let images = ec2.describe_images().image_ids(&ami).send().await.unwrap();
+            let image = &images.images()[0];
+            assert_eq!(
+                image.state(),
+                Some(&aws_sdk_ec2::types::ImageState::Available),
+                "{r}"
+            );
+            assert_eq!(image.name(), Some(name.as_str()), "{r}");
+            let have: BTreeSet<(&str, &str)> = image
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")))
+                .collect();
+            for t in tags {
+                assert!(have.contains(&t), "{r}: {t:?} missing from {have:?}");
+            }
+            assert_eq!(image.public(), Some(true), "{r}");
+            // The shim stores what it was sent; moto renders it without the T and Z.
+            assert!(
+                image
+                    .deprecation_time()
+                    .is_some_and(|t| t.starts_with(&deprecate[..10])),
+                "{r}: {:?}",
+                image.deprecation_time()
+            );
+            let perms = ec2
+                .describe_image_attribute()
+                .image_id(&ami)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                perms.launch_permissions()[0].group(),
+                Some(&aws_sdk_ec2::types::PermissionGroup::All),
+                "{r}"
+            );
+            let ssm = aws_sdk_ssm::Client::new(&conf);
+            let p = ssm.get_parameter().name(PARAM).send().await.unwrap();
+            let p = p.parameter().unwrap();
+            assert_eq!(p.value(), Some(ami.as_str()), "{r}");
+            assert_eq!(p.data_type(), Some("aws:ec2:image"), "{r}");
+            assert_eq!(
+                p.r#type(),
+                Some(&aws_sdk_ssm::types::ParameterType::String),
+                "{r}"
+            );
+        });
+    }
+}
+
+#[test]
+fn a_failing_region_is_named_and_the_others_are_kept() {
+    let moto = Moto::start_shimmed("regionfail", &[("XTASK_TEST_COPY_FAILS_IN", "eu-west-1")]);
+    let img = test_image(&moto.dir);
+    let (out, rec) = publish(
+        &moto,
+        &img,
+        &[
+            "--regions",
+            "us-east-1,eu-west-1,xx-nowhere-1,us-west-2",
+            "--ssm-parameter",
+            PARAM,
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains("2 of 4 regions failed: eu-west-1, xx-nowhere-1"),
+        "{}",
+        text(&out)
+    );
+
+    let rows = table_rows(&stdout);
+    assert_eq!(rows["us-east-1"].1, "available (registered)", "{stdout}");
+    assert_eq!(rows["us-west-2"].1, "available (copied)", "{stdout}");
+    let failed_copy = &rows["eu-west-1"];
+    assert!(failed_copy.0.starts_with("ami-"), "{stdout}");
+    assert_eq!(
+        failed_copy.1,
+        format!("FAILED: AMI {} is failed: no reason given", failed_copy.0),
+        "{stdout}"
+    );
+    assert_eq!(rows["xx-nowhere-1"].0, "-", "{stdout}");
+    assert!(
+        rows["xx-nowhere-1"]
+            .1
+            .starts_with("FAILED: xx-nowhere-1 is not a region"),
+        "{stdout}"
+    );
+
+    // The map (default place: beside the image) keeps the good regions only.
+    let map: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(img.dir.join("amis.json")).unwrap()).unwrap();
+    let good: BTreeSet<&String> = map["regions"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        good,
+        ["us-east-1", "us-west-2"]
+            .map(String::from)
+            .iter()
+            .collect(),
+        "{map}"
+    );
+    assert_eq!(
+        map["regions"]["us-west-2"]["ImageId"],
+        rows["us-west-2"].0.as_str()
+    );
+    let failed: BTreeSet<&String> = map["failed"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        failed,
+        ["eu-west-1", "xx-nowhere-1"]
+            .map(String::from)
+            .iter()
+            .collect(),
+        "{map}"
+    );
+
+    // The unknown region was refused before any request went there; the failed copy got no
+    // parameter, the good ones did.
+    assert!(
+        rec.iter().all(|r| signed_region(r) != "xx-nowhere-1"),
+        "a request went to xx-nowhere-1"
+    );
+    let puts: BTreeSet<String> = rec
+        .iter()
+        .filter(|r| {
+            r.headers
+                .get("x-amz-target")
+                .is_some_and(|t| t.ends_with(".PutParameter"))
+        })
+        .map(signed_region)
+        .collect();
+    assert_eq!(puts, ["us-east-1", "us-west-2"].map(String::from).into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conf = sdk_conf(&moto, "us-west-2");
+    rt.block_on(async {
+        let ssm = aws_sdk_ssm::Client::new(&conf);
+        let p = ssm.get_parameter().name(PARAM).send().await.unwrap();
+        assert_eq!(
+            p.parameter().unwrap().value(),
+            Some(rows["us-west-2"].0.as_str())
+        );
+    });
+}
+
+#[test]
+fn all_regions_means_every_enabled_one() {
+    let moto = Moto::start_shimmed("allregions", &[]);
+    let img = test_image(&moto.dir);
+    let (out, rec) = publish(&moto, &img, &["--region", "eu-west-1", "--regions", "all"]);
+    assert!(
+        out.status.success(),
+        "{}\nmoto log:\n{}",
+        text(&out),
+        moto.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows = table_rows(&stdout);
+
+    // What moto's DescribeRegions calls enabled, asked independently.
+    let conf = sdk_conf(&moto, "eu-west-1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (enabled, disabled): (BTreeSet<String>, BTreeSet<String>) = rt.block_on(async {
+        let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let out = ec2
+            .describe_regions()
+            .all_regions(true)
+            .send()
+            .await
+            .unwrap();
+        let mut on = BTreeSet::new();
+        let mut off = BTreeSet::new();
+        for r in out.regions() {
+            let name = r.region_name().unwrap().to_string();
+            match r.opt_in_status() {
+                Some("opt-in-not-required" | "opted-in") => on.insert(name),
+                _ => off.insert(name),
+            };
+        }
+        (on, off)
+    });
+    assert!(!disabled.is_empty() && enabled.len() > 4);
+    assert_eq!(
+        rows.keys().cloned().collect::<BTreeSet<_>>(),
+        enabled,
+        "{stdout}"
+    );
+    assert!(
+        rows.values()
+            .all(|(a, s)| a.starts_with("ami-") && s.starts_with("available"))
+    );
+    let copied: BTreeSet<String> = ec2_actions(&rec, "CopyImage")
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(copied.len(), enabled.len() - 1);
+    assert!(!copied.contains("eu-west-1") && copied.is_disjoint(&disabled));
 }
