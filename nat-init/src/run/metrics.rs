@@ -207,7 +207,7 @@ impl Sampling {
             Ok(c) => Some(TableCounters {
                 generation: shared.table_generation,
                 translated_flows: c.masqueraded_flows,
-                first_replies: c.rule("fwd_first_reply").map_or(0, |(p, _)| p),
+                first_replies: c.rule(nft::RULE_FWD_FIRST_REPLY).map_or(0, |(p, _)| p),
                 dropped: c.dropped_packets,
             }),
             Err(e) => {
