@@ -1,4 +1,5 @@
 //! The checks `cargo xtask test` runs, one module per part: `host` (the workspace's tests),
+//! `deploy` (the CloudFormation and Terraform templates, against moto and statically),
 //! `vpc` (the emulated VPC's control plane),
 //! `image` (the built artifacts), `boot` (init under UEFI in QEMU), `e2e` (the NAT on an
 //! emulated VPC) and `failover` (two NAT guests in a failover group on that VPC). Each module runs its own setup (image build, VM) and records its checks in
@@ -7,6 +8,7 @@
 //! share.
 
 pub mod boot;
+pub mod deploy;
 pub mod e2e;
 pub mod failover;
 pub mod host;

@@ -95,8 +95,12 @@ struct AmiFlags {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "test", help_triggers("-h", "--help", "help"))]
 struct TestFlags {
-    /// run only this part: host, vpc, image, boot, e2e, failover or bench
-    #[argh(option, arg_name = "host|image|boot|e2e|bench", from_str_fn(test_part))]
+    /// run only this part: host, deploy, vpc, image, boot, e2e, failover or bench
+    #[argh(
+        option,
+        arg_name = "host|deploy|vpc|image|boot|e2e|failover|bench",
+        from_str_fn(test_part)
+    )]
     only: Option<testsuite::Part>,
 }
 

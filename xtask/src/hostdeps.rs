@@ -483,6 +483,72 @@ pub fn ensure_moto(target: &Path) -> Result<PathBuf> {
     Ok(server)
 }
 
+/// The deploy templates' tools, pinned: moto (CloudFormation stand-in), cfn-lint, and checkov
+/// (which brings the HCL2 parser the Terraform checks use, bc-python-hcl2, at the version it
+/// pins; python-hcl2 itself would replace that module under checkov).
+pub const DEPLOY_TOOLS: &[&str] = &["moto[server]==5.2.5", "cfn-lint==1.58.0", "checkov==3.3.30"];
+
+/// Makes sure [`DEPLOY_TOOLS`] are installed in a virtual environment under `target/` (its own,
+/// beside moto's) and returns its `bin` directory. A stamp file naming the pins makes an
+/// unchanged set a no-op.
+pub fn ensure_deploy_tools(target: &Path) -> Result<PathBuf> {
+    ensure(PYTHON)?;
+    let venv = target.join("host").join("deploy");
+    let bin = venv.join("bin");
+    let stamp = venv.join("xtask-pins.txt");
+    let want = DEPLOY_TOOLS.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
+        && bin.join("python3").is_file()
+    {
+        return Ok(bin);
+    }
+    say(&format!(
+        "installing {} (the deploy templates' checks) into {}",
+        DEPLOY_TOOLS.join(" "),
+        venv.display()
+    ));
+    std::fs::create_dir_all(venv.parent().unwrap_or(target))?;
+    let (ok, text) = capture(
+        "python3",
+        &["-m", "venv", "--clear", &venv.to_string_lossy()],
+    )?;
+    if !ok {
+        if is_root() && Path::new("/etc/debian_version").exists() {
+            install(&["python3-venv"])?;
+            let (ok, text) = capture(
+                "python3",
+                &["-m", "venv", "--clear", &venv.to_string_lossy()],
+            )?;
+            if !ok {
+                bail!("python3 -m venv {} failed:\n{text}", venv.display());
+            }
+        } else {
+            bail!(
+                "python3 -m venv {} failed (on Debian: apt-get install python3-venv):\n{text}",
+                venv.display()
+            );
+        }
+    }
+    let pip = bin.join("pip");
+    let mut args = vec!["install", "-q"];
+    args.extend(DEPLOY_TOOLS);
+    let (ok, text) = capture(&pip.to_string_lossy(), &args)?;
+    if !ok {
+        bail!(
+            "`pip install {}` into {} failed:\n{text}",
+            DEPLOY_TOOLS.join(" "),
+            venv.display()
+        );
+    }
+    for tool in ["moto_server", "cfn-lint", "checkov"] {
+        if !bin.join(tool).is_file() {
+            bail!("{} installed but {tool} is missing", venv.display());
+        }
+    }
+    std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(bin)
+}
+
 fn say(msg: &str) {
     eprintln!("[xtask] host setup: {msg}");
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test of the project in one command, as check modules run in
 //! order: `host` (`cargo test --workspace`, with `--locked` when the environment variable `CI`
-//! is set: unit tests and root network-namespace tests), `vpc` (the emulated VPC's control
+//! is set: unit tests and root network-namespace tests), `deploy` (the deploy templates: cfn-lint,
+//! moto's CloudFormation, the Terraform module parsed and checkov'd, their parity), `vpc` (the emulated VPC's control
 //! plane, without a guest), `image` (the built image's
 //! artifacts), `boot` (the real disk image under UEFI in QEMU), `e2e` (the NAT on an emulated
 //! VPC), `failover` (two NAT guests in a failover group) and `bench` (the bench's smoke test). `--only PART` runs one of them.
@@ -19,6 +20,8 @@ use crate::{bench, checks};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Host,
+    /// The deploy templates (`deploy/`): needs no image.
+    Deploy,
     Vpc,
     Image,
     Boot,
@@ -31,8 +34,9 @@ pub enum Part {
 
 impl Part {
     /// In the order of the default run.
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::Host,
+        Part::Deploy,
         Part::Vpc,
         Part::Image,
         Part::Boot,
@@ -44,13 +48,14 @@ impl Part {
     pub fn parse(s: &str) -> Result<Self> {
         match Self::ALL.into_iter().find(|p| p.name() == s) {
             Some(p) => Ok(p),
-            None => bail!("{s:?}: expected host, vpc, image, boot, e2e, failover or bench"),
+            None => bail!("{s:?}: expected host, deploy, vpc, image, boot, e2e, failover or bench"),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Host => "host",
+            Self::Deploy => "deploy",
             Self::Vpc => "vpc",
             Self::Image => "image",
             Self::Boot => "boot",
@@ -66,6 +71,10 @@ impl Part {
             Self::Host => Module {
                 checks: checks::host::CHECKS,
                 run: checks::host::run,
+            },
+            Self::Deploy => Module {
+                checks: checks::deploy::CHECKS,
+                run: checks::deploy::run,
             },
             Self::Vpc => Module {
                 checks: checks::vpc::CHECKS,
