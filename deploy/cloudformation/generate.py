@@ -328,7 +328,7 @@ def policy_variant(zone, member, failover, eip):
         )
     statements.append(
         {
-            "Sid": "PublishMetrics",
+            "Sid": "NatPublishMetrics",
             "Effect": "Allow",
             "Action": ["cloudwatch:PutMetricData"],
             "Resource": ["*"],

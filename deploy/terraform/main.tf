@@ -115,7 +115,7 @@ locals {
           Resource = ["arn:aws:ec2:*:*:elastic-ip/${local.eip_ids[k]}"]
         }] : [],
         [{
-          Sid       = "PublishMetrics"
+          Sid       = "NatPublishMetrics"
           Effect    = "Allow"
           Action    = ["cloudwatch:PutMetricData"]
           Resource  = ["*"]
