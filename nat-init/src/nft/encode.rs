@@ -483,7 +483,7 @@ mod tests {
             .collect();
         let one = 1u32.to_ne_bytes();
         let want: Vec<(&str, Vec<u8>)> = vec![
-            ("ct", [u(1, 1), u(2, 4)].concat()),
+            ("ct", [u(1, 1), u(2, 1)].concat()),
             (
                 "cmp",
                 [

@@ -3,8 +3,11 @@
 //! spread it across several outside addresses with source NAT), forward only flows they start
 //! to non-private destinations (with their replies and ICMP errors), at most a set number per
 //! source, and drop unsolicited input but loopback, DHCP replies (from the lease's server,
-//! untracked) and rate-limited ping; count masqueraded traffic after source NAT. The order of
-//! the rules is part of the policy; the comments at each say why.
+//! untracked) and rate-limited ping; count masqueraded traffic after source NAT, and each
+//! forwarded flow once at its first reply (a conntrack mark says it was counted); keep
+//! conntrack's counters running for flows the flowtable carries; take outside ports from
+//! `nat_port_range` when set. The order of the rules is part of the policy; the comments at
+//! each say why.
 
 use std::net::Ipv4Addr;
 

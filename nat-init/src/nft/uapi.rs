@@ -24,8 +24,9 @@ pub(super) const CT_STATE: u32 = 0;
 pub(super) const CT_STATUS: u32 = 2;
 /// NFT_CT_MARK: the flow's 32-bit mark, host byte order in a register.
 pub(super) const CT_MARK: u32 = 3;
-/// NFT_CT_DIRECTION: the packet's direction in its flow, one byte (IP_CT_DIR_*).
-pub(super) const CT_DIRECTION: u32 = 4;
+/// NFT_CT_DIRECTION: the packet's direction in its flow, one byte (IP_CT_DIR_*). 1, not 4
+/// (NFT_CT_SECMARK): the enum runs state, direction, status, mark, secmark.
+pub(super) const CT_DIRECTION: u32 = 1;
 /// IP_CT_DIR_REPLY: a packet going back to the flow's originator.
 pub(super) const CT_DIR_REPLY: u8 = 1;
 /// IPS_SRC_NAT in the ct status bits: the flow's source was translated.
