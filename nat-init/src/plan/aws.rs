@@ -192,9 +192,10 @@ pub struct AwsStatus {
     pub routes: Vec<(String, ItemState)>,
     /// (allocation id, state).
     pub eips: Vec<(String, ItemState)>,
-    /// CloudWatch publishing: ok after a period's data went out, pending with the reason
-    /// while it fails (the NAT is not touched either way).
+    /// CloudWatch publishing: pending until a period's data went out, then ok.
     pub metrics: ItemState,
+    /// Why the last publishing failed, until one succeeds (the NAT is not touched either way).
+    pub metrics_failing: Option<String>,
     /// Periods published since start.
     pub metrics_periods: u64,
 }
@@ -238,15 +239,15 @@ impl AwsStatus {
         if !lent.is_empty() {
             s.push_str(&format!(" aws_lent={}", lent.join(",")));
         }
-        match &self.metrics {
-            ItemState::Off => {}
-            ItemState::Pending(why) => s.push_str(&format!(
-                " aws_metrics=failing aws_metrics_sent={} aws_metrics_why={:?}",
-                self.metrics_periods, why
+        match (&self.metrics, &self.metrics_failing) {
+            (ItemState::Off, _) => {}
+            (_, Some(why)) => s.push_str(&format!(
+                " aws_metrics=failing aws_metrics_sent={} aws_metrics_why={why:?}",
+                self.metrics_periods
             )),
-            other => s.push_str(&format!(
+            (state, None) => s.push_str(&format!(
                 " aws_metrics={} aws_metrics_sent={}",
-                other.word(),
+                state.word(),
                 self.metrics_periods
             )),
         }
@@ -446,6 +447,33 @@ mod tests {
         assert!(
             st.complete(),
             "lent items wait for the peer, not for this instance"
+        );
+        // Metrics: pending until a period went out, then ok; failing says why.
+        let mut m = AwsStatus {
+            metrics: ItemState::Pending("not done yet".into()),
+            ..AwsStatus::default()
+        };
+        assert!(
+            m.fields()
+                .ends_with(" aws_metrics=pending aws_metrics_sent=0"),
+            "{}",
+            m.fields()
+        );
+        m.metrics_failing = Some("denied cloudwatch:PutMetricData".into());
+        assert!(
+            m.fields().ends_with(
+                " aws_metrics=failing aws_metrics_sent=0 aws_metrics_why=\"denied cloudwatch:PutMetricData\""
+            ),
+            "{}",
+            m.fields()
+        );
+        m.metrics = ItemState::Done;
+        m.metrics_failing = None;
+        m.metrics_periods = 3;
+        assert!(
+            m.fields().ends_with(" aws_metrics=ok aws_metrics_sent=3"),
+            "{}",
+            m.fields()
         );
     }
 }

@@ -213,6 +213,9 @@ fn reset_status(st: &mut AwsStatus, cfg: &AwsConfig) {
     st.clock = keep(&st.clock, cfg.ntp);
     st.credentials = keep(&st.credentials, cfg.uses_aws());
     st.metrics = keep(&st.metrics, cfg.metrics.is_some());
+    if cfg.metrics.is_none() {
+        st.metrics_failing = None;
+    }
     st.source_dest_check = keep(&st.source_dest_check, cfg.disable_source_dest_check);
     let old = std::mem::take(&mut st.eips);
     st.eips = cfg

@@ -13,6 +13,7 @@ Diagnostics go to stderr. Nothing here reaches beyond the namespaces the test cr
 """
 
 import datetime
+import gzip
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from moto.ec2.exceptions import EC2ClientError, InvalidParameterValueError  # no
 from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.ec2.models import elastic_ip_addresses as eip_models  # noqa: E402
 from moto.ec2.models import elastic_network_interfaces as eni_models  # noqa: E402
+from moto.iam import access_control  # noqa: E402
 from moto.moto_server.werkzeug_app import (  # noqa: E402
     DomainDispatcherApplication,
     create_backend_app,
@@ -209,8 +211,17 @@ class Recorder:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
+        # A compressed body (PutMetricData) is signed as sent: see _signed_as_sent.
+        gzipped = environ.get("HTTP_CONTENT_ENCODING", "") == "gzip"
+        LOCAL.raw_body = body if gzipped else None
+        form = body
+        if gzipped:
+            try:
+                form = gzip.decompress(body)
+            except OSError:
+                form = b""
         params = {}
-        for source in (environ.get("QUERY_STRING", ""), body.decode("utf-8", "replace")):
+        for source in (environ.get("QUERY_STRING", ""), form.decode("utf-8", "replace")):
             for k, v in urllib.parse.parse_qsl(source, keep_blank_values=True):
                 params[k] = v
         LOCAL.params = params
@@ -263,6 +274,23 @@ class Recorder:
                 if expiration <= datetime.datetime.now(datetime.timezone.utc):
                     return ("ExpiredToken", "The security token included in the request is expired")
         return None
+
+
+_orig_create_aws_request = access_control.IAMRequestBase._create_aws_request
+
+
+def _signed_as_sent(self):
+    """moto checks a signature over the body after it has gunzipped it; AWS (and every SDK
+    that compresses, botocore included) signs the bytes on the wire. So a compressed request
+    is checked over what was sent, as AWS does."""
+    request = _orig_create_aws_request(self)
+    raw = getattr(LOCAL, "raw_body", None)
+    if raw is not None:
+        request.data = raw
+    return request
+
+
+access_control.IAMRequestBase._create_aws_request = _signed_as_sent
 
 
 def serve():

@@ -44,6 +44,7 @@ impl Worker {
                     .unwrap_or(false);
                 self.with_status(|st| {
                     st.metrics = ItemState::Done;
+                    st.metrics_failing = None;
                     st.metrics_periods += sent as u64;
                 });
                 if first {
@@ -56,7 +57,7 @@ impl Worker {
             Err(e) => {
                 self.metrics_failures += 1;
                 let short = e.short();
-                self.with_status(|st| st.metrics = ItemState::Pending(short));
+                self.with_status(|st| st.metrics_failing = Some(short));
                 let line = format!(
                     "publishing metrics: {e}; {} period(s) queued, sent again with the next",
                     self.metrics_queue.len()
