@@ -12,6 +12,7 @@ mod boot;
 mod build;
 mod capacity;
 mod failover;
+mod metrics;
 mod parse;
 mod render;
 mod sessions;
@@ -53,10 +54,12 @@ pub enum Part {
     Aws,
     /// Failover: the pair's gaps and connections kept, against an ASG of one.
     Failover,
+    /// CloudWatch metrics: nat-init's CPU and RSS publishing and not, and the monthly bill.
+    Metrics,
 }
 
 impl Part {
-    pub const ALL: [Part; 8] = [
+    pub const ALL: [Part; 9] = [
         Part::Sizes,
         Part::Build,
         Part::Boot,
@@ -65,6 +68,7 @@ impl Part {
         Part::Throughput,
         Part::Aws,
         Part::Failover,
+        Part::Metrics,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -77,8 +81,9 @@ impl Part {
             "throughput" => Self::Throughput,
             "aws" => Self::Aws,
             "failover" => Self::Failover,
+            "metrics" => Self::Metrics,
             _ => bail!(
-                "{s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput, aws, failover"
+                "{s:?}: expected a comma-separated list of sizes, build, boot, memory, capacity, throughput, aws, failover, metrics"
             ),
         })
     }
@@ -93,6 +98,7 @@ impl Part {
             Self::Throughput => "throughput",
             Self::Aws => "aws",
             Self::Failover => "failover",
+            Self::Metrics => "metrics",
         }
     }
 }
@@ -136,6 +142,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Value> {
         Part::Capacity,
         Part::Throughput,
         Part::Aws,
+        Part::Metrics,
     ]
     .iter()
     .any(|p| opts.wants(*p));
@@ -211,6 +218,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<Value> {
         if opts.wants(Part::Aws) {
             say("bench: the AWS side");
             report.insert("aws".into(), aws::aws(root, &imgs.ours_test, opts)?);
+        }
+        if opts.wants(Part::Metrics) {
+            say("bench: CloudWatch metrics");
+            report.insert(
+                "metrics".into(),
+                metrics::metrics(root, &imgs.ours_test, opts)?,
+            );
         }
     }
     if opts.wants(Part::Failover) {

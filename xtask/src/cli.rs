@@ -116,7 +116,7 @@ struct BenchFlags {
     /// boots per image and boot path (default 3, or 1 with --quick)
     #[argh(option, arg_name = "N", from_str_fn(at_least_one))]
     runs: Option<usize>,
-    /// measure only these, comma-separated: sizes,build,boot,memory,capacity,throughput,aws,failover
+    /// measure only these, comma-separated: sizes,build,boot,memory,capacity,throughput,aws,failover,metrics
     #[argh(option, arg_name = "LIST", from_str_fn(bench_parts))]
     only: Option<Vec<bench::Part>>,
     /// capacity: this many flows for both images instead of the guest's configured maximum

@@ -233,6 +233,44 @@ pub fn markdown(r: &Value) -> String {
         failover(&mut s, f);
     }
 
+    if let Some(m) = r.get("metrics") {
+        let _ = writeln!(
+            s,
+            "\n## CloudWatch metrics: publishing on and off (on the emulated VPC's AWS double)\n"
+        );
+        let _ = writeln!(s, "| figure | median (min–max, n) |\n|---|---|");
+        for (what, v) in [
+            (
+                "nat-init CPU ms a minute, publishing",
+                &m["cpu_ms_per_min"]["on"],
+            ),
+            (
+                "nat-init CPU ms a minute, not publishing",
+                &m["cpu_ms_per_min"]["off"],
+            ),
+            ("nat-init RSS kB, publishing", &m["rss_kb"]["on"]),
+            ("nat-init RSS kB, not publishing", &m["rss_kb"]["off"]),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {what} | {} ({}–{}, {}) |",
+                num(&v["median"]),
+                num(&v["min"]),
+                num(&v["max"]),
+                num(&v["n"])
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nCPU on/off: {}. RSS added: {} kB. Goal: at most 1 MB more: **{}**. The month's bill at the default period, as the appliance computes it: {}.\n\nMethod: {}",
+            ratio(&m["ratio_cpu_on_off"]),
+            num(&m["rss_delta_kb"]),
+            goal(&m["goal"]["met"]),
+            num(&m["monthly_cost"]),
+            num(&m["method"])
+        );
+    }
+
     if let Some(mem) = r.get("memory") {
         let _ = writeln!(s, "\n## 3. Memory after ready (512 MiB guest)\n");
         let _ = writeln!(

@@ -13,13 +13,20 @@ const RUNS: &str = "bench-quick-runs-and-writes-its-report";
 const SIZES_AND_BUILD: &str = "bench-quick-has-sizes-and-build-speed";
 const BOOTS: &str = "bench-quick-boots-both-to-ready";
 const AWS: &str = "bench-quick-aws-side-online-and-rss";
-pub const CHECKS: &[&str] = &[RUNS, SIZES_AND_BUILD, BOOTS, AWS];
+const METRICS: &str = "bench-quick-metrics-cpu-rss-and-cost";
+pub const CHECKS: &[&str] = &[RUNS, SIZES_AND_BUILD, BOOTS, AWS, METRICS];
 
 /// The bench in its quickest form (sizes, warm build, one direct boot of each image), checking
 /// that every figure came out. Part of the default test run: it keeps the bench working.
 pub fn run(root: &Path, report: &mut Report) -> Result<()> {
     let mut opts = Options::new(root, true);
-    opts.parts = vec![Part::Sizes, Part::Build, Part::Boot, Part::Aws];
+    opts.parts = vec![
+        Part::Sizes,
+        Part::Build,
+        Part::Boot,
+        Part::Aws,
+        Part::Metrics,
+    ];
     opts.out = crate::target_dir(root).join("bench-smoke");
     let mut result = None;
     report.check(RUNS, || {
@@ -70,6 +77,30 @@ pub fn run(root: &Path, report: &mut Report) -> Result<()> {
         }
         if r["aws"]["ratio_rss_on_off"].as_f64().is_none() {
             bail!("no RSS ratio: {}", r["aws"]);
+        }
+        Ok(())
+    });
+    report.check_after(RUNS, METRICS, || {
+        let m = &r["metrics"];
+        for k in ["cpu_ms_per_min", "rss_kb"] {
+            for side in ["on", "off"] {
+                if m[k][side]["median"].as_f64().is_none_or(|t| t <= 0.0) {
+                    bail!("no {k} {side}: {m}");
+                }
+            }
+        }
+        if m["rss_delta_kb"].as_f64().is_none() || m["monthly_cost"].as_str().is_none() {
+            bail!("no RSS delta or monthly cost: {m}");
+        }
+        // The publishing run must really have published.
+        let published = m["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["metrics"].as_bool() == Some(true))
+            .all(|r| r["periods_published"].as_u64().unwrap_or(0) > 0);
+        if !published {
+            bail!("a publishing run published no period: {m}");
         }
         Ok(())
     });

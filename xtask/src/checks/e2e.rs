@@ -163,7 +163,7 @@ fn diagnose(vm: &Vm, vpc: &Vpc) {
     say(&format!("dnsmasq log:\n{}", vpc.dnsmasq_log()));
 }
 
-fn curl(vpc: &Vpc, ns: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn curl(vpc: &Vpc, ns: &str, args: &[&str]) -> Result<String> {
     let mut v = vec!["-sS", "--max-time", "60"];
     v.extend_from_slice(args);
     vpc.ns.exec(ns, "curl", &v)

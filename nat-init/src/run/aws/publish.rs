@@ -48,8 +48,23 @@ impl Worker {
                     st.metrics_periods += sent as u64;
                 });
                 if first {
+                    // What this configuration costs at most: every catalogue series, one per
+                    // route table for a failover member's roles.
+                    let tables = if inputs.cfg.failover.is_some() {
+                        inputs.cfg.route_tables.len().max(1)
+                    } else {
+                        0
+                    };
+                    let series = metrics::catalogue::series_per_instance(tables) as u64;
+                    let cost = metrics::cost::MonthlyCost::new(
+                        series,
+                        cloudwatch::MAX_DATUMS as u64,
+                        u64::from(cfg.period_s),
+                    )
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|e| e.to_string());
                     info(format_args!(
-                        "metrics published to CloudWatch namespace {} every {} s",
+                        "metrics published to CloudWatch namespace {} every {} s; at most {cost}",
                         cfg.namespace, cfg.period_s
                     ));
                 }
