@@ -447,6 +447,24 @@ pub fn ensure_moto(target: &Path) -> Result<PathBuf> {
         "installing {MOTO} (a local AWS double for the tests) into {}",
         venv.display()
     ));
+    new_venv(target, &venv)?;
+    let pip = venv.join("bin").join("pip");
+    let (ok, text) = capture(&pip.to_string_lossy(), &["install", "-q", MOTO])?;
+    if !ok {
+        bail!(
+            "`pip install '{MOTO}'` into {} failed:\n{text}",
+            venv.display()
+        );
+    }
+    if !server.is_file() {
+        bail!("{MOTO} installed but {} is missing", server.display());
+    }
+    Ok(server)
+}
+
+/// A fresh virtual environment at `venv` (under `target`), installing python3-venv first when
+/// it is missing and this is root on Debian.
+fn new_venv(target: &Path, venv: &Path) -> Result<()> {
     std::fs::create_dir_all(venv.parent().unwrap_or(target))?;
     let (ok, text) = capture(
         "python3",
@@ -469,24 +487,13 @@ pub fn ensure_moto(target: &Path) -> Result<PathBuf> {
             );
         }
     }
-    let pip = venv.join("bin").join("pip");
-    let (ok, text) = capture(&pip.to_string_lossy(), &["install", "-q", MOTO])?;
-    if !ok {
-        bail!(
-            "`pip install '{MOTO}'` into {} failed:\n{text}",
-            venv.display()
-        );
-    }
-    if !server.is_file() {
-        bail!("{MOTO} installed but {} is missing", server.display());
-    }
-    Ok(server)
+    Ok(())
 }
 
 /// The deploy templates' tools, pinned: moto (CloudFormation stand-in), cfn-lint, and checkov
 /// (which brings the HCL2 parser the Terraform checks use, bc-python-hcl2, at the version it
 /// pins; python-hcl2 itself would replace that module under checkov).
-pub const DEPLOY_TOOLS: &[&str] = &["moto[server]==5.2.5", "cfn-lint==1.58.0", "checkov==3.3.30"];
+pub const DEPLOY_TOOLS: &[&str] = &[MOTO, "cfn-lint==1.58.0", "checkov==3.3.30"];
 
 /// Makes sure [`DEPLOY_TOOLS`] are installed in a virtual environment under `target/` (its own,
 /// beside moto's) and returns its `bin` directory. A stamp file naming the pins makes an
@@ -507,28 +514,7 @@ pub fn ensure_deploy_tools(target: &Path) -> Result<PathBuf> {
         DEPLOY_TOOLS.join(" "),
         venv.display()
     ));
-    std::fs::create_dir_all(venv.parent().unwrap_or(target))?;
-    let (ok, text) = capture(
-        "python3",
-        &["-m", "venv", "--clear", &venv.to_string_lossy()],
-    )?;
-    if !ok {
-        if is_root() && Path::new("/etc/debian_version").exists() {
-            install(&["python3-venv"])?;
-            let (ok, text) = capture(
-                "python3",
-                &["-m", "venv", "--clear", &venv.to_string_lossy()],
-            )?;
-            if !ok {
-                bail!("python3 -m venv {} failed:\n{text}", venv.display());
-            }
-        } else {
-            bail!(
-                "python3 -m venv {} failed (on Debian: apt-get install python3-venv):\n{text}",
-                venv.display()
-            );
-        }
-    }
+    new_venv(target, &venv)?;
     let pip = bin.join("pip");
     let mut args = vec!["install", "-q"];
     args.extend(DEPLOY_TOOLS);

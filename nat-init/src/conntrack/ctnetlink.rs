@@ -189,10 +189,18 @@ fn parse_tuple(v: &[u8], what: &str) -> Result<Tuple, CodecError> {
     })
 }
 
-/// Parses one conntrack message (its netlink type and the payload after the netlink header).
-/// `Ok(None)` for what is not replicated: other subsystems or message types, IPv6, protocols
-/// other than TCP and UDP, and entries without IPS_SRC_NAT (flows this NAT did not translate).
-pub fn parse(kind: u16, payload: &[u8]) -> Result<Option<Event>, CodecError> {
+/// What every message about a source-NATed IPv4 flow starts with.
+struct NatFlow<'a> {
+    msg: u8,
+    top: Vec<(u16, &'a [u8])>,
+    status: u32,
+    orig: Tuple,
+}
+
+/// A NEW (dump reply, NEW and UPDATE events) or DELETE message about a source-NATed IPv4 flow;
+/// `Ok(None)` for anything else: other subsystems or messages, IPv6, flows without
+/// IPS_SRC_NAT (the appliance's own, which the NAT does not translate).
+fn nat_flow(kind: u16, payload: &[u8]) -> Result<Option<NatFlow<'_>>, CodecError> {
     if kind >> 8 != NFNL_SUBSYS_CTNETLINK {
         return Ok(None);
     }
@@ -218,6 +226,27 @@ pub fn parse(kind: u16, payload: &[u8]) -> Result<Option<Event>, CodecError> {
         need(&top, CTA_TUPLE_ORIG, "CTA_TUPLE_ORIG")?,
         "CTA_TUPLE_ORIG",
     )?;
+    Ok(Some(NatFlow {
+        msg,
+        top,
+        status,
+        orig,
+    }))
+}
+
+/// Parses one conntrack message (its netlink type and the payload after the netlink header).
+/// `Ok(None)` for what is not replicated: other subsystems or message types, IPv6, protocols
+/// other than TCP and UDP, and entries without IPS_SRC_NAT (flows this NAT did not translate).
+pub fn parse(kind: u16, payload: &[u8]) -> Result<Option<Event>, CodecError> {
+    let Some(NatFlow {
+        msg,
+        top,
+        status,
+        orig,
+    }) = nat_flow(kind, payload)?
+    else {
+        return Ok(None);
+    };
     if orig.proto != PROTO_TCP && orig.proto != PROTO_UDP {
         return Ok(None);
     }
@@ -310,31 +339,15 @@ fn parse_count(v: Option<&[u8]>, what: &str) -> Result<Count, CodecError> {
 /// messages, IPv6, and flows without IPS_SRC_NAT (the appliance's own traffic, which the NAT
 /// does not translate).
 pub fn parse_traffic(kind: u16, payload: &[u8]) -> Result<Option<Traffic>, CodecError> {
-    if kind >> 8 != NFNL_SUBSYS_CTNETLINK {
+    let Some(NatFlow {
+        msg,
+        top,
+        status,
+        orig,
+    }) = nat_flow(kind, payload)?
+    else {
         return Ok(None);
-    }
-    let msg = (kind & 0xff) as u8;
-    if msg != IPCTNL_MSG_CT_NEW && msg != IPCTNL_MSG_CT_DELETE {
-        return Ok(None);
-    }
-    let nfgen = payload
-        .get(..NFGENMSG_LEN)
-        .ok_or_else(|| err("message shorter than its nfgenmsg header"))?;
-    if nfgen[0] != AF_INET {
-        return Ok(None);
-    }
-    let top = attrs(&payload[NFGENMSG_LEN..])?;
-    let status = u32::from_be_bytes(fixed::<4>(
-        need(&top, CTA_STATUS, "CTA_STATUS")?,
-        "CTA_STATUS",
-    )?);
-    if status & STATUS_SRC_NAT == 0 {
-        return Ok(None);
-    }
-    let orig = parse_tuple(
-        need(&top, CTA_TUPLE_ORIG, "CTA_TUPLE_ORIG")?,
-        "CTA_TUPLE_ORIG",
-    )?;
+    };
     let tcp_state = match get(&top, CTA_PROTOINFO) {
         Some(info) if orig.proto == PROTO_TCP => match get(&attrs(info)?, CTA_PROTOINFO_TCP) {
             Some(tcp) => {

@@ -25,7 +25,8 @@ pub const METHOD: &str = "512 MiB guest, direct kernel boot of nat-t4g-e2e, a fr
 /// The goal from the issue: nat-init's RSS after ready under 8 MB.
 const RSS_GOAL_KB: f64 = 8.0 * 1024.0;
 
-fn rss_kb(g: &mut super::boot::Guest) -> Result<f64> {
+/// nat-init's VmRSS through init's test console.
+pub(super) fn rss_kb(g: &mut super::boot::Guest) -> Result<f64> {
     let mark = g.vm.log().lines().count();
     g.vm.send("init-test meminfo\n")?;
     let (_, line) =

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
+use super::aws::rss_kb;
 use super::boot::{BootPath, Guest, Img, boot};
 use super::{Options, parse, round3};
 use crate::report::say;
@@ -32,16 +33,6 @@ const QUICK_WINDOW: Duration = Duration::from_secs(30);
 const TICKS_PER_S: f64 = 100.0;
 
 const METRICS_USER_DATA: &str = "metrics = true\nnat_name = \"bench\"\n";
-
-fn rss_kb(g: &mut Guest) -> Result<f64> {
-    let mark = g.vm.log().lines().count();
-    g.vm.send("init-test meminfo\n")?;
-    let (_, line) =
-        g.vm.wait_for_from(mark, "meminfo MemTotal_kb=", Duration::from_secs(20))?;
-    parse::memory_fields(&line)["rss_kb_nat-init"]
-        .as_f64()
-        .with_context(|| format!("no rss_kb_nat-init in {line}"))
-}
 
 /// nat-init's utime + stime in ticks, from /proc/PID/stat through init's test console.
 fn cpu_ticks(g: &mut Guest, pid: u32) -> Result<u64> {

@@ -201,25 +201,18 @@ pub fn markdown(r: &Value) -> String {
 
     if let Some(a) = r.get("aws") {
         let _ = writeln!(s, "\n## The AWS side (on the emulated VPC's AWS double)\n");
-        let _ = writeln!(s, "| figure | median (min–max, n) |\n|---|---|");
-        for (what, v) in [
-            ("ready → aws ready, guest ms", &a["api_ms"]),
-            (
-                "ready → private client's first echo, host ms",
-                &a["online_ms"],
-            ),
-            ("nat-init RSS kB, AWS side on", &a["rss_kb"]["aws_on"]),
-            ("nat-init RSS kB, AWS side off", &a["rss_kb"]["aws_off"]),
-        ] {
-            let _ = writeln!(
-                s,
-                "| {what} | {} ({}–{}, {}) |",
-                num(&v["median"]),
-                num(&v["min"]),
-                num(&v["max"]),
-                num(&v["n"])
-            );
-        }
+        stats_table(
+            &mut s,
+            &[
+                ("ready → aws ready, guest ms", &a["api_ms"]),
+                (
+                    "ready → private client's first echo, host ms",
+                    &a["online_ms"],
+                ),
+                ("nat-init RSS kB, AWS side on", &a["rss_kb"]["aws_on"]),
+                ("nat-init RSS kB, AWS side off", &a["rss_kb"]["aws_off"]),
+            ],
+        );
         let _ = writeln!(
             s,
             "\nRSS on/off: {}. Goal: nat-init under 8 MB with the AWS side on: **{}**.\n\nMethod: {}",
@@ -238,28 +231,21 @@ pub fn markdown(r: &Value) -> String {
             s,
             "\n## CloudWatch metrics: publishing on and off (on the emulated VPC's AWS double)\n"
         );
-        let _ = writeln!(s, "| figure | median (min–max, n) |\n|---|---|");
-        for (what, v) in [
-            (
-                "nat-init CPU ms a minute, publishing",
-                &m["cpu_ms_per_min"]["on"],
-            ),
-            (
-                "nat-init CPU ms a minute, not publishing",
-                &m["cpu_ms_per_min"]["off"],
-            ),
-            ("nat-init RSS kB, publishing", &m["rss_kb"]["on"]),
-            ("nat-init RSS kB, not publishing", &m["rss_kb"]["off"]),
-        ] {
-            let _ = writeln!(
-                s,
-                "| {what} | {} ({}–{}, {}) |",
-                num(&v["median"]),
-                num(&v["min"]),
-                num(&v["max"]),
-                num(&v["n"])
-            );
-        }
+        stats_table(
+            &mut s,
+            &[
+                (
+                    "nat-init CPU ms a minute, publishing",
+                    &m["cpu_ms_per_min"]["on"],
+                ),
+                (
+                    "nat-init CPU ms a minute, not publishing",
+                    &m["cpu_ms_per_min"]["off"],
+                ),
+                ("nat-init RSS kB, publishing", &m["rss_kb"]["on"]),
+                ("nat-init RSS kB, not publishing", &m["rss_kb"]["off"]),
+            ],
+        );
         let _ = writeln!(
             s,
             "\nCPU on/off: {}. RSS added: {} kB. Goal: at most 1 MB more: **{}**. The month's bill at the default period, as the appliance computes it: {}.\n\nMethod: {}",
@@ -456,4 +442,19 @@ fn failover(s: &mut String, f: &Value) {
         goal(&g["every_connection_kept"]),
         num(&f["method"]),
     );
+}
+
+/// A table of figures, each `median (min–max, n)` from `parse::stats`.
+fn stats_table(s: &mut String, rows: &[(&str, &Value)]) {
+    let _ = writeln!(s, "| figure | median (min–max, n) |\n|---|---|");
+    for (what, v) in rows {
+        let _ = writeln!(
+            s,
+            "| {what} | {} ({}–{}, {}) |",
+            num(&v["median"]),
+            num(&v["min"]),
+            num(&v["max"]),
+            num(&v["n"])
+        );
+    }
 }
