@@ -190,6 +190,42 @@ impl PutMetricData {
     }
 }
 
+/// The signed HTTP request for one gzip-compressed PutMetricData body to `host`: every header
+/// the signature names is on the request (`Content-Encoding` too, or the service cannot read the
+/// body and the signature does not match).
+pub fn signed_request(
+    host: &str,
+    region: &str,
+    creds: &super::sigv4::Credentials,
+    gzip_body: Vec<u8>,
+    unix_time_s: i64,
+) -> crate::http::Request {
+    let headers = [
+        ("Content-Encoding", CONTENT_ENCODING_GZIP),
+        ("Content-Type", CONTENT_TYPE),
+    ];
+    let signed = super::sigv4::sign(
+        &super::sigv4::Request {
+            method: "POST",
+            host,
+            path: "/",
+            query: &[],
+            headers: &headers,
+            body: &gzip_body,
+        },
+        creds,
+        region,
+        SERVICE,
+        unix_time_s,
+    );
+    let mut req =
+        crate::http::Request::new("POST", "/").header("Content-Encoding", CONTENT_ENCODING_GZIP);
+    for (k, v) in &signed {
+        req = req.header(k, v);
+    }
+    req.body(CONTENT_TYPE, gzip_body)
+}
+
 /// One request for all of `data`, in order; an error if they do not fit in one (see
 /// [`batches`] to split them).
 pub fn put_metric_data(namespace: &str, data: &[Datum]) -> Result<PutMetricData, Error> {

@@ -691,3 +691,39 @@ fn success_answers_parse() {
         Err(ParseError::Xml(_))
     ));
 }
+
+#[test]
+fn the_signed_request_carries_every_header_the_signature_names() {
+    let creds = Credentials {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+        session_token: Some("token".into()),
+        expiration_unix_s: None,
+    };
+    let body = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0];
+    let req = signed_request(
+        "monitoring.us-east-1.amazonaws.com",
+        "us-east-1",
+        &creds,
+        body.clone(),
+        1_700_000_000,
+    );
+    let bytes = req.to_bytes("monitoring.us-east-1.amazonaws.com").unwrap();
+    let wire = String::from_utf8_lossy(&bytes).into_owned();
+    let head = wire.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    let signed = head
+        .split("signedheaders=")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .to_string();
+    for h in signed.split(';') {
+        assert!(
+            head.contains(&format!("\r\n{h}: ")),
+            "{h} is signed but not sent:\n{head}"
+        );
+    }
+    assert!(signed.contains("content-encoding"), "{signed}");
+    assert!(head.contains("\r\ncontent-encoding: gzip"), "{head}");
+    assert!(bytes.ends_with(&body));
+}

@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use nat_init::aws::{cloudwatch, ec2, sigv4};
+use nat_init::aws::{cloudwatch, ec2};
 use nat_init::config::{MetricDimension, MetricsConfig};
-use nat_init::http;
 use nat_init::metrics::{self, Dimensions, Sample};
 use nat_init::plan::aws::{self as awsplan, ItemState};
 
@@ -195,29 +194,13 @@ impl Worker {
             let (Some(session), Some(creds)) = (&self.session, &self.creds) else {
                 return Err(CallError::Other("no session or credentials".into()));
             };
-            let headers = [
-                ("Content-Encoding", cloudwatch::CONTENT_ENCODING_GZIP),
-                ("Content-Type", cloudwatch::CONTENT_TYPE),
-            ];
-            let signed = sigv4::sign(
-                &sigv4::Request {
-                    method: "POST",
-                    host: &endpoint.host,
-                    path: "/",
-                    query: &[],
-                    headers: &headers,
-                    body,
-                },
-                creds,
+            let req = cloudwatch::signed_request(
+                &endpoint.host,
                 region,
-                cloudwatch::SERVICE,
+                creds,
+                body.to_vec(),
                 Self::unix_now(),
             );
-            let mut req = http::Request::new("POST", "/");
-            for (k, v) in &signed {
-                req = req.header(k, v);
-            }
-            let req = req.body(cloudwatch::CONTENT_TYPE, body.to_vec());
             match session
                 .client
                 .send(&endpoint.host, addr, &req, Instant::now() + CALL_TIMEOUT)
