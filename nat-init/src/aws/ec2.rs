@@ -81,6 +81,38 @@ impl Call {
 
     /// The form-encoded body: `Action=...&Version=2016-11-15&...`, each side encoded with
     /// SigV4's [`uri_encode`].
+    /// The signed HTTP request for this call to `host` (the regional endpoint or a VPC
+    /// endpoint's name).
+    pub fn signed_request(
+        &self,
+        host: &str,
+        region: &str,
+        creds: &super::sigv4::Credentials,
+        unix_time_s: i64,
+    ) -> crate::http::Request {
+        let body = self.body();
+        let headers = [("Content-Type", CONTENT_TYPE)];
+        let signed = super::sigv4::sign(
+            &super::sigv4::Request {
+                method: "POST",
+                host,
+                path: "/",
+                query: &[],
+                headers: &headers,
+                body: body.as_bytes(),
+            },
+            creds,
+            region,
+            "ec2",
+            unix_time_s,
+        );
+        let mut req = crate::http::Request::new("POST", "/");
+        for (k, v) in &signed {
+            req = req.header(k, v);
+        }
+        req.body(CONTENT_TYPE, body.into_bytes())
+    }
+
     pub fn body(&self) -> String {
         let mut out = format!("Action={}&Version={API_VERSION}", self.action.name());
         for (k, v) in &self.params {

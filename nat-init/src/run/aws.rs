@@ -283,6 +283,19 @@ impl CallError {
     }
 }
 
+/// What [`Worker::send_signed`] needs to know of one kind of request.
+struct Signed<'a> {
+    /// The action's name, for lines.
+    what: &'a str,
+    /// Where it goes: `None` for the session's EC2 endpoint.
+    endpoint: Option<&'a Endpoint>,
+    /// The signed request to `host` in `region` at a Unix time.
+    request: &'a dyn Fn(&str, &str, &sigv4::Credentials, i64) -> http::Request,
+    classify: fn(u16, Option<&ec2::ApiError>) -> ec2::ErrorClass,
+    /// The error for a denial, from its `code: message`.
+    denied: &'a dyn Fn(&Worker, String) -> CallError,
+}
+
 struct Session {
     identity: imds::AwsIdentity,
     region: String,
@@ -324,8 +337,8 @@ struct Worker {
     metrics_due: bool,
     /// The Auto Scaling group's name once looked up (`Some(None)`: in none).
     asg: Option<Option<String>>,
-    /// CloudWatch's address, when it was resolved, and for which host.
-    metrics_addr: Option<(SocketAddr, Instant, String)>,
+    /// Another endpoint's address (CloudWatch's), when it was resolved, and for which host.
+    other_addr: Option<(SocketAddr, Instant, String)>,
 }
 
 impl Worker {
@@ -362,7 +375,7 @@ impl Worker {
             metrics_failures: 0,
             metrics_due: false,
             asg: None,
-            metrics_addr: None,
+            other_addr: None,
         }
     }
 
@@ -742,60 +755,103 @@ impl Worker {
 
     /// One EC2 call, signed, with retries for throttling, server errors and stale credentials.
     fn call(&mut self, call: &ec2::Call) -> Result<String, CallError> {
+        let what = call.action.name();
+        let body = self.send_signed(&Signed {
+            what,
+            endpoint: None,
+            request: &|host: &str, region: &str, creds: &sigv4::Credentials, now: i64| {
+                call.signed_request(host, region, creds, now)
+            },
+            classify: |status, err| match err {
+                Some(e) => ec2::classify_error(status, e),
+                None => ec2::classify(status, None),
+            },
+            denied: &|w: &Worker, message: String| {
+                // The call's own resource: its table, ENI or allocation.
+                let id = call
+                    .params
+                    .iter()
+                    .find(|(k, _)| {
+                        matches!(
+                            k.as_str(),
+                            "RouteTableId" | "AllocationId" | "NetworkInterfaceId"
+                        )
+                    })
+                    .map(|(_, v)| v.as_str());
+                CallError::Denied {
+                    permission: call.action.permission(),
+                    resource: iam::resource_hint(
+                        call.action,
+                        id,
+                        w.session.as_ref().map(|s| s.region.as_str()),
+                        None,
+                    ),
+                    message,
+                }
+            },
+        })?;
+        String::from_utf8(body)
+            .map_err(|_| CallError::Other(format!("{what}: answer is not UTF-8")))
+    }
+
+    /// The address to send to: the session's EC2 endpoint (`None`) or `endpoint`, each looked
+    /// up again every [`RESOLVE_PERIOD`] and after a failed connection.
+    fn target_addr(
+        &mut self,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<(SocketAddr, Endpoint), CallError> {
+        let Some(ep) = endpoint else {
+            let addr = self.endpoint_addr()?;
+            let ep = self
+                .session
+                .as_ref()
+                .map(|s| s.endpoint.clone())
+                .ok_or_else(|| CallError::Other("no session".into()))?;
+            return Ok((addr, ep));
+        };
+        if let Some((a, at, host)) = &self.other_addr
+            && *host == ep.host
+            && at.elapsed() < RESOLVE_PERIOD
+        {
+            return Ok((*a, ep.clone()));
+        }
+        let a = self.resolve(&ep.host, ep.port)?;
+        self.other_addr = Some((a, Instant::now(), ep.host.clone()));
+        Ok((a, ep.clone()))
+    }
+
+    /// One signed request with retries: throttling and server errors back off and try again,
+    /// stale credentials are fetched again once, a clock error checks the clock, a denial
+    /// names its permission. The answer's body on HTTP 200.
+    fn send_signed(&mut self, s: &Signed<'_>) -> Result<Vec<u8>, CallError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut refreshed = false;
         let mut last = String::new();
         for _ in 0..CALL_ATTEMPTS {
-            let addr = self.endpoint_addr()?;
-            let Some(session) = &self.session else {
-                return Err(CallError::Other("no session".into()));
+            let (addr, endpoint) = self.target_addr(s.endpoint)?;
+            let (Some(session), Some(creds)) = (&self.session, &self.creds) else {
+                return Err(CallError::Other("no session or credentials".into()));
             };
-            let Some(creds) = &self.creds else {
-                return Err(CallError::Other("no credentials".into()));
-            };
-            let body = call.body();
-            let host = session.endpoint.host.clone();
-            let headers = [("Content-Type", ec2::CONTENT_TYPE)];
-            let signed = sigv4::sign(
-                &sigv4::Request {
-                    method: "POST",
-                    host: &host,
-                    path: "/",
-                    query: &[],
-                    headers: &headers,
-                    body: body.as_bytes(),
-                },
-                creds,
-                &session.region,
-                "ec2",
-                Self::unix_now(),
-            );
-            let mut req = http::Request::new("POST", "/");
-            for (k, v) in &signed {
-                req = req.header(k, v);
-            }
-            let req = req.body(ec2::CONTENT_TYPE, body.into_bytes());
-            let what = call.action.name();
+            let req = (s.request)(&endpoint.host, &session.region, creds, Self::unix_now());
+            let what = s.what;
             match session
                 .client
-                .send(&host, addr, &req, Instant::now() + CALL_TIMEOUT)
+                .send(&endpoint.host, addr, &req, Instant::now() + CALL_TIMEOUT)
             {
                 Err(e) => {
-                    last = format!("{what} to {}: {e}", session.endpoint);
+                    last = format!("{what} to {endpoint}: {e}");
                     // Maybe the address moved: look it up again next time.
-                    self.addr = None;
+                    if s.endpoint.is_none() {
+                        self.addr = None;
+                    } else {
+                        self.other_addr = None;
+                    }
                 }
-                Ok(resp) if resp.status == 200 => {
-                    return String::from_utf8(resp.body)
-                        .map_err(|_| CallError::Other(format!("{what}: answer is not UTF-8")));
-                }
+                Ok(resp) if resp.status == 200 => return Ok(resp.body),
                 Ok(resp) => {
                     let text = String::from_utf8_lossy(&resp.body).into_owned();
                     let err = ec2::parse_error(&text).ok();
-                    let class = match &err {
-                        Some(e) => ec2::classify_error(resp.status, e),
-                        None => ec2::classify(resp.status, None),
-                    };
+                    let class = (s.classify)(resp.status, err.as_ref());
                     let (code, message) = err
                         .map(|e| (e.code, e.message))
                         .unwrap_or_else(|| (format!("HTTP {}", resp.status), String::new()));
@@ -813,27 +869,7 @@ impl Worker {
                             }
                         }
                         ec2::ErrorClass::Denied => {
-                            // The call's own resource: its table, ENI or allocation.
-                            let id = call
-                                .params
-                                .iter()
-                                .find(|(k, _)| {
-                                    matches!(
-                                        k.as_str(),
-                                        "RouteTableId" | "AllocationId" | "NetworkInterfaceId"
-                                    )
-                                })
-                                .map(|(_, v)| v.as_str());
-                            return Err(CallError::Denied {
-                                permission: call.action.permission(),
-                                resource: iam::resource_hint(
-                                    call.action,
-                                    id,
-                                    self.session.as_ref().map(|s| s.region.as_str()),
-                                    None,
-                                ),
-                                message: format!("{code}: {message}"),
-                            });
+                            return Err((s.denied)(self, format!("{code}: {message}")));
                         }
                         _ => return Err(CallError::Other(last)),
                     }

@@ -3,16 +3,13 @@
 //! [`QUEUE`] of them; CloudWatch takes data up to two weeks old) and goes with the next one;
 //! why it failed is on the health line. Nothing here touches the NAT.
 
-use std::time::{Duration, Instant};
-
 use nat_init::aws::{cloudwatch, ec2};
 use nat_init::config::{MetricDimension, MetricsConfig};
 use nat_init::metrics::{self, Dimensions, Sample};
 use nat_init::plan::aws::{self as awsplan, ItemState};
 
-use super::{CALL_ATTEMPTS, CALL_TIMEOUT, CallError, Inputs, REPEAT_GAP_MS, Worker};
+use super::{CallError, Inputs, REPEAT_GAP_MS, Worker};
 use crate::run::console::{error, info, now_ms};
-use nat_init::plan::Backoff;
 
 /// Periods kept while publishing fails: an hour at the default period.
 pub(super) const QUEUE: usize = 60;
@@ -161,91 +158,33 @@ impl Worker {
             let body = r
                 .gzip()
                 .map_err(|e| CallError::Other(format!("metrics: {e}")))?;
-            self.put(&endpoint, &region, &body)?;
+            self.put(&endpoint, &body)?;
         }
         self.metrics_queue.clear();
         Ok(periods)
     }
 
-    /// One signed PutMetricData, with retries for throttling, server errors and stale
-    /// credentials; `body` is the gzip-compressed form.
-    fn put(
-        &mut self,
-        endpoint: &awsplan::Endpoint,
-        region: &str,
-        body: &[u8],
-    ) -> Result<(), CallError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut refreshed = false;
-        let mut last = String::new();
-        for _ in 0..CALL_ATTEMPTS {
-            let addr = match self.metrics_addr.clone() {
-                Some((a, at, host))
-                    if host == endpoint.host && at.elapsed() < super::RESOLVE_PERIOD =>
-                {
-                    a
-                }
-                _ => {
-                    let a = self.resolve(&endpoint.host, endpoint.port)?;
-                    self.metrics_addr = Some((a, Instant::now(), endpoint.host.clone()));
-                    a
-                }
-            };
-            let (Some(session), Some(creds)) = (&self.session, &self.creds) else {
-                return Err(CallError::Other("no session or credentials".into()));
-            };
-            let req = cloudwatch::signed_request(
-                &endpoint.host,
-                region,
-                creds,
-                body.to_vec(),
-                Self::unix_now(),
-            );
-            match session
-                .client
-                .send(&endpoint.host, addr, &req, Instant::now() + CALL_TIMEOUT)
-            {
-                Err(e) => {
-                    last = format!("PutMetricData to {endpoint}: {e}");
-                    self.metrics_addr = None;
-                }
-                Ok(resp) if resp.status == 200 => return Ok(()),
-                Ok(resp) => {
-                    let text = String::from_utf8_lossy(&resp.body).into_owned();
-                    let err = cloudwatch::parse_error(&text).ok();
-                    let class = match &err {
-                        Some(e) => cloudwatch::classify_error(resp.status, e),
-                        None => cloudwatch::classify(resp.status),
-                    };
-                    let (code, message) = err
-                        .map(|e| (e.code, e.message))
-                        .unwrap_or_else(|| (format!("HTTP {}", resp.status), String::new()));
-                    last = format!("PutMetricData: {code}: {message}");
-                    match class {
-                        ec2::ErrorClass::Retry => {}
-                        ec2::ErrorClass::Credentials if !refreshed => {
-                            refreshed = true;
-                            self.creds_refresh_unix_s = 0;
-                            self.ensure_credentials()?;
-                        }
-                        ec2::ErrorClass::Clock => {
-                            if let Some(i) = self.inputs.clone() {
-                                self.check_clock(&i);
-                            }
-                        }
-                        ec2::ErrorClass::Denied => {
-                            return Err(CallError::Denied {
-                                permission: cloudwatch::PERMISSION.to_string(),
-                                resource: "*".into(),
-                                message: format!("{code}: {message}"),
-                            });
-                        }
-                        _ => return Err(CallError::Other(last)),
-                    }
-                }
-            }
-            std::thread::sleep(backoff.failure());
-        }
-        Err(CallError::Other(last))
+    /// One signed PutMetricData of a gzip-compressed body.
+    fn put(&mut self, endpoint: &awsplan::Endpoint, body: &[u8]) -> Result<(), CallError> {
+        self.send_signed(&super::Signed {
+            what: cloudwatch::ACTION,
+            endpoint: Some(endpoint),
+            request: &|host: &str,
+                       region: &str,
+                       creds: &nat_init::aws::sigv4::Credentials,
+                       now: i64| {
+                cloudwatch::signed_request(host, region, creds, body.to_vec(), now)
+            },
+            classify: |status, err| match err {
+                Some(e) => cloudwatch::classify_error(status, e),
+                None => cloudwatch::classify(status),
+            },
+            denied: &|_: &Worker, message: String| CallError::Denied {
+                permission: cloudwatch::PERMISSION.to_string(),
+                resource: "*".into(),
+                message,
+            },
+        })
+        .map(|_| ())
     }
 }
