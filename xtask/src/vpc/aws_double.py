@@ -292,6 +292,19 @@ def _signed_as_sent(self):
 
 access_control.IAMRequestBase._create_aws_request = _signed_as_sent
 
+_orig_iam_request_init = access_control.IAMRequestBase.__init__
+
+
+def _iam_action_names(self, *args, **kwargs):
+    """moto names the IAM action after the SigV4 service (`monitoring:PutMetricData`); IAM
+    names CloudWatch's actions `cloudwatch:*`, which is what a role's policy allows."""
+    _orig_iam_request_init(self, *args, **kwargs)
+    if self._action.startswith("monitoring:"):
+        self._action = "cloudwatch:" + self._action.split(":", 1)[1]
+
+
+access_control.IAMRequestBase.__init__ = _iam_action_names
+
 
 def serve():
     app = Recorder(DomainDispatcherApplication(create_backend_app))
