@@ -160,47 +160,17 @@ impl Ctnl {
         }
     }
 
-    /// Every source-NATed IPv4 entry of this namespace. Entries that do not decode are
-    /// returned as errors beside the others, which still count.
-    pub fn dump(&mut self) -> Result<(Vec<Entry>, Vec<CodecError>)> {
-        let what = "dumping conntrack entries";
-        let seq = self.next_seq();
-        self.send(&ctnetlink::dump_request(seq), what)?;
-        let (mut entries, mut bad) = (Vec::new(), Vec::new());
-        loop {
-            if !self.recv(what)? {
-                return Err(io_err(what)(io::Error::from(io::ErrorKind::TimedOut)));
-            }
-            for m in ctnetlink::split(&self.buf).map_err(codec(what))? {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.kind {
-                    NLMSG_DONE => return Ok((entries, bad)),
-                    NLMSG_ERROR => {
-                        let errno = ctnetlink::error_code(m.payload).map_err(codec(what))?;
-                        return Err(CtnlError::Kernel { what, errno });
-                    }
-                    kind => match ctnetlink::parse(kind, m.payload) {
-                        Ok(Some(Event::Upsert(e))) => entries.push(e),
-                        Ok(_) => {}
-                        Err(e) => bad.push(e),
-                    },
-                }
-            }
-        }
-    }
-
-    /// Every source-NATed IPv4 entry's traffic since the previous such dump (or since the
-    /// entry began), zeroing the counters as it reads them; each entry is handed to `each`
-    /// as it arrives, so a large table is never held. Returns the entries that did not decode.
-    pub fn traffic_dump_zero(
+    /// Sends a dump `request` (made for a sequence number) and hands each reply message's
+    /// type and payload to `each` until the kernel says it is done; what `each` could not
+    /// decode it returns as an error, collected beside the others.
+    fn dump_each(
         &mut self,
-        mut each: impl FnMut(ctnetlink::Traffic),
+        request: impl FnOnce(u32) -> Vec<u8>,
+        what: &'static str,
+        mut each: impl FnMut(u16, &[u8]) -> Result<(), CodecError>,
     ) -> Result<Vec<CodecError>> {
-        let what = "dumping conntrack counters";
         let seq = self.next_seq();
-        self.send(&ctnetlink::ctrzero_dump_request(seq), what)?;
+        self.send(&request(seq), what)?;
         let mut bad = Vec::new();
         loop {
             if !self.recv(what)? {
@@ -216,14 +186,50 @@ impl Ctnl {
                         let errno = ctnetlink::error_code(m.payload).map_err(codec(what))?;
                         return Err(CtnlError::Kernel { what, errno });
                     }
-                    kind => match ctnetlink::parse_traffic(kind, m.payload) {
-                        Ok(Some(t)) => each(t),
-                        Ok(None) => {}
-                        Err(e) => bad.push(e),
-                    },
+                    kind => {
+                        if let Err(e) = each(kind, m.payload) {
+                            bad.push(e);
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Every source-NATed IPv4 entry of this namespace. Entries that do not decode are
+    /// returned as errors beside the others, which still count.
+    pub fn dump(&mut self) -> Result<(Vec<Entry>, Vec<CodecError>)> {
+        let mut entries = Vec::new();
+        let bad = self.dump_each(
+            ctnetlink::dump_request,
+            "dumping conntrack entries",
+            |kind, payload| {
+                if let Some(Event::Upsert(e)) = ctnetlink::parse(kind, payload)? {
+                    entries.push(e);
+                }
+                Ok(())
+            },
+        )?;
+        Ok((entries, bad))
+    }
+
+    /// Every source-NATed IPv4 entry's traffic since the previous such dump (or since the
+    /// entry began), zeroing the counters as it reads them; each entry is handed to `each`
+    /// as it arrives, so a large table is never held. Returns the entries that did not decode.
+    pub fn traffic_dump_zero(
+        &mut self,
+        mut each: impl FnMut(ctnetlink::Traffic),
+    ) -> Result<Vec<CodecError>> {
+        self.dump_each(
+            ctnetlink::ctrzero_dump_request,
+            "dumping conntrack counters",
+            |kind, payload| {
+                if let Some(t) = ctnetlink::parse_traffic(kind, payload)? {
+                    each(t);
+                }
+                Ok(())
+            },
+        )
     }
 
     /// The traffic in the events of one datagram (`Ok(false)` when the wait timed out), each
